@@ -1,0 +1,184 @@
+"""`python -m trainer <stage>`: one thin command per stage.
+
+Each command turns its options into a Config (load_config: file < per_backbone
+< --set overrides) and calls one stage function; adding a stage is one more
+decorated function here calling its module.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmemb.backbones import BACKBONES
+from llmemb.config import Config, load_config
+from trainer import prepare as prepare_stage
+from trainer.baselines import run_baselines
+from trainer.evaluate import evaluate_run, metrics_table
+from trainer.prepare import prepared_dataset
+from trainer.runs import run_dir
+from trainer.train import train_run
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLMEmb offline trainer.")
+
+ConfigPath = Annotated[Path, typer.Option("--config", "-c", help="YAML experiment config.", exists=True, dir_okay=False)]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.lr=0.002 (repeatable).")]
+Backbone = Annotated[Optional[str], typer.Option("--backbone", "-b", help="sasrec | gru4rec | bert4rec (default: the config's).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Training seed (default: the config's).")]
+
+
+def resolve(config: Path, overrides: list[str] | None, backbone: str | None = None, seed: int | None = None) -> Config:
+    sets = list(overrides or [])
+    if seed is not None:
+        sets.append(f"train.seed={seed}")
+    try:
+        cfg = load_config(config, sets, backbone=backbone)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--config/--set") from None
+    if cfg.backbone.name not in BACKBONES:
+        raise typer.BadParameter(f"unknown backbone {cfg.backbone.name!r}; known: {', '.join(BACKBONES)}",
+                                 param_hint="--backbone")
+    return cfg
+
+
+@app.command()
+def prepare(config: ConfigPath, overrides: Overrides = None) -> None:
+    """Load the raw dataset, print its statistics, save it under runs/<dataset>/data."""
+    dataset, directory = prepare_stage.prepare(resolve(config, overrides))
+    typer.echo(json.dumps(dataset.stats(), indent=2))
+    typer.echo(f"saved to {directory}")
+
+
+@app.command()
+def train(
+    config: ConfigPath,
+    backbone: Backbone = None,
+    seed: Seed = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run directory name (default <backbone>-seed<seed>).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Train an ID-only backbone; write runs/<dataset>/<run name>/ and print its test metrics."""
+    cfg = resolve(config, overrides, backbone, seed)
+    dataset, data_dir = prepared_dataset(cfg)
+    directory = run_dir(cfg, run_name)
+    metrics = train_run(cfg, dataset, data_dir, directory)
+    typer.echo(metrics_table(metrics))
+    typer.echo(f"run written to {directory}")
+
+
+@app.command()
+def evaluate(run: Annotated[Path, typer.Option("--run", help="A run directory written by `train`.", exists=True, file_okay=False)]) -> None:
+    """Re-evaluate a run's checkpoint under both protocols and print the table."""
+    typer.echo(metrics_table(evaluate_run(run)))
+
+
+@app.command()
+def baselines(
+    config: ConfigPath,
+    backbones: Annotated[str, typer.Option(help="Comma-separated backbones.")] = "sasrec,gru4rec,bert4rec",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    force: Annotated[bool, typer.Option(help="Retrain runs that already exist.")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Train every backbone x seed on ID embeddings; write reports/<dataset>/baselines.{md,json}."""
+    run_baselines(
+        config,
+        backbones=[b.strip() for b in backbones.split(",") if b.strip()],
+        seeds=[int(s) for s in seeds.split(",") if s.strip()],
+        overrides=list(overrides or []),
+        force=force,
+        log=typer.echo,
+    )
+
+
+# ------------------------------------------------------------ LLMEmb stages
+@app.command()
+def scft(config: ConfigPath, steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: the config's).")] = None,
+         tag: Annotated[str, typer.Option(help="Output name under runs/<dataset>/llm/.")] = "scft",
+         overrides: Overrides = None) -> None:
+    """Supervised contrastive fine-tuning (LoRA) on the catalogue's attribute-drop views."""
+    from trainer.llm_stages import ensure_scft
+
+    cfg = resolve(config, overrides)
+    dataset, _ = prepared_dataset(cfg)
+    changes = {} if steps is None else {"steps": steps}
+    typer.echo(f"LoRA saved to {ensure_scft(cfg, dataset, tag=tag, **changes)}")
+
+
+@app.command()
+def export(config: ConfigPath,
+           lora: Annotated[Optional[Path], typer.Option(help="LoRA directory from `scft`; omit for the base LLM.")] = None,
+           tag: Annotated[str, typer.Option(help="Output name: runs/<dataset>/llm/export-<tag>/.")] = "scft",
+           overrides: Overrides = None) -> None:
+    """Embed every catalogue item from its full prompt (fp32, safetensors)."""
+    from trainer.llm_stages import ensure_export
+
+    cfg = resolve(config, overrides)
+    dataset, _ = prepared_dataset(cfg)
+    table = ensure_export(cfg, dataset, lora, tag)
+    typer.echo(f"exported {tuple(table.shape)} to runs/{cfg.name}/llm/export-{tag}/")
+
+
+@app.command()
+def rat(config: ConfigPath,
+        method: Annotated[str, typer.Option(help="none | llm2x | llmemb | wo_scft | wo_adapter | wo_freeze | wo_align")] = "llmemb",
+        backbone: Backbone = None, seed: Seed = None,
+        bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (llmemb only).")] = None,
+        overrides: Overrides = None) -> None:
+    """PCA + ID pretraining + RAT for one method; prints its test metrics."""
+    from trainer.experiments import Tables, load_item_table, run_method
+    from trainer.llm_stages import ensure_export, ensure_scft
+    from trainer.make_bundle import bundle_from_model
+    from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
+    from llmemb.metrics import Evaluator
+
+    cfg = resolve(config, overrides, backbone, seed)
+    dataset, data_dir = prepared_dataset(cfg)
+    rat_cfg = RATConfig.from_dict(cfg.sections.get("rat"))
+    lora = ensure_scft(cfg, dataset) if method in USES_SCFT_TABLE else None
+    tables = Tables(base=ensure_export(cfg, dataset, None, "base") if method in USES_BASE_TABLE else None,
+                    scft=ensure_export(cfg, dataset, lora, "scft") if lora is not None else None)
+    evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
+    root = run_dir(cfg, f"rat/{cfg.backbone.name}-seed{cfg.train.seed}")
+    run_method(cfg, dataset, evaluator, "none", rat_cfg, tables, root / "none", keep_table=True)
+    run = run_method(cfg, dataset, evaluator, method, rat_cfg, tables, root / method,
+                     id_table=load_item_table(root / "none"), reuse=bundle is None)
+    typer.echo(metrics_table(run.metrics))
+    if bundle is not None:
+        manifest = bundle_from_model(cfg, dataset, run.model, run.pca, lora,
+                                     {"test": run.metrics["test"], "fit": run.metrics["fit"]}, bundle)
+        typer.echo(f"bundle {bundle} fingerprint {manifest['fingerprint']}")
+
+
+@app.command()
+def quality(config: ConfigPath, overrides: Overrides = None) -> None:
+    """None / LLM2X / LLMEmb on every backbone, the ablations and cold start, 3 seeds; writes the report."""
+    from trainer.quality import run_quality
+
+    run_quality(config, list(overrides or []), log=typer.echo)
+
+
+@app.command()
+def quick(config: ConfigPath,
+          out: Annotated[Path, typer.Option("--out", help="Bundle directory to write (must not exist).")],
+          overrides: Overrides = None) -> None:
+    """The quick pipeline of `make run`: short SCFT, RAT on SASRec, evaluation, bundle."""
+    from trainer.quick import run_quick
+
+    summary = run_quick(config, out, list(overrides or []), log=typer.echo)
+    typer.echo(metrics_table({"test": summary["test"]}))
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory.")]) -> None:
+    """Check every hash of a bundle; exits non-zero with the offending file named."""
+    from llmemb.bundle import BundleError, verify_bundle
+
+    try:
+        manifest = verify_bundle(bundle)
+    except BundleError as err:
+        typer.echo(f"bundle refused: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"bundle ok: fingerprint {manifest['fingerprint']}, {manifest['n_items']} items")

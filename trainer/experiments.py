@@ -1,0 +1,120 @@
+"""One RAT experiment: train a method's backbone, evaluate it, record it.
+
+`run_method` is the unit the quality grid, the quick pipeline and the `rat`
+command share. A finished run leaves metrics.json (and, when asked, the final
+item table) under its directory and is reused when the same settings ask again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmemb.backbones import SequentialBackbone
+from llmemb.config import Config
+from llmemb.data.dataset import Dataset
+from llmemb.metrics import Evaluator, group_metrics
+from llmemb.projection import PCA
+from trainer.rat import RATConfig, alignment_loss, build_model, uses_alignment
+from trainer.train import fit, seed_everything
+
+TABLE_FILE = "item_table.safetensors"
+
+
+@dataclass
+class Tables:
+    """Exported LLM tables [N, D] (row r = item r+1) the methods read."""
+
+    base: torch.Tensor | None = None
+    scft: torch.Tensor | None = None
+
+
+@dataclass
+class MethodRun:
+    method: str
+    backbone: str
+    seed: int
+    metrics: dict[str, Any]
+    model: SequentialBackbone | None = None   # None when the run was reused from disk
+    pca: PCA | None = None
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_method(
+    config: Config,
+    dataset: Dataset,
+    evaluator: Evaluator,
+    method: str,
+    rat: RATConfig,
+    tables: Tables,
+    directory: Path,
+    id_table: torch.Tensor | None = None,
+    loss_items: np.ndarray | None = None,
+    fit_rows: np.ndarray | None = None,
+    keep_table: bool = False,
+    user_groups: dict[str, np.ndarray] | None = None,
+    reuse: bool = True,
+) -> MethodRun:
+    """Train `method` on config.backbone with seed config.train.seed; write directory/metrics.json.
+
+    id_table: the ID model's item table (alignment target) for methods that align.
+    loss_items: bool [N+1], the items the training loss may score (cold-start: warm only).
+    fit_rows: rows of the export tables PCA is fitted on (cold-start: warm items only).
+    user_groups: extra named bool [U] masks of test users, reported under metrics["test_groups"]
+    (cold-start: users whose test target is a cold item).
+    """
+    seed = config.train.seed
+    settings = {"config": config.to_dict(), "method": method, "rat": rat.to_dict(),
+                "loss_items": None if loss_items is None else _digest(np.flatnonzero(loss_items).tolist()),
+                "fit_rows": None if fit_rows is None else _digest(np.asarray(fit_rows).tolist()),
+                "tables": {k: None if v is None else _digest(v[:4].tolist()) for k, v in asdict(tables).items()},
+                "id_table": None if id_table is None else _digest(id_table[:4].tolist()),
+                "user_groups": {k: _digest(np.flatnonzero(v).tolist()) for k, v in (user_groups or {}).items()}}
+    metrics_path = directory / "metrics.json"
+    if reuse and metrics_path.is_file():
+        saved = json.loads(metrics_path.read_text(encoding="utf-8"))
+        if saved.get("settings_digest") == _digest(settings) and (not keep_table or (directory / TABLE_FILE).is_file()):
+            return MethodRun(method, config.backbone.name, seed, saved)
+
+    aligned = uses_alignment(method, rat)
+    if aligned and id_table is None:
+        raise ValueError(f"method {method} aligns with the ID model's table: train 'none' first")
+    seed_everything(seed)
+    model, pca = build_model(method, config.backbone, dataset.n_items, rat, tables.scft, tables.base, fit_rows)
+    extra = alignment_loss(id_table, rat) if aligned else None
+    result = fit(model, dataset, config.train, config.eval, extra_loss=extra, evaluator=evaluator,
+                 loss_items=None if loss_items is None else torch.from_numpy(loss_items))
+    metrics = {
+        "method": method,
+        "backbone": config.backbone.name,
+        "seed": seed,
+        "valid": evaluator.evaluate(model, "valid"),
+        "test": evaluator.evaluate(model, "test"),
+        "test_groups": {
+            name: {p: group_metrics(evaluator.ranks(model, "test", p), users, evaluator.config.ks)
+                   for p in evaluator.config.protocols}
+            for name, users in (user_groups or {}).items()
+        },
+        "fit": {k: v for k, v in result.to_dict().items() if k != "history"},
+        "history": [{"epoch": r.epoch, "loss": r.loss, "valid": r.valid_score} for r in result.history],
+        "settings_digest": _digest(settings),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    if keep_table:
+        with torch.no_grad():
+            save_file({"items": model.item_embedding.table().detach().contiguous()}, str(directory / TABLE_FILE))
+    metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    return MethodRun(method, config.backbone.name, seed, metrics, model, pca)
+
+
+def load_item_table(directory: Path) -> torch.Tensor:
+    return load_file(str(directory / TABLE_FILE))["items"]

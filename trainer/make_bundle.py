@@ -1,0 +1,49 @@
+"""The `bundle` stage: a trained LLMEmb model -> the immutable bundle the service loads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmemb.bundle import BundleParts, EncoderSpec, write_bundle
+from llmemb.config import Config
+from llmemb.data.dataset import Dataset
+from llmemb.item_tables import AdaptedItemEmbedding
+from llmemb.projection import PCA
+from llmemb.backbones import SequentialBackbone
+from trainer.llm_stages import base_model_id, encoder_config, max_value_chars
+
+
+def bundle_from_model(
+    config: Config,
+    dataset: Dataset,
+    model: SequentialBackbone,
+    pca: PCA,
+    lora_dir: Path | None,
+    metrics: dict[str, Any],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Write `out_dir` from a RAT-trained model whose item layer is Adapter(PCA(E_llm))."""
+    layer = model.item_embedding
+    if not isinstance(layer, AdaptedItemEmbedding) or layer.adapter is None:
+        raise ValueError("a bundle needs the LLMEmb item layer (PCA table + adapter); "
+                         f"got {type(layer).__name__} without an adapter")
+    enc = encoder_config(config)
+    with torch.no_grad():
+        table = layer.table().detach().cpu()
+    return write_bundle(out_dir, BundleParts(
+        base_model_id=base_model_id(config),
+        encoder=EncoderSpec(pooling=enc.pooling, max_tokens=enc.max_tokens, dtype=enc.dtype,
+                            max_value_chars=max_value_chars(config), domain=dataset.domain),
+        pca_state=pca.state_dict(),
+        adapter_state={k: v.detach().cpu() for k, v in layer.adapter.state_dict().items()},
+        backbone_config=model.config,
+        backbone_state=model.backbone_state_dict(),
+        item_table=table,
+        item_ids=list(dataset.item_ids),
+        item_attributes=list(dataset.attributes),
+        lora_dir=lora_dir,
+        dataset=dataset.stats(config.eval.head_fraction),
+        metrics=metrics,
+    ))

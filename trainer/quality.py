@@ -1,0 +1,141 @@
+"""`make quality`: every row of the paper's tables on one dataset, plus cold start.
+
+Grid (config section `quality`, all optional):
+    seeds:      [0, 1, 2]
+    backbones:  [sasrec, gru4rec, bert4rec]  None, LLM2X and LLMEmb on each
+    ablations:  [wo_scft, wo_adapter, wo_freeze, wo_align] on `ablation_backbone`
+    ablation_backbone: sasrec
+    cold_fraction: 0.1          held-out items for the cold-start split (0 = skip)
+    cold_seed: 0
+    cold_methods: [none, llm2x, llmemb]
+
+Runs go to <runs_dir>/<dataset>/quality/<split>/<method>-<backbone>-seed<s>/ and
+are reused when their settings are unchanged, so an interrupted grid resumes.
+The report (results.json, results.md, figures) goes to <reports_dir>/<dataset>/.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from llmemb.config import Config, load_config
+from llmemb.data.coldstart import cold_start_split
+from llmemb.metrics import Evaluator
+from trainer.experiments import Tables, load_item_table, run_method
+from trainer.llm_stages import ensure_export, ensure_scft
+from trainer.prepare import prepared_dataset
+from trainer.rat import RATConfig
+from trainer.report import write_report
+
+DEFAULTS: dict[str, Any] = {
+    "seeds": [0, 1, 2],
+    "backbones": ["sasrec", "gru4rec", "bert4rec"],
+    "methods": ["none", "llm2x", "llmemb"],
+    "ablations": ["wo_scft", "wo_adapter", "wo_freeze", "wo_align"],
+    "ablation_backbone": "sasrec",
+    "cold_fraction": 0.1,
+    "cold_seed": 0,
+    "cold_methods": ["none", "llm2x", "llmemb"],
+    "cold_backbone": "sasrec",
+}
+
+
+def quality_settings(config: Config) -> dict[str, Any]:
+    section = dict(config.sections.get("quality") or {})
+    unknown = sorted(set(section) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"quality: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
+    return {**DEFAULTS, **section}
+
+
+def _config(path: Path, overrides: Sequence[str], backbone: str, seed: int) -> Config:
+    return load_config(path, [*overrides, f"train.seed={seed}"], backbone=backbone)
+
+
+def run_quality(
+    config_path: Path,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    base = load_config(config_path, list(overrides))
+    q = quality_settings(base)
+    rat = RATConfig.from_dict(base.sections.get("rat"))
+    dataset, data_dir = prepared_dataset(base)
+    log(f"dataset {dataset.name}: {dataset.n_users} users, {dataset.n_items} items")
+
+    stage_seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    lora = ensure_scft(base, dataset)
+    stage_seconds["scft"] = time.perf_counter() - t
+    t = time.perf_counter()
+    tables = Tables(base=ensure_export(base, dataset, None, "base"), scft=ensure_export(base, dataset, lora, "scft"))
+    stage_seconds["export"] = time.perf_counter() - t
+    root = Path(base.runs_dir) / base.name / "quality"
+
+    runs: list[dict[str, Any]] = []
+    t = time.perf_counter()
+    for backbone in q["backbones"]:
+        methods = list(q["methods"]) + (list(q["ablations"]) if backbone == q["ablation_backbone"] else [])
+        for seed in q["seeds"]:
+            cfg = _config(config_path, overrides, backbone, seed)
+            evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
+            id_dir = root / "main" / f"none-{backbone}-seed{seed}"
+            for method in ["none"] + [m for m in methods if m != "none"]:
+                log(f"[main] {method} {backbone} seed {seed}")
+                run = run_method(cfg, dataset, evaluator, method, rat, tables,
+                                 root / "main" / f"{method}-{backbone}-seed{seed}",
+                                 id_table=load_item_table(id_dir) if method != "none" else None,
+                                 keep_table=(method in ("none", "llm2x", "llmemb") and backbone == "sasrec")
+                                 or method == "none")
+                runs.append({"split": "main", **run.metrics})
+    stage_seconds["main_grid"] = time.perf_counter() - t
+
+    cold_info: dict[str, Any] | None = None
+    if q["cold_fraction"] > 0:
+        t = time.perf_counter()
+        cold = cold_start_split(dataset, q["cold_fraction"], q["cold_seed"])
+        warm_rows = cold.warm_rows
+        # Strict cold start: SCFT and PCA never see the held-out items.
+        lora_cold = ensure_scft(base, cold.dataset, tag="scft-cold", item_rows=warm_rows.tolist())
+        cold_tables = Tables(base=tables.base, scft=ensure_export(base, cold.dataset, lora_cold, "scft-cold"))
+        cold_users = cold.cold_test_users()
+        loss_items = ~cold.cold
+        loss_items[0] = False
+        cold_info = {"items": int(cold.cold.sum()), "test_users_with_cold_target": int(cold_users.sum()),
+                     "users": cold.dataset.n_users, "fraction": q["cold_fraction"], "seed": q["cold_seed"]}
+        backbone = q["cold_backbone"]
+        for seed in q["seeds"]:
+            cfg = _config(config_path, overrides, backbone, seed)
+            evaluator = Evaluator(cold.dataset, cfg.eval, cache_dir=data_dir / "cold")
+            id_dir = root / "cold" / f"none-{backbone}-seed{seed}"
+            for method in ["none"] + [m for m in q["cold_methods"] if m != "none"]:
+                log(f"[cold] {method} {backbone} seed {seed}")
+                run = run_method(cfg, cold.dataset, evaluator, method, rat, cold_tables,
+                                 root / "cold" / f"{method}-{backbone}-seed{seed}",
+                                 id_table=load_item_table(id_dir) if method != "none" else None,
+                                 loss_items=loss_items, fit_rows=warm_rows, keep_table=(method == "none"),
+                                 user_groups={"cold_targets": cold_users})
+                runs.append({"split": "cold", **run.metrics})
+        stage_seconds["cold_grid"] = time.perf_counter() - t
+
+    results = {
+        "dataset": dataset.stats(base.eval.head_fraction),
+        "config": base.to_dict(),
+        "quality": q,
+        "rat": rat.to_dict(),
+        "cold_start": cold_info,
+        "popularity": dataset.popularity().tolist(),
+        "runs": runs,
+        "stage_seconds": stage_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "environment": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "scft_summary_path": str(lora.parent / "scft.json"),
+    }
+    out = Path(base.reports_dir) / base.name
+    write_report(results, out, root, log=log)
+    return results

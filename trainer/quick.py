@@ -1,0 +1,68 @@
+"""The quick pipeline behind `make run`: short SCFT, export, PCA, ID pretraining,
+RAT on one backbone, evaluation, bundle. Minutes on a laptop-class CPU.
+
+Config section `quick` (optional): scft_steps (default 60), backbone (sasrec),
+seed (0), max_seconds (training time cap per model, default 120).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from llmemb.config import load_config
+from llmemb.metrics import Evaluator
+from trainer.experiments import Tables, load_item_table, run_method
+from trainer.llm_stages import ensure_export, ensure_scft
+from trainer.make_bundle import bundle_from_model
+from trainer.prepare import prepared_dataset
+from trainer.rat import RATConfig
+
+DEFAULTS: dict[str, Any] = {"scft_steps": 60, "backbone": "sasrec", "seed": 0, "max_seconds": 120}
+
+
+def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.perf_counter()
+    first = load_config(config_path, list(overrides))
+    q = {**DEFAULTS, **(first.sections.get("quick") or {})}
+    unknown = sorted(set(q) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"quick: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
+    config = load_config(config_path, [*overrides, f"train.seed={q['seed']}",
+                                       f"train.max_seconds={q['max_seconds']}"], backbone=q["backbone"])
+    rat = RATConfig.from_dict(config.sections.get("rat"))
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    dataset, data_dir = prepared_dataset(config)
+    seconds["prepare"] = time.perf_counter() - t
+    log(f"dataset {dataset.name}: {dataset.n_users} users, {dataset.n_items} items")
+    t = time.perf_counter()
+    lora = ensure_scft(config, dataset, tag="scft-quick", steps=int(q["scft_steps"]))
+    seconds["scft"] = time.perf_counter() - t
+    t = time.perf_counter()
+    tables = Tables(scft=ensure_export(config, dataset, lora, "scft-quick"))
+    seconds["export"] = time.perf_counter() - t
+
+    evaluator = Evaluator(dataset, config.eval, cache_dir=data_dir)
+    root = Path(config.runs_dir) / config.name / "quick"
+    t = time.perf_counter()
+    log("ID-only pretraining (the alignment target)")
+    run_method(config, dataset, evaluator, "none", rat, tables, root / "none", keep_table=True)
+    seconds["id_pretrain"] = time.perf_counter() - t
+    t = time.perf_counter()
+    log("RAT: adapter + backbone on the frozen LLM table")
+    run = run_method(config, dataset, evaluator, "llmemb", rat, tables, root / "llmemb",
+                     id_table=load_item_table(root / "none"), reuse=False)
+    seconds["rat"] = time.perf_counter() - t
+    t = time.perf_counter()
+    manifest = bundle_from_model(config, dataset, run.model, run.pca, lora,
+                                 {"test": run.metrics["test"], "fit": run.metrics["fit"]}, out_dir)
+    seconds["bundle"] = time.perf_counter() - t
+    summary = {"bundle": str(out_dir), "fingerprint": manifest["fingerprint"], "seconds": seconds,
+               "wall_seconds": time.perf_counter() - started, "test": run.metrics["test"]}
+    (root / "quick.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    log(f"bundle {out_dir} ({manifest['fingerprint'][:12]}) in {summary['wall_seconds']:.0f} s")
+    return summary

@@ -1,0 +1,134 @@
+"""Recommendation Adaptation Training (RAT) and the rows of the paper's tables.
+
+A "method" decides the backbone's item-embedding layer:
+
+    none         trainable ID table (also the alignment target of RAT)
+    llm2x        base-LLM vectors, PCA-reduced straight to d, as the initial
+                 trainable ID table
+    llmemb       frozen PCA(E_scft) -> trainable adapter, loss L_SRS + alpha L_align
+    wo_scft      llmemb on the base LLM's vectors
+    wo_adapter   llmemb with PCA straight to d and no adapter
+    wo_freeze    llmemb with the PCA table trainable
+    wo_align     llmemb with alpha = 0
+
+Every method trains with the same loop (trainer.train.fit) and is evaluated by
+the same Evaluator, so the rows differ only in the item layer and the loss.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmemb.backbones import BackboneConfig, IdItemEmbedding, SequentialBackbone, build_backbone
+from llmemb.contrastive import symmetric_contrastive_loss
+from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
+from llmemb.projection import PCA, Adapter, default_n_components
+
+METHODS = ("none", "llm2x", "llmemb", "wo_scft", "wo_adapter", "wo_freeze", "wo_align")
+# Which exported table each method reads: the SCFT-tuned LLM or the base LLM.
+USES_SCFT_TABLE = {"llmemb", "wo_adapter", "wo_freeze", "wo_align"}
+USES_BASE_TABLE = {"llm2x", "wo_scft"}
+
+
+@dataclass
+class RATConfig:
+    d_pca: int | None = None           # None: min(1536, D, N-1)
+    adapter_hidden: int | None = None  # None: Adapter's default (d_pca // 2)
+    alpha: float = 0.01                # weight of L_align
+    align_temperature: float = 2.0     # reference: tau = 2 with dot products
+    align_similarity: str = "dot"
+    align_loss: str = "paper"          # paper: positive left out of the denominator | infonce
+    llm2x_init_std: float | None = None  # rescale LLM2X's initial table to this entry std; None: as PCA gives
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "RATConfig":
+        values = values or {}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"rat: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        cfg = cls(**values)
+        if cfg.align_loss not in ("paper", "infonce"):
+            raise ValueError(f"rat.align_loss must be paper or infonce, got {cfg.align_loss!r}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_pca(llm_table: torch.Tensor, n_components: int, fit_rows: np.ndarray | None = None) -> PCA:
+    """PCA on the exported [N, D] table (row r = item r+1); `fit_rows` restricts the
+    rows it is fitted on (cold-start: warm items only)."""
+    data = llm_table if fit_rows is None else llm_table[torch.as_tensor(fit_rows, dtype=torch.long)]
+    return PCA.fit(data, n_components)
+
+
+def pca_source(llm_table: torch.Tensor, pca: PCA) -> torch.Tensor:
+    """[N+1, k]: PCA of every item, zero row 0 for padding."""
+    return with_padding_row(pca.transform(llm_table))
+
+
+def llm2x_table(base_table: torch.Tensor, d: int, init_std: float | None, fit_rows: np.ndarray | None) -> torch.Tensor:
+    source = pca_source(base_table, fit_pca(base_table, d, fit_rows))
+    if init_std is not None:
+        source = source * (init_std / source[1:].std().clamp_min(1e-12))
+    return source
+
+
+def build_model(
+    method: str,
+    backbone: BackboneConfig,
+    n_items: int,
+    rat: RATConfig,
+    scft_table: torch.Tensor | None = None,
+    base_table: torch.Tensor | None = None,
+    fit_rows: np.ndarray | None = None,
+) -> tuple[SequentialBackbone, PCA | None]:
+    """The backbone of `method` with its item layer; the PCA used (None for ID-only)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    d = backbone.hidden
+    if method == "none":
+        return build_backbone(backbone, IdItemEmbedding(n_items, d)), None
+    table = scft_table if method in USES_SCFT_TABLE else base_table
+    if table is None:
+        which = "SCFT" if method in USES_SCFT_TABLE else "base-LLM"
+        raise ValueError(f"method {method} needs the {which} export table")
+    if table.shape[0] != n_items:
+        raise ValueError(f"export table has {table.shape[0]} rows, the dataset {n_items} items")
+    if method == "llm2x":
+        init = llm2x_table(table, d, rat.llm2x_init_std, fit_rows)
+        return build_backbone(backbone, IdItemEmbedding(n_items, d, init=init)), None
+    if method == "wo_adapter":
+        pca = fit_pca(table, d, fit_rows)
+        return build_backbone(backbone, AdaptedItemEmbedding(pca_source(table, pca), None, freeze=True)), pca
+    k = rat.d_pca or default_n_components(table.shape[0] if fit_rows is None else len(fit_rows), table.shape[1])
+    pca = fit_pca(table, k, fit_rows)
+    adapter = Adapter(pca.n_components, d, hidden=rat.adapter_hidden)
+    layer = AdaptedItemEmbedding(pca_source(table, pca), adapter, freeze=(method != "wo_freeze"))
+    return build_backbone(backbone, layer), pca
+
+
+def uses_alignment(method: str, rat: RATConfig) -> bool:
+    return method in {"llmemb", "wo_scft", "wo_adapter", "wo_freeze"} and rat.alpha > 0
+
+
+def alignment_loss(id_table: torch.Tensor, rat: RATConfig):
+    """alpha * L_align between the adapted vectors e_i and the ID model's e~_i, over
+    the distinct target items of the batch (fit's extra_loss hook)."""
+    target_table = id_table.detach()
+
+    def extra(model: SequentialBackbone, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        ids = torch.unique(targets[targets > 0])
+        if ids.numel() < 2:
+            return targets.new_zeros((), dtype=torch.float32)
+        e = model.item_embedding(ids)
+        return rat.alpha * symmetric_contrastive_loss(
+            e, target_table[ids], rat.align_temperature, rat.align_similarity,
+            exclude_positive=(rat.align_loss == "paper"),
+        )
+
+    return extra

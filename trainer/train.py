@@ -1,0 +1,250 @@
+"""Training a sequential backbone: the loop (`fit`) and the `train` stage around it.
+
+Training data, mode "sequence" (default): each user's training sequence is
+cut into windows of max_len+1 items, tiled back from its most recent item
+(windows="all"; windows="last" keeps only the most recent one, as the original
+SASRec code does), and the backbone is trained with a loss at every position
+of a window at once. Every training interaction is a target exactly once per
+epoch. The tiling is fixed rather than randomly cropped: with a loss at every
+position, shorter contexts are already in every window, so random crops add
+little but noise.
+
+Mode "prefix" materialises every prefix as its own sample with a single loss
+at its last position (RecBole's and some reference code's data layout). It
+exists so bench/train_speed.py can show that whole-sequence training reaches
+the same quality for a fraction of the compute.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmemb.backbones import SequentialBackbone, build_id_backbone
+from llmemb.config import Config, EvalConfig, TrainConfig
+from llmemb.data.dataset import Dataset
+from llmemb.losses import recommendation_loss
+from llmemb.metrics import Evaluator
+from trainer.runs import write_run
+
+ExtraLoss = Callable[[SequentialBackbone, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float                 # mean training loss per prediction (extra_loss included)
+    extra_loss: float           # the mean extra_loss term alone (0 without one)
+    predictions: int            # positions with a target this epoch
+    train_seconds: float
+    predictions_per_s: float
+    valid_score: float          # the early-stopping metric on the validation split
+    eval_seconds: float
+    elapsed_seconds: float      # wall time since fit started, evaluation included
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    seconds_to_best: float      # wall time from the start of fit to the end of the best epoch
+    epochs_run: int
+    train_seconds: float        # time in training steps only (no evaluation)
+    total_seconds: float
+    stop_reason: str            # patience | epochs | max_seconds | callback
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------ training rows
+@dataclass
+class TrainingRows:
+    """Training samples as (user, end) pairs into one flat array of item ids."""
+
+    flat: np.ndarray      # all training sequences concatenated
+    offsets: np.ndarray   # start of each user's sequence in flat
+    users: np.ndarray     # per sample: the user
+    ends: np.ndarray      # per sample: exclusive end index inside the user's sequence
+    width: int            # max_len + 1
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def batch(self, index: np.ndarray) -> torch.Tensor:
+        """[len(index), width] left-padded rows ending at each sample's end."""
+        start = self.offsets[self.users[index]]
+        first = start + self.ends[index] - self.width
+        positions = first[:, None] + np.arange(self.width)[None, :]
+        rows = np.where(positions >= start[:, None], self.flat[np.maximum(positions, 0)], 0)
+        return torch.from_numpy(rows)
+
+
+def training_rows(train: Sequence[np.ndarray], max_len: int, mode: str, windows: str) -> TrainingRows:
+    lengths = np.asarray([len(s) for s in train], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    flat = np.concatenate(list(train)).astype(np.int64) if lengths.sum() else np.zeros(1, np.int64)
+    users, ends = [], []
+    for u, n in enumerate(lengths):
+        if n < 2:
+            continue
+        if mode == "prefix":
+            e = np.arange(2, n + 1)
+        elif mode == "sequence" and windows == "all":
+            e = np.arange(n, 1, -max_len)
+        elif mode == "sequence" and windows == "last":
+            e = np.asarray([n])
+        else:
+            raise ValueError(f"unknown training layout mode={mode!r} windows={windows!r}; "
+                             "modes: sequence | prefix, windows: all | last")
+        users.append(np.full(len(e), u))
+        ends.append(e)
+    if not users:
+        raise ValueError("no user has two training items: nothing to train on")
+    return TrainingRows(flat, offsets, np.concatenate(users), np.concatenate(ends), max_len + 1)
+
+
+# ----------------------------------------------------------------- the loop
+def fit(
+    model: SequentialBackbone,
+    dataset: Dataset,
+    train_cfg: TrainConfig,
+    eval_cfg: EvalConfig | None = None,
+    *,
+    extra_loss: ExtraLoss | None = None,
+    callbacks: Sequence[Callable[[EpochRecord, SequentialBackbone], bool | None]] = (),
+    evaluator: Evaluator | None = None,
+    loss_items: torch.Tensor | None = None,
+) -> FitResult:
+    """Train `model` on `dataset`'s training split with early stopping on validation.
+
+    The loss is model.config.loss (ce | bce) at every target position, plus
+    `extra_loss(model, inputs, targets)` when given (RAT's alpha * L_align).
+    A callback returning True stops training. The best epoch's weights are
+    restored before returning. Seed the model's initialisation yourself
+    (seed_everything) before building it; fit reseeds for data order and masks.
+    `loss_items` (bool [N+1]) limits the items the loss may score, as targets'
+    rivals and as sampled negatives (cold start: held-out items never train).
+    """
+    if train_cfg.threads > 0:
+        torch.set_num_threads(train_cfg.threads)
+    seed_everything(train_cfg.seed)
+    evaluator = evaluator or Evaluator(dataset, eval_cfg)
+    if train_cfg.mode == "prefix" and not model.causal:
+        raise ValueError(f"prefix training needs a causal backbone; {model.config.name} is bidirectional")
+    rows = training_rows(evaluator.split.train, model.config.max_len, train_cfg.mode, train_cfg.windows)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    generator = torch.Generator().manual_seed(train_cfg.seed)
+    rng = np.random.default_rng(train_cfg.seed)
+
+    history: list[EpochRecord] = []
+    best_score, best_epoch, best_elapsed, best_state = float("-inf"), 0, 0.0, None
+    stop_reason, train_seconds, started = "epochs", 0.0, time.perf_counter()
+    for epoch in range(1, train_cfg.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        order = rng.permutation(len(rows))
+        loss_sum, extra_sum, n_pred = 0.0, 0.0, 0
+        bar = tqdm(range(0, len(rows), train_cfg.batch_size), desc=f"epoch {epoch}", leave=False,
+                   disable=not train_cfg.progress, unit="batch")
+        for start in bar:
+            sequences = rows.batch(order[start:start + train_cfg.batch_size])
+            inputs, targets = model.training_pairs(sequences, generator)
+            if train_cfg.mode == "prefix":  # one sample per prefix: only its last position counts
+                targets = torch.cat([torch.zeros_like(targets[:, :-1]), targets[:, -1:]], 1)
+            states = model.hidden_states(inputs)
+            loss = recommendation_loss(model.config.loss, states, targets, model.item_embedding.table(), generator,
+                                       allowed=loss_items)
+            extra = extra_loss(model, inputs, targets) if extra_loss is not None else None
+            if extra is not None:
+                loss = loss + extra
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+            optimizer.step()
+            n = int((targets > 0).sum())
+            loss_sum += loss.item() * n
+            extra_sum += extra.item() * n if extra is not None else 0.0
+            n_pred += n
+            bar.set_postfix(loss=f"{loss_sum / max(n_pred, 1):.4f}",
+                            pred_s=f"{n_pred / max(time.perf_counter() - epoch_start, 1e-9):.0f}")
+        bar.close()
+        epoch_train = time.perf_counter() - epoch_start
+        train_seconds += epoch_train
+
+        eval_start = time.perf_counter()
+        score = evaluator.selection_score(model)
+        now = time.perf_counter()
+        record = EpochRecord(
+            epoch=epoch,
+            loss=loss_sum / max(n_pred, 1),
+            extra_loss=extra_sum / max(n_pred, 1),
+            predictions=n_pred,
+            train_seconds=epoch_train,
+            predictions_per_s=n_pred / max(epoch_train, 1e-9),
+            valid_score=score,
+            eval_seconds=now - eval_start,
+            elapsed_seconds=now - started,
+        )
+        history.append(record)
+        if train_cfg.progress:
+            tqdm.write(f"epoch {epoch:3d}  loss {record.loss:.4f}  valid {evaluator.config.select_metric} "
+                       f"{score:.4f}  {record.predictions_per_s:,.0f} pred/s  {epoch_train:.1f}s")
+        if score > best_score:
+            best_score, best_epoch, best_elapsed = score, epoch, record.elapsed_seconds
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if any(cb(record, model) for cb in callbacks):
+            stop_reason = "callback"
+            break
+        if epoch - best_epoch >= train_cfg.patience:
+            stop_reason = "patience"
+            break
+        if train_cfg.max_seconds > 0 and record.elapsed_seconds >= train_cfg.max_seconds:
+            stop_reason = "max_seconds"
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(
+        best_epoch=best_epoch,
+        best_score=best_score,
+        seconds_to_best=best_elapsed,
+        epochs_run=len(history),
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+        stop_reason=stop_reason,
+        history=history,
+    )
+
+
+# ---------------------------------------------------------------- the stage
+def train_run(config: Config, dataset: Dataset, data_dir: Path, run_dir: Path) -> dict[str, Any]:
+    """Train config.backbone on the ID table, evaluate valid and test under every
+    protocol, and write the run directory. Returns the metrics."""
+    seed_everything(config.train.seed)
+    model = build_id_backbone(config.backbone, dataset.n_items)
+    evaluator = Evaluator(dataset, config.eval, cache_dir=data_dir)
+    result = fit(model, dataset, config.train, config.eval, evaluator=evaluator)
+    metrics = {
+        "valid": evaluator.evaluate(model, "valid"),
+        "test": evaluator.evaluate(model, "test"),
+        "fit": {k: v for k, v in result.to_dict().items() if k != "history"},
+    }
+    write_run(run_dir, config, dataset, model, metrics, [asdict(r) for r in result.history])
+    return metrics
