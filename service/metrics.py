@@ -1,0 +1,71 @@
+"""Prometheus metrics of one app instance (own registry: two apps never collide)."""
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "llmemb_request_duration_seconds", "HTTP request latency by route", ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait_seconds = Histogram(
+            "llmemb_queue_wait_seconds", "time a text waits in the batch queue", buckets=WAIT_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "llmemb_batch_size", "texts per forward pass", buckets=SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram(
+            "llmemb_batch_tokens", "padded tokens per forward pass", buckets=TOKEN_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(
+            "llmemb_inference_seconds", "duration of one forward pass (LLM, PCA, adapter)",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("llmemb_queue_depth", "texts waiting for the model", registry=r)
+        self.rejected = Counter("llmemb_rejected_total", "requests refused before work", ["reason"], registry=r)
+        self.cache_hits = Counter("llmemb_cache_hits_total", "vectors found in the cache", ["layer"], registry=r)
+        self.cache_misses = Counter("llmemb_cache_misses_total", "vectors not in the cache", registry=r)
+        self.cache_errors = Counter("llmemb_cache_errors_total", "failed Redis operations", ["op"], registry=r)
+        self.redis_up = Gauge("llmemb_redis_up", "1 while Redis answers", registry=r)
+        self.catalogue_items = Gauge("llmemb_catalogue_items", "recommendable items", registry=r)
+        self.catalogue_version = Gauge("llmemb_catalogue_version", "version of the catalogue snapshot", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Records latency per route template (not per raw path: ids would explode cardinality)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_seconds.labels(scope["method"], template, str(status["code"])).observe(
+                time.perf_counter() - start)

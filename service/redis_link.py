@@ -1,0 +1,117 @@
+"""One Redis connection with a health state, shared by the cache and the catalogue.
+
+Requests never wait on a dead Redis: while the link is down every call fails at
+once (RedisUnavailable) and only a background probe, with exponential backoff,
+tries to reconnect. Socket timeouts are short, so a Redis that hangs costs a
+request at most one timeout before the link is marked down.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from service.metrics import Metrics
+
+log = logging.getLogger("llmemb.service.redis")
+T = TypeVar("T")
+
+
+class RedisUnavailable(Exception):
+    """Redis is down (or just failed); the caller falls back."""
+
+
+class RedisLink:
+    def __init__(self, url: str, timeout_s: float, backoff_max_s: float, metrics: Metrics):
+        self.url = url
+        self.metrics = metrics
+        self.backoff_min_s = min(0.05, backoff_max_s)
+        self.backoff_max_s = backoff_max_s
+        self.client = aioredis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self.up = False
+        self.last_error: str | None = None
+        self._backoff = self.backoff_min_s
+        self._woken = asyncio.Event()
+        self._probe_task: asyncio.Task | None = None
+        metrics.redis_up.set(0)
+
+    async def start(self) -> None:
+        await self._probe()
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="redis-probe")
+
+    async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            try:
+                await self._probe_task
+            except asyncio.CancelledError:
+                pass
+        await self.client.aclose()
+
+    async def call(self, op: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run fn(client); on any Redis/socket failure mark the link down and raise RedisUnavailable."""
+        if not self.up:
+            raise RedisUnavailable(self.last_error or "redis is down")
+        try:
+            result = await fn(self.client)
+        except (RedisError, OSError, asyncio.TimeoutError) as e:
+            self.metrics.cache_errors.labels(op).inc()
+            self._mark_down(e)
+            raise RedisUnavailable(str(e)) from None
+        return result
+
+    def _mark_down(self, error: BaseException) -> None:
+        if self.up:
+            log.warning("redis at %s is unavailable (%s); serving without it", self._safe_url(), error)
+        self.up = False
+        self.last_error = f"{type(error).__name__}: {error}"
+        self.metrics.redis_up.set(0)
+        self._woken.set()
+
+    def _safe_url(self) -> str:
+        # Never log a password embedded in the URL.
+        if "@" in self.url:
+            scheme, _, rest = self.url.partition("://")
+            return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return self.url
+
+    async def _probe(self) -> bool:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError, asyncio.TimeoutError) as e:
+            self._mark_down(e)
+            return False
+        if not self.up:
+            log.info("redis at %s is available", self._safe_url())
+        self.up = True
+        self.last_error = None
+        self._backoff = self.backoff_min_s
+        self.metrics.redis_up.set(1)
+        return True
+
+    async def _probe_loop(self) -> None:
+        while True:
+            if self.up:
+                self._woken.clear()
+                await self._woken.wait()
+                continue
+            started = time.monotonic()
+            if not await self._probe():
+                self.metrics.cache_errors.labels("probe").inc()
+                wait = self._backoff - (time.monotonic() - started)
+                self._backoff = min(self._backoff * 2, self.backoff_max_s)
+                await asyncio.sleep(max(0.0, wait))
+

@@ -1,0 +1,287 @@
+"""HTTP routes: check the request, hand the work to the runtime, shape the answer."""
+from __future__ import annotations
+
+import base64
+
+import torch
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.batcher import Overloaded, ShuttingDown
+from service.cache import to_bytes
+from service.catalogue import CatalogueUnavailable, Snapshot, UnknownItem
+from service.errors import ApiError
+from service.limits import check_attributes, check_count, check_id, check_ids, check_text
+from service.runtime import Runtime
+from service.schemas import (
+    CatalogueInfo,
+    DeleteItemResponse,
+    EmbeddedItem,
+    EmbeddingData,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbedItemsRequest,
+    EmbedItemsResponse,
+    ErrorResponse,
+    HealthResponse,
+    InfoResponse,
+    PutItemRequest,
+    PutItemResponse,
+    ReadyResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredItem,
+    ScoreRequest,
+    ScoreResponse,
+    Usage,
+)
+from service.scoring import NEG_INF, score_rows
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
+
+
+def runtime_of(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+BEARER = HTTPBearer(auto_error=False, description="an API key from LLMEMB_API_KEYS (when keys are configured)")
+
+
+async def require_api_key(request: Request, _: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> None:
+    """The check itself is ApiKeyChecker's; the HTTPBearer parameter documents the scheme in /docs."""
+    await request.app.state.auth(request)
+
+
+def ready_runtime(request: Request) -> Runtime:
+    rt = runtime_of(request)
+    if not rt.ready:
+        raise ApiError(503, "not_ready", f"the service is {rt.status}" + (f": {rt.error}" if rt.error else ""),
+                       headers={"Retry-After": "1"})
+    return rt
+
+
+ops = APIRouter(tags=["operations"])
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
+
+
+# ------------------------------------------------------------------ helpers
+async def embed(rt: Runtime, stage: str, prompts: list[str]):
+    try:
+        return await rt.embed_prompts(stage, prompts)
+    except Overloaded as e:
+        raise ApiError(429, "overloaded", str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
+    except ShuttingDown as e:
+        raise ApiError(503, "shutting_down", str(e), headers={"Retry-After": "1"}) from None
+
+
+def resolve(snap: Snapshot, ids: list[str]) -> tuple[list[int], list[str]]:
+    rows, unknown = [], []
+    for ext in ids:
+        row = snap.index.get(ext)
+        if row is None:
+            unknown.append(ext)
+        else:
+            rows.append(row)
+    return rows, list(dict.fromkeys(unknown))
+
+
+def unknown_error(field: str, unknown: list[str]) -> ApiError:
+    shown = ", ".join(repr(u) for u in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+    return ApiError(422, "unknown_items", f"{field}: {len(unknown)} unknown item id(s): {shown} "
+                    "(set ignore_unknown to skip them)", field, details={"unknown": unknown[:1000]})
+
+
+def resolve_history(rt: Runtime, snap: Snapshot, history: list[str], candidates: list[str] | None,
+                    ignore_unknown: bool):
+    s = rt.settings
+    check_ids("history", history, s, s.max_history, "max_history")
+    if candidates is not None:
+        check_ids("candidates", candidates, s, s.max_candidates, "max_candidates")
+    rows, unknown = resolve(snap, history)
+    cand_rows, cand_unknown = resolve(snap, candidates) if candidates is not None else ([], [])
+    if unknown and not ignore_unknown:
+        raise unknown_error("history", unknown)
+    if cand_unknown and not ignore_unknown:
+        raise unknown_error("candidates", cand_unknown)
+    if not rows:
+        raise ApiError(422, "empty_history", "history: none of the ids is in the catalogue", "history",
+                       details={"unknown": unknown[:1000]})
+    if candidates is not None and not cand_rows:
+        raise ApiError(422, "no_candidates", "candidates: none of the ids is in the catalogue", "candidates",
+                       details={"unknown": cand_unknown[:1000]})
+    return rows, cand_rows, list(dict.fromkeys(unknown + cand_unknown))
+
+
+# -------------------------------------------------------------- operations
+@ops.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def healthz(request: Request):
+    rt = runtime_of(request)
+    if rt.status == "failed":
+        return JSONResponse(HealthResponse(status="failed", error=rt.error).model_dump(), status_code=503)
+    return HealthResponse(status="ok")
+
+
+@ops.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+async def readyz(request: Request):
+    rt = runtime_of(request)
+    if rt.cache is not None:
+        cache, backend = rt.cache.state, rt.cache.backend
+    elif not rt.settings.cache_enabled:
+        cache, backend = "disabled", "none"
+    else:
+        cache = "degraded" if rt.link is not None and not rt.link.up else "ok"
+        backend = "redis" if rt.link is not None else "memory"
+    catalogue = rt.catalogue.state if rt.catalogue is not None else ("local" if rt.link is None else
+                                                                     "shared" if rt.link.up else "degraded")
+    body = ReadyResponse(status=rt.status, ready=rt.ready, bundle_loaded=rt.engine is not None,
+                         warmed_up=rt.warmed_up, cache=cache, cache_backend=backend, catalogue=catalogue,
+                         error=rt.error)
+    return JSONResponse(body.model_dump(), status_code=200 if rt.ready else 503)
+
+
+@ops.get("/metrics", response_class=Response)
+async def metrics(request: Request):
+    m = runtime_of(request).metrics
+    return Response(m.render(), media_type=m.content_type)
+
+
+# ------------------------------------------------------------------ items
+@v1.post("/items/embed", response_model=EmbedItemsResponse, tags=["items"])
+async def embed_items(body: EmbedItemsRequest, rt: Runtime = Depends(ready_runtime)):
+    """Embed items from their attributes: prompt -> LLM -> PCA -> adapter (stage picks where to stop)."""
+    s = rt.settings
+    check_count("items", len(body.items), s.max_items_per_request, "max_items_per_request", "items")
+    for i, item in enumerate(body.items):
+        if item.id is not None:
+            check_id(f"items[{i}].id", item.id, s)
+        check_attributes(f"items[{i}].attributes", item.attributes, s)
+    prompts = [rt.engine.prompt(item.attributes) for item in body.items]
+    vectors, cached = await embed(rt, body.stage, prompts)
+    data = [EmbeddedItem(index=i, id=item.id, embedding=v.tolist(), cached=c)
+            for i, (item, v, c) in enumerate(zip(body.items, vectors, cached))]
+    return EmbedItemsResponse(stage=body.stage, dim=rt.bundle.dims[body.stage], fingerprint=rt.bundle.fingerprint,
+                              data=data)
+
+
+@v1.put("/items/{item_id:path}", response_model=PutItemResponse, tags=["items"],
+        responses={201: {"model": PutItemResponse}})
+async def put_item(item_id: str, body: PutItemRequest, rt: Runtime = Depends(ready_runtime)):
+    """Add an item (201) or replace one (200) from its attributes; every replica sees it within a second."""
+    check_id("path.item_id", item_id, rt.settings)
+    check_attributes("attributes", body.attributes, rt.settings)
+    vectors, _ = await embed(rt, "item", [rt.engine.prompt(body.attributes)])
+    try:
+        created, version = await rt.catalogue.put(item_id, vectors[0], body.attributes)
+    except CatalogueUnavailable as e:
+        raise ApiError(503, "catalogue_unavailable", str(e), headers={"Retry-After": "1"}) from None
+    answer = PutItemResponse(id=item_id, created=created, catalogue_version=version, dim=rt.bundle.dims["item"])
+    return JSONResponse(answer.model_dump(), status_code=201 if created else 200)
+
+
+@v1.delete("/items/{item_id:path}", response_model=DeleteItemResponse, tags=["items"])
+async def delete_item(item_id: str, rt: Runtime = Depends(ready_runtime)):
+    """Remove an item: it is never recommended again (bundle items too)."""
+    check_id("path.item_id", item_id, rt.settings)
+    try:
+        version = await rt.catalogue.delete(item_id)
+    except UnknownItem:
+        raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalogue", "path.item_id") from None
+    except CatalogueUnavailable as e:
+        raise ApiError(503, "catalogue_unavailable", str(e), headers={"Retry-After": "1"}) from None
+    return DeleteItemResponse(id=item_id, deleted=True, catalogue_version=version)
+
+
+# ------------------------------------------------------------------ scoring
+@v1.post("/recommend", response_model=RecommendResponse, tags=["recommend"])
+async def recommend(body: RecommendRequest, rt: Runtime = Depends(ready_runtime)):
+    """Top-k next items for a history, over the bundle items plus the added ones."""
+    s = rt.settings
+    if body.k > s.max_k:
+        raise ApiError(422, "limit_exceeded", f"k: {body.k} is above the limit of {s.max_k} (LLMEMB_MAX_K)", "k")
+    snap = rt.catalogue.snapshot
+    rows, cand_rows, ignored = resolve_history(rt, snap, body.history, body.candidates, body.ignore_unknown)
+
+    def work():
+        user = rt.engine.user_vectors([rows], snap.table)[0]
+        seen = torch.tensor(rows, dtype=torch.long) if body.exclude_seen else None
+        if body.candidates is None:
+            drop = snap.blocked_rows if seen is None else torch.cat([snap.blocked_rows, seen])
+            return rt.topk(user, snap.table, body.k, drop)
+        cand = torch.tensor(list(dict.fromkeys(cand_rows)), dtype=torch.long)
+        scores = score_rows(user, snap.table, cand)
+        if seen is not None:
+            scores = scores.masked_fill(torch.isin(cand, seen), NEG_INF)
+        values, order = torch.topk(scores, min(body.k, scores.shape[0]))
+        keep = values > NEG_INF
+        return values[keep], cand[order][keep]
+
+    values, best = await rt.run_scoring(work)
+    items = [ScoredItem(id=snap.ids[r], score=v) for v, r in zip(values.tolist(), best.tolist())]
+    return RecommendResponse(items=items, ignored=ignored, catalogue_version=snap.version)
+
+
+@v1.post("/score", response_model=ScoreResponse, tags=["recommend"])
+async def score(body: ScoreRequest, rt: Runtime = Depends(ready_runtime)):
+    """One score per known candidate (dot product of the user vector and the item vector)."""
+    snap = rt.catalogue.snapshot
+    rows, cand_rows, ignored = resolve_history(rt, snap, body.history, body.candidates, body.ignore_unknown)
+
+    def work():
+        user = rt.engine.user_vectors([rows], snap.table)[0]
+        return score_rows(user, snap.table, torch.tensor(cand_rows, dtype=torch.long))
+
+    values = await rt.run_scoring(work)
+    scores = [ScoredItem(id=snap.ids[r], score=v) for r, v in zip(cand_rows, values.tolist())]
+    return ScoreResponse(scores=scores, ignored=ignored, catalogue_version=snap.version)
+
+
+# ------------------------------------------------------- OpenAI compatible
+@v1.post("/embeddings", response_model=EmbeddingsResponse, tags=["openai"])
+async def embeddings(body: EmbeddingsRequest, rt: Runtime = Depends(ready_runtime)):
+    """OpenAI-compatible: each input is embedded as a prompt, as given, into item space."""
+    s = rt.settings
+    if body.model != s.served_model_name:
+        raise ApiError(404, "model_not_found", f"model: {body.model!r} is not served here; use "
+                       f"{s.served_model_name!r}", "model")
+    single = isinstance(body.input, str)
+    inputs = [body.input] if single else body.input
+    if not inputs:
+        raise ApiError(422, "empty_input", "input: at least one text is needed", "input")
+    check_count("input", len(inputs), s.max_items_per_request, "max_items_per_request", "inputs")
+    for i, text in enumerate(inputs):
+        check_text("input" if single else f"input[{i}]", text, s)
+    dim = rt.bundle.dims["item"]
+    if body.dimensions is not None and body.dimensions != dim:
+        raise ApiError(422, "invalid_dimensions", f"dimensions: this model has {dim} dimensions", "dimensions")
+    tokens = sum(rt.engine.token_lengths(inputs))
+    vectors, _ = await embed(rt, "item", inputs)
+    if body.encoding_format == "base64":
+        data = [EmbeddingData(index=i, embedding=base64.b64encode(to_bytes(v)).decode()) for i, v in enumerate(vectors)]
+    else:
+        data = [EmbeddingData(index=i, embedding=v.tolist()) for i, v in enumerate(vectors)]
+    return EmbeddingsResponse(data=data, model=s.served_model_name,
+                              usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+# -------------------------------------------------------------------- info
+@v1.get("/info", response_model=InfoResponse, tags=["operations"])
+async def info(rt: Runtime = Depends(ready_runtime)):
+    m = rt.bundle.manifest
+    snap = rt.catalogue.snapshot
+    return InfoResponse(
+        base_model=m["base_model"]["id"],
+        base_model_config_sha256=m["base_model"]["config_sha256"],
+        fingerprint=m["fingerprint"],
+        format_version=m["format_version"],
+        created_at=m["created_at"],
+        dims=m["dims"],
+        encoder=m["encoder"],
+        backbone=m["backbone"],
+        dataset=m.get("dataset", {}),
+        metrics=m.get("metrics", {}),
+        served_model_name=rt.settings.served_model_name,
+        catalogue=CatalogueInfo(bundle_items=snap.n_bundle, added=snap.n_added, deleted=snap.n_deleted,
+                                active=snap.n_active, version=snap.version, shared=rt.catalogue.shared),
+    )
+

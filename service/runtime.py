@@ -1,0 +1,145 @@
+"""Everything one service process owns, from start-up to graceful shutdown.
+
+Start-up is in the background so /healthz answers at once and /readyz says 503
+until the bundle is verified and loaded, the model warmed up and the catalogue
+synced. Shutdown (uvicorn lifespan, after in-flight requests finished): refuse
+new texts, finish the queued ones, stop syncing, close Redis.
+
+Two threads run torch: the inference thread (the encoder, fed by the
+micro-batcher) and the scoring thread (backbone and top-k), so a long embedding
+batch never delays a recommendation behind it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+
+from llmemb.bundle import LoadedBundle, load_bundle
+from service.batcher import MicroBatcher
+from service.cache import EmbeddingCache
+from service.catalogue import Catalogue
+from service.engine import Engine, StageVectors
+from service.metrics import Metrics
+from service.redis_link import RedisLink
+from service.scoring import TopK
+from service.settings import Settings
+
+log = logging.getLogger("llmemb.service")
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.status = "loading"          # loading | ready | draining | failed
+        self.error: str | None = None
+        self.bundle: LoadedBundle | None = None
+        self.engine: Engine | None = None
+        self.cache: EmbeddingCache | None = None
+        self.catalogue: Catalogue | None = None
+        self.batcher: MicroBatcher[StageVectors] | None = None
+        self.link: RedisLink | None = None
+        self.warmed_up = False
+        self.topk = TopK(settings.topk_chunk_rows)  # used in the scoring thread only
+        self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="llmemb-infer")
+        self.score_pool = ThreadPoolExecutor(1, thread_name_prefix="llmemb-score")
+        self._loader: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    # --------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        if self.settings.redis_url:
+            self.link = RedisLink(self.settings.redis_url, self.settings.redis_timeout_s,
+                                  self.settings.redis_backoff_max_s, self.metrics)
+            await self.link.start()
+        self._loader = asyncio.create_task(self._load(), name="llmemb-load")
+
+    async def _load(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            self.bundle = await asyncio.to_thread(load_bundle, s.bundle_path, s.verify_bundle)
+            if s.max_batch_tokens < self.bundle.encoder.max_tokens:
+                raise ValueError(f"LLMEMB_MAX_BATCH_TOKENS={s.max_batch_tokens} is below the bundle's "
+                                 f"max_tokens={self.bundle.encoder.max_tokens}: one text would not fit")
+            self.engine = await loop.run_in_executor(
+                self.infer_pool, lambda: Engine(self.bundle, s.device, s.dtype, s.max_batch_tokens,
+                                                  s.base_model_path))
+            self.cache = EmbeddingCache(self.bundle.fingerprint, self.bundle.dims, self.link, s.lru_size,
+                                        s.cache_ttl_s, s.cache_enabled, self.metrics)
+            self.catalogue = Catalogue(self.bundle.item_table, self.bundle.item_ids, self.bundle.fingerprint,
+                                       self.link, s.catalogue_poll_ms / 1000, self.metrics)
+            await self.catalogue.start()
+            self.batcher = MicroBatcher(self.engine.embed_batch, self.infer_pool, s.max_batch_tokens,
+                                        s.max_batch_size, s.max_wait_ms / 1000, s.queue_size, self.metrics)
+            self.batcher.start()
+            await self._warm_up()
+            self.status = "ready"
+            log.info("ready: bundle %s (%s), %d items, loaded in %.1fs", s.bundle_path,
+                     self.bundle.fingerprint[:12], self.bundle.n_items, time.perf_counter() - started)
+        except Exception as e:
+            self.status = "failed"
+            self.error = f"{type(e).__name__}: {e}"
+            log.error("start-up failed: %s", self.error)
+
+    async def _warm_up(self) -> None:
+        """The real paths once: tokenizer, batcher, encoder (two shapes), backbone and top-k."""
+        attrs = self.bundle.item_attributes[:8] or [{"title": "warm-up"}]
+        prompts = [self.engine.prompt(a) for a in attrs]
+        await self.batcher.submit(prompts, self.engine.token_lengths(prompts))
+        await self.batcher.submit(prompts[:1], self.engine.token_lengths(prompts[:1]))
+        snap = self.catalogue.snapshot
+        rows = list(range(1, min(3, len(snap.ids) - 1) + 1))
+        if rows:
+            def score():
+                user = self.engine.user_vectors([rows], snap.table)[0]
+                self.topk(user, snap.table, 10, snap.blocked_rows)
+
+            await self.run_scoring(score)
+        self.warmed_up = True
+
+    async def stop(self) -> None:
+        self.status = "draining"
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+            try:
+                await self._loader
+            except asyncio.CancelledError:
+                pass
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.catalogue is not None:
+            await self.catalogue.stop()
+        if self.link is not None:
+            await self.link.close()
+        self.infer_pool.shutdown(wait=True)
+        self.score_pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------- work
+    async def run_scoring(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.score_pool, fn)
+
+    async def embed_prompts(self, stage: str, prompts: list[str]) -> tuple[list[np.ndarray], list[bool]]:
+        """Vectors of `stage` for each prompt, from the cache or the model; identical prompts run once."""
+        found = await self.cache.get_many(stage, prompts)
+        cached = [v is not None for v in found]
+        todo = list(dict.fromkeys(p for p, v in zip(prompts, found) if v is None))
+        if todo:
+            results = await self.batcher.submit(todo, self.engine.token_lengths(todo))
+            computed = {p: r.stage(stage) for p, r in zip(todo, results)}
+            await self.cache.put_many(stage, todo, list(computed.values()))
+            found = [v if v is not None else computed[p] for p, v in zip(prompts, found)]
+        return found, cached

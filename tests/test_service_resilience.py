@@ -1,0 +1,170 @@
+"""The service when things go wrong: Redis dies and returns, the queue overflows,
+SIGTERM arrives with requests in flight, the bundle was tampered with."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from service.cache import cache_key
+from service.client import LLMEmbClient, LLMEmbError
+from tests.servers import RedisServer, ServiceProcess, shared_test_bundle, wait_for
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def flaky_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    if server.proc is not None:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tampered_bundle(tmp_path_factory):
+    copy = tmp_path_factory.mktemp("tampered") / "bundle"
+    shutil.copytree(shared_test_bundle(), copy)
+    target = copy / "backbone.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def services(flaky_redis, tampered_bundle, logs):
+    """Three processes started together (their start-up overlaps): redis-backed, local, broken."""
+    bundle = shared_test_bundle()
+    procs = {
+        # No in-process LRU: every cache hit has to come from Redis.
+        "redis": ServiceProcess(bundle, logs, env={
+            "LLMEMB_REDIS_URL": flaky_redis.url, "LLMEMB_LRU_SIZE": "0", "LLMEMB_REDIS_BACKOFF_MAX_S": "0.3",
+            "LLMEMB_CATALOGUE_POLL_MS": "100"}),
+        # No Redis; a small queue and a long batching wait make overload deterministic.
+        "local": ServiceProcess(bundle, logs, env={
+            "LLMEMB_QUEUE_SIZE": "8", "LLMEMB_MAX_ITEMS_PER_REQUEST": "8", "LLMEMB_MAX_BATCH_SIZE": "4",
+            "LLMEMB_MAX_BATCH_TOKENS": "256", "LLMEMB_MAX_WAIT_MS": "1000"}),
+        "broken": ServiceProcess(tampered_bundle, logs),
+    }
+    for p in procs.values():
+        p.start()
+    try:
+        procs["redis"].wait_ready()
+        procs["local"].wait_ready()
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+def movie(title: str) -> dict:
+    return {"title": title, "year": 1999, "genres": ["Drama"]}
+
+
+def test_redis_outage_degrades_then_recovers(services, flaky_redis):
+    with LLMEmbClient(services["redis"].url) as c:
+        ready = c.ready()
+        assert (ready.cache, ready.cache_backend, ready.catalogue) == ("ok", "redis", "shared")
+        assert c.embed_items([{"attributes": movie("Before")}]).data[0].cached is False
+        assert c.embed_items([{"attributes": movie("Before")}]).data[0].cached is True
+
+        flaky_redis.stop()
+        started = time.monotonic()
+        during = c.embed_items([{"attributes": movie("Before")}, {"attributes": movie("During")}])
+        assert [d.cached for d in during.data] == [False, False]
+        assert time.monotonic() - started < 2.0, "a dead Redis must not stall requests"
+        ready = c.ready()
+        assert ready.ready and (ready.cache, ready.catalogue) == ("degraded", "degraded")
+        assert len(c.recommend(["1", "2"], k=3).items) == 3
+        with pytest.raises(LLMEmbError) as err:
+            c.put_item("while-down", movie("While Down"))
+        assert (err.value.status, err.value.code) == (503, "catalogue_unavailable")
+        metrics = c.metrics()
+        assert "llmemb_redis_up 0.0" in metrics
+        errors = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                     if line.startswith("llmemb_cache_errors_total{"))
+        assert errors >= 1
+
+        flaky_redis.start()  # same port, empty (no persistence)
+        wait_for(lambda: c.ready().cache == "ok", 5, what="cache back to ok")
+        after = c.embed_items([{"attributes": movie("After")}])
+        assert after.data[0].cached is False
+        assert c.embed_items([{"attributes": movie("After")}]).data[0].cached is True
+        fingerprint = c.info().fingerprint
+        prompt = "The movie has the following attributes: \ntitle is After; year is 1999; genres is Drama"
+        stored = redis.Redis(port=flaky_redis.port).get(cache_key(fingerprint, "item", prompt))
+        assert np.array_equal(np.frombuffer(stored, "<f4"), np.array(after.data[0].embedding, np.float32))
+        assert c.put_item("after-outage", movie("After")).created
+        assert "after-outage" in {i.id for i in c.recommend(["1"], k=100).items}
+
+
+def test_local_mode_without_redis(services):
+    with LLMEmbClient(services["local"].url) as c:
+        ready = c.ready()
+        assert (ready.cache, ready.cache_backend, ready.catalogue) == ("ok", "memory", "local")
+        assert c.embed_items([{"attributes": movie("Local")}]).data[0].cached is False
+        assert c.embed_items([{"attributes": movie("Local")}]).data[0].cached is True
+        assert c.put_item("local-1", movie("Local")).created
+        assert c.info().catalogue.shared is False and c.info().catalogue.added == 1
+        assert c.delete_item("local-1").deleted
+
+
+def test_full_queue_answers_429_with_retry_after(services):
+    """3 + 6 texts do not fit a queue of 8: whichever request comes second is refused."""
+    url = services["local"].url
+    answers: list[httpx.Response] = []
+
+    def post(prefix: str, n: int):
+        answers.append(httpx.post(f"{url}/v1/items/embed", timeout=30, json={
+            "items": [{"attributes": movie(f"{prefix} {i}")} for i in range(n)]}))
+
+    t = threading.Thread(target=post, args=("Queued", 3))
+    t.start()
+    time.sleep(0.3)  # the 3 texts wait in the queue for a fuller batch (max wait 1 s)
+    post("Overflow", 6)
+    t.join()
+    assert sorted(a.status_code for a in answers) == [200, 429], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.json()["error"]["code"] == "overloaded" and int(refused.headers["retry-after"]) >= 1
+    assert 'llmemb_rejected_total{reason="queue_full"} 1.0' in httpx.get(f"{url}/metrics").text
+
+
+def test_tampered_bundle_is_refused_with_the_file_named(services):
+    with LLMEmbClient(services["broken"].url) as c:
+        state = wait_for(lambda: (r := c.ready()).status == "failed" and r, 60, what="start-up failure")
+        assert not state.ready and "backbone.safetensors" in state.error and "sha256" in state.error
+        assert c.health().status == "failed"
+        assert httpx.get(f"{services['broken'].url}/healthz").status_code == 503
+        with pytest.raises(LLMEmbError) as err:
+            c.recommend(["1"], k=1)
+        assert err.value.status == 503 and "backbone.safetensors" in err.value.message
+
+
+def test_sigterm_finishes_requests_in_flight(services):
+    """Run last: it stops the local service. Requests waiting in the batch queue still get answers."""
+    proc = services["local"]
+    results: list[int] = []
+
+    def request(i: int):
+        r = httpx.post(f"{proc.url}/v1/items/embed", timeout=30,
+                       json={"items": [{"attributes": movie(f"In Flight {i}")}]})
+        results.append(r.status_code)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # all three are waiting for the batch (max wait 1 s)
+    code = proc.stop()
+    for t in threads:
+        t.join()
+    assert results == [200, 200, 200]
+    assert code == -15 and proc.shut_down_cleanly()
