@@ -13,7 +13,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test run train-quick serve quality baselines bench lint redis clean
+.PHONY: install test run quality baselines bench lint redis backfill clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,11 @@ run: install
 		echo "no bundle at $(BUNDLE): training the quick bundle on MovieLens-100K"; \
 		$(PY) -m trainer quick --config $(CONFIG) --out $(BUNDLE) || exit 1; \
 	fi
-	LLMEMB_BUNDLE_PATH=$(BUNDLE) $(PY) -m service --host $(HOST) --port $(PORT) --print-examples
+	LLMEMB_BUNDLE_PATH=$(BUNDLE) $(PY) -m service --host $(HOST) --port $(PORT) --print-examples \
+		$(if $(REDIS_URL),--redis-url $(REDIS_URL),)
 
 quality: install
-	$(PY) -m trainer quality --config $(CONFIG)
+	$(PY) -m trainer quality --config $(CONFIG) --set train.patience=5 --set train.max_seconds=75 --set train.progress=false
 
 baselines: install
 	$(PY) -m trainer baselines --config $(CONFIG)

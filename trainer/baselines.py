@@ -1,0 +1,150 @@
+"""The `baselines` stage: ID-only backbones x seeds, summarised as mean ± std.
+
+Each (backbone, seed) is an ordinary `train` run in runs/<dataset>/<backbone>-seed<seed>;
+a run whose metrics.json exists and whose saved config equals the one asked for
+is reused (pass force to retrain). The report goes to
+<reports_dir>/<dataset>/baselines.md with baselines.json beside it.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import yaml
+
+from llmemb.config import Config, load_config
+from trainer.prepare import prepared_dataset
+from trainer.runs import CONFIG_FILE, METRICS_FILE, read_json, run_dir
+from trainer.train import train_run
+
+BACKBONES = ("sasrec", "gru4rec", "bert4rec")
+GROUPS = ("overall", "tail", "head")
+METRICS = ("hr@10", "ndcg@10")
+
+
+def _reusable(directory: Path, config: Config) -> bool:
+    if not (directory / METRICS_FILE).is_file() or not (directory / CONFIG_FILE).is_file():
+        return False
+    saved = yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    # Only the sections an ID-only run reads: LLM stage settings never invalidate it.
+    wanted = config.to_dict()
+    return all(saved.get(k) == wanted.get(k) for k in ("dataset", "backbone", "train", "eval"))
+
+
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n-1); std 0 for a single value."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": list(values),
+    }
+
+
+def command_line(config_path: Path, backbone: str, seed: int, overrides: Sequence[str]) -> str:
+    sets = "".join(f" --set {o}" for o in overrides)
+    return f"python -m trainer train --config {config_path} --backbone {backbone} --seed {seed}{sets}"
+
+
+def run_baselines(
+    config_path: Path,
+    backbones: Sequence[str] = BACKBONES,
+    seeds: Sequence[int] = (0, 1, 2),
+    overrides: Sequence[str] = (),
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    commands, config = [], None
+    for backbone in backbones:
+        runs[backbone] = []
+        for seed in seeds:
+            config = load_config(config_path, [*overrides, f"train.seed={seed}"], backbone=backbone)
+            dataset, data_dir = prepared_dataset(config)
+            directory = run_dir(config)
+            commands.append(command_line(config_path, backbone, seed, overrides))
+            if not force and _reusable(directory, config):
+                log(f"{backbone} seed {seed}: reusing {directory}")
+                metrics = read_json(directory / METRICS_FILE)
+            else:
+                log(f"{backbone} seed {seed}: training into {directory}")
+                metrics = train_run(config, dataset, data_dir, directory)
+            runs[backbone].append({"seed": seed, "run": str(directory), **metrics})
+    assert config is not None, "no backbone or seed given"
+    summary = {
+        b: {
+            "test": {
+                protocol: {
+                    g: {m: mean_std([r["test"][protocol][g][m] for r in rs]) for m in METRICS}
+                    for g in GROUPS
+                }
+                for protocol in config.eval.protocols
+            },
+            "best_epoch": mean_std([r["fit"]["best_epoch"] for r in rs]),
+            "seconds_to_best": mean_std([r["fit"]["seconds_to_best"] for r in rs]),
+            "total_seconds": mean_std([r["fit"]["total_seconds"] for r in rs]),
+        }
+        for b, rs in runs.items()
+    }
+    report = {
+        "dataset": dataset.stats(config.eval.head_fraction),
+        "config": str(config_path),
+        "overrides": list(overrides),
+        "seeds": list(seeds),
+        "select": f"valid {config.eval.select_metric} ({config.eval.select_protocol} protocol)",
+        "environment": f"python {platform.python_version()}, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} threads",
+        "commands": [f"python -m trainer baselines --config {config_path}"
+                     + "".join(f" --set {o}" for o in overrides)] + commands,
+        "summary": summary,
+        "runs": runs,
+    }
+    out = Path(config.reports_dir) / config.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "baselines.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "baselines.md").write_text(baselines_markdown(report), encoding="utf-8")
+    log(f"wrote {out / 'baselines.md'} and {out / 'baselines.json'}")
+    return report
+
+
+def _pm(stat: dict[str, Any]) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def baselines_markdown(report: dict[str, Any]) -> str:
+    stats = report["dataset"]
+    lines = [
+        f"# ID-only baselines on {stats['name']}",
+        "",
+        f"{stats['users']} users, {stats['items']} items, {stats['interactions']} interactions; "
+        f"leave-one-out (last item test, second-to-last valid). Tail = items outside the "
+        f"{stats['head_fraction']:.0%} most popular by training interactions "
+        f"({stats['tail_items']} items, {stats['tail_share_of_test_targets']:.1%} of test targets).",
+        "",
+        f"Test metrics at the best epoch by {report['select']}, mean ± sample std over seeds "
+        f"{', '.join(map(str, report['seeds']))}. {report['environment']}.",
+        "",
+    ]
+    for protocol in next(iter(report["summary"].values()))["test"]:
+        what = ("all items ranked, history masked" if protocol == "full"
+                else "target vs 100 fixed negatives the user never interacted with")
+        lines += [f"## Protocol: {protocol} ({what})", ""]
+        head = "| backbone | " + " | ".join(f"{g} HR@10 | {g} N@10" for g in GROUPS) + " |"
+        lines += [head, "|" + "---|" * (1 + 2 * len(GROUPS))]
+        for backbone, s in report["summary"].items():
+            cells = [_pm(s["test"][protocol][g][m]) for g in GROUPS for m in METRICS]
+            lines.append(f"| {backbone} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Training", "", "| backbone | best epoch | seconds to best | seconds in total |", "|---|---|---|---|"]
+    for backbone, s in report["summary"].items():
+        lines.append(f"| {backbone} | {s['best_epoch']['mean']:.1f} ± {s['best_epoch']['std']:.1f} | "
+                     f"{s['seconds_to_best']['mean']:.1f} ± {s['seconds_to_best']['std']:.1f} | "
+                     f"{s['total_seconds']['mean']:.1f} ± {s['total_seconds']['std']:.1f} |")
+    lines += ["", "## Commands", "", "```"] + report["commands"] + ["```", "",
+              "Per-run metrics (valid and test, both protocols, all groups incl. short/long "
+              "histories and popularity buckets) are in each run's metrics.json; "
+              "all numbers of this page are in baselines.json.", ""]
+    return "\n".join(lines)
