@@ -26,6 +26,10 @@ class BackboneConfig:
     dropout: float = 0.2
     mask_ratio: float = 0.2         # BERT4Rec cloze masking
     loss: str = "ce"                # ce (full softmax) | bce (one sampled negative per position)
+    inner_size: int = 0             # FFN width (transformers) / GRU state (gru4rec); 0 = 4 * hidden / hidden
+    activation: str = "gelu"        # FFN activation: gelu | relu
+    norm_first: bool = False        # pre-LN blocks (False = post-LN, as in SASRec / BERT)
+    mask_last_prob: float = 0.0     # BERT4Rec: also mask the last item with this probability
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,8 +93,24 @@ class FixedItemEmbedding(ItemEmbedding):
         return self.weight
 
 
+def left_pad(sequences: list, length: int) -> torch.Tensor:
+    """Item-id sequences -> [B, length] LongTensor, keeping the last `length` items, zeros in front."""
+    out = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tail = torch.as_tensor(seq[-length:] if length > 0 else seq[:0], dtype=torch.long)
+        if len(tail):
+            out[row, length - len(tail):] = tail
+    return out
+
+
 class SequentialBackbone(nn.Module):
-    """Encodes a left-padded history into a user vector and scores items by dot product."""
+    """Encodes a left-padded history into a user vector and scores items by dot product.
+
+    `causal` says whether the state at position t depends only on items <= t;
+    position-wise (prefix-materialised) training needs a causal model.
+    """
+
+    causal: bool = True
 
     def __init__(self, config: BackboneConfig, item_embedding: ItemEmbedding):
         super().__init__()
@@ -112,13 +132,18 @@ class SequentialBackbone(nn.Module):
         """From left-padded sequences [B, L+1] make (inputs [B, L], targets [B, L]).
 
         targets[b, t] is the item the state at position t must predict; 0 = no loss.
-        Causal models: inputs = seq[:, :-1], targets = seq[:, 1:].
+        Causal models: inputs = seq[:, :-1], targets = seq[:, 1:], except that the
+        first item of a sequence is no target (its state would see only padding).
         """
-        return sequences[:, :-1], sequences[:, 1:]
+        inputs = sequences[:, :-1]
+        return inputs, sequences[:, 1:] * (inputs != 0)
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
-        """[B, L] left-padded history -> [B, d] user vector (state at the last position)."""
-        return self.hidden_states(history)[:, -1, :]
+        """[B, L] left-padded history -> [B, d] user vector (state at the last position).
+
+        Histories wider than max_len keep their most recent max_len items.
+        """
+        return self.hidden_states(history[:, -self.config.max_len:])[:, -1, :]
 
     # --- shared ----------------------------------------------------------
     def score_all(self, user: torch.Tensor) -> torch.Tensor:

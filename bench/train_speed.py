@@ -1,0 +1,157 @@
+"""Training-speed benchmarks; results go to bench/results/train_speed.{json,md}.
+
+Each section is a function returning a dict of numbers plus a markdown block;
+`SECTIONS` maps its name to it, so later stages (SCFT steps/s, export items/s)
+add one function each.
+
+Section "srs": SASRec (hidden 64, max length 50, full-softmax CE) on
+MovieLens-100K, trained to early stopping on valid NDCG@10 (full protocol)
+with whole-sequence training (a loss at every position; all max_len+1 windows
+of each user, or only the last one) and with prefix-materialised training
+(every prefix its own sample). Reported: seconds
+per epoch, training predictions per second, epochs and wall seconds to the
+best validation epoch, and the test metrics of the restored best checkpoint.
+
+    python bench/train_speed.py [--sections srs] [--threads 2] [--prefix-patience 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from llmemb.backbones import build_id_backbone  # noqa: E402
+from llmemb.config import load_config  # noqa: E402
+from llmemb.metrics import Evaluator  # noqa: E402
+from trainer.prepare import prepared_dataset  # noqa: E402
+from trainer.train import fit, seed_everything, training_rows  # noqa: E402
+
+GOAL_SECONDS_TO_BEST = 120.0
+
+
+def srs_variants(args: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
+    """name -> (column title, config overrides) of the training layouts compared."""
+    return {
+        "sequence": ("whole sequence, all windows", ["train.mode=sequence", "train.windows=all"]),
+        "sequence_last": ("whole sequence, last window", ["train.mode=sequence", "train.windows=last"]),
+        # each prefix epoch costs ~max_len times the forward passes: stop it sooner
+        "prefix": ("every prefix a sample", ["train.mode=prefix", f"train.patience={args.prefix_patience}",
+                                             f"train.max_seconds={args.prefix_max_seconds}"]),
+    }
+
+
+def srs_training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    rows, variants = {}, srs_variants(args)
+    for name, (title, layout) in variants.items():
+        overrides = layout + ["train.progress=false", f"train.threads={args.threads}",
+                              "backbone.hidden=64", "backbone.max_len=50", "backbone.loss=ce"]
+        cfg = load_config(args.config, overrides, backbone="sasrec")
+        dataset, data_dir = prepared_dataset(cfg)
+        seed_everything(cfg.train.seed)
+        model = build_id_backbone(cfg.backbone, dataset.n_items)
+        evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
+        print(f"[srs] {title}: SASRec on {dataset.name}, {args.threads} threads", flush=True)
+        result = fit(model, dataset, cfg.train, evaluator=evaluator,
+                     callbacks=[lambda r, m: print(f"  epoch {r.epoch}: valid {r.valid_score:.4f}, "
+                                                   f"{r.train_seconds:.1f}s, {r.predictions_per_s:,.0f} pred/s",
+                                                   flush=True) and False])
+        test = evaluator.evaluate(model, "test", ("full", "sampled"))
+        rows[name] = {
+            "config": {"train": vars(cfg.train), "backbone": cfg.backbone.to_dict()},
+            "epochs_run": result.epochs_run,
+            "stop_reason": result.stop_reason,
+            "seconds_per_epoch": statistics.fmean(r.train_seconds for r in result.history),
+            "eval_seconds_per_epoch": statistics.fmean(r.eval_seconds for r in result.history),
+            "predictions_per_epoch": result.history[0].predictions,
+            "sequences_per_epoch": len(training_rows(evaluator.split.train, cfg.backbone.max_len,
+                                                     cfg.train.mode, cfg.train.windows)),
+            "predictions_per_s": statistics.fmean(r.predictions_per_s for r in result.history),
+            "best_epoch": result.best_epoch,
+            "seconds_to_best": result.seconds_to_best,
+            "total_seconds": result.total_seconds,
+            "valid_ndcg@10": result.best_score,
+            "test": {p: {k: test[p]["overall"][k] for k in ("hr@10", "ndcg@10")} for p in test},
+        }
+    seq = rows["sequence"]
+    goal = {"seconds_to_best_at_most": GOAL_SECONDS_TO_BEST, "met": seq["seconds_to_best"] <= GOAL_SECONDS_TO_BEST}
+    fmt = {
+        "seconds per epoch (training)": lambda r: f"{r['seconds_per_epoch']:.2f}",
+        "training predictions / s": lambda r: f"{r['predictions_per_s']:,.0f}",
+        "sequences per epoch (forward passes)": lambda r: f"{r['sequences_per_epoch']:,}",
+        "predictions per epoch": lambda r: f"{r['predictions_per_epoch']:,}",
+        "best epoch / epochs run": lambda r: f"{r['best_epoch']} / {r['epochs_run']} ({r['stop_reason']})",
+        "wall seconds to best (incl. validation)": lambda r: f"{r['seconds_to_best']:.1f}",
+        "valid NDCG@10 (full)": lambda r: f"{r['valid_ndcg@10']:.4f}",
+        "test NDCG@10 / HR@10 (full)": lambda r: f"{r['test']['full']['ndcg@10']:.4f} / {r['test']['full']['hr@10']:.4f}",
+        "test NDCG@10 / HR@10 (sampled)":
+            lambda r: f"{r['test']['sampled']['ndcg@10']:.4f} / {r['test']['sampled']['hr@10']:.4f}",
+    }
+    lines = [
+        "## SASRec on MovieLens-100K: training layouts",
+        "",
+        "SASRec, hidden 64, max length 50, 2 blocks, full-softmax CE, batch 128, lr 1e-3, "
+        "early stopping on valid NDCG@10 (full protocol); test metrics of the restored best epoch.",
+        "",
+        "| | " + " | ".join(title for title, _ in variants.values()) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
+    for label, cell in fmt.items():
+        lines.append(f"| {label} | " + " | ".join(cell(rows[name]) for name in variants) + " |")
+    lines += [
+        "",
+        f"Goal: best checkpoint within {GOAL_SECONDS_TO_BEST:.0f} s of training with whole-sequence training: "
+        f"{'met' if goal['met'] else 'NOT met'} ({seq['seconds_to_best']:.1f} s).",
+        f"Prefix training ran with patience {args.prefix_patience} and a {args.prefix_max_seconds:.0f} s cap.",
+        "",
+    ]
+    rows["goal"] = goal
+    return rows, "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] = {"srs": srs_training}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
+    parser.add_argument("--config", default="configs/ml100k.yaml")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prefix-patience", type=int, default=3)
+    parser.add_argument("--prefix-max-seconds", type=float, default=900.0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    os.chdir(ROOT)  # configs name their data and run paths relative to the repository root
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "train_speed.json", out / "train_speed.md"
+    results = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    for name in [s.strip() for s in args.sections.split(",") if s.strip()]:
+        if name not in SECTIONS:
+            parser.error(f"unknown section {name!r}; known: {', '.join(SECTIONS)}")
+        numbers, markdown = SECTIONS[name](args)
+        results[name] = {"numbers": numbers, "markdown": markdown,
+                         "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+                         "environment": f"python {platform.python_version()}, torch {torch.__version__}, "
+                                        f"{args.threads} threads, {platform.machine()}"}
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md = ["# Training speed", ""]
+    for name, section in results.items():
+        md += [section["markdown"], f"Measured {section['measured']}; {section['environment']}.", ""]
+    md_path.write_text("\n".join(md))
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Ranking evaluation: ranks under two protocols, HR@K / NDCG@K per user group.
+
+Protocols (METHOD.md, Evaluation):
+- "full": the target against every item; column 0 and the user's history
+  (except the target itself) are left out (RecBole).
+- "sampled": the target against 100 negatives drawn uniformly from the items
+  the user never interacted with (the paper). The draw is made once from a
+  fixed seed (separately for valid and test), kept in memory and, given a
+  cache directory, on disk, so every model and run sees the same candidates.
+
+Ranks are 0-based and ties count against the target: rank = #others scoring
+higher + #others scoring the same, so a model that scores everything alike
+ranks every target last. A NaN target score also ranks last.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from llmemb.backbones.base import SequentialBackbone, left_pad
+from llmemb.config import EvalConfig
+from llmemb.data.dataset import Dataset
+
+PROTOCOLS = ("full", "sampled")
+
+
+# ------------------------------------------------------------------ ranks
+def rank_against(target_scores: torch.Tensor, other_scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """target [B], others [B, C], valid [B, C] (False = not a competitor) -> 0-based ranks [B]."""
+    t = target_scores.unsqueeze(1)
+    ranks = ((other_scores >= t) & valid).sum(1)
+    return torch.where(torch.isnan(target_scores), valid.sum(1), ranks)
+
+
+def full_ranks(scores: torch.Tensor, targets: torch.Tensor, histories: Sequence[np.ndarray]) -> torch.Tensor:
+    """scores [B, N+1], targets [B], per-row history item ids -> ranks among all items
+    except padding, the history and the target itself."""
+    b = scores.shape[0]
+    valid = torch.ones_like(scores, dtype=torch.bool)
+    valid[:, 0] = False
+    lengths = torch.tensor([len(h) for h in histories])
+    if lengths.sum() > 0:
+        rows = torch.repeat_interleave(torch.arange(b), lengths)
+        cols = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]))
+        valid[rows, cols] = False
+    rows = torch.arange(b)
+    valid[rows, targets] = False
+    return rank_against(scores[rows, targets], scores, valid)
+
+
+def sampled_ranks(target_scores: torch.Tensor, negative_scores: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Ranks among sampled negatives [B, K]; id 0 marks an empty slot (user saw almost every item)."""
+    return rank_against(target_scores, negative_scores, negatives != 0)
+
+
+def hit_ndcg(ranks: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row HR@k and NDCG@k (one relevant item) from 0-based ranks."""
+    hit = (ranks < k).double()
+    return hit, hit / torch.log2(ranks.double() + 2.0)
+
+
+@torch.no_grad()
+def compute_ranks(
+    model: SequentialBackbone,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    protocol: str,
+    negatives: np.ndarray | None = None,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Rank each user's target; histories are full (the model sees the last max_len items,
+    the full protocol masks all of them)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if protocol == "sampled" and negatives is None:
+        raise ValueError("the sampled protocol needs negatives")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(targets), batch_size):
+            stop = min(start + batch_size, len(targets))
+            batch_hist = histories[start:stop]
+            target = torch.as_tensor(targets[start:stop], dtype=torch.long)
+            user = model.encode(left_pad(batch_hist, model.config.max_len))
+            if protocol == "full":
+                out.append(full_ranks(model.score_all(user).float(), target, batch_hist))
+            else:
+                neg = torch.as_tensor(negatives[start:stop], dtype=torch.long)
+                scores = model.score_candidates(user, torch.cat([target[:, None], neg], 1)).float()
+                out.append(sampled_ranks(scores[:, 0], scores[:, 1:], neg))
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+# ------------------------------------------------------------- negatives
+def sequences_fingerprint(sequences: Sequence[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    h.update(np.asarray([len(s) for s in sequences], dtype=np.int64).tobytes())
+    for s in sequences:
+        h.update(np.asarray(s, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def draw_negatives(sequences: Sequence[np.ndarray], n_items: int, n: int, seed: int, stream: int) -> np.ndarray:
+    """[U, n] distinct items per user, uniform over the items outside the user's whole
+    sequence; 0 fills the row when fewer than n such items exist."""
+    rng = np.random.default_rng([seed, stream])
+    out = np.zeros((len(sequences), n), dtype=np.int64)
+    for u, seq in enumerate(sequences):
+        seen = np.unique(seq)
+        if n_items - len(seen) <= n:
+            free = np.setdiff1d(np.arange(1, n_items + 1), seen)
+            out[u, : len(free)] = free
+            continue
+        chosen = np.zeros(0, dtype=np.int64)
+        while len(chosen) < n:
+            draw = rng.integers(1, n_items + 1, size=2 * n)
+            draw = draw[~np.isin(draw, seen) & ~np.isin(draw, chosen)]
+            _, first = np.unique(draw, return_index=True)
+            chosen = np.concatenate([chosen, draw[np.sort(first)]])
+        out[u] = chosen[:n]
+    return out
+
+
+_NEGATIVES: dict[tuple[str, str, int, int], np.ndarray] = {}
+SPLIT_STREAMS = {"valid": 0, "test": 1}
+
+
+def sampled_negatives(
+    dataset: Dataset, which: str, n: int = 100, seed: int = 2025, cache_dir: str | Path | None = None
+) -> np.ndarray:
+    """The fixed negatives of split `which` (valid | test): drawn once, then reused."""
+    if which not in SPLIT_STREAMS:
+        raise ValueError(f"unknown split {which!r}; known: valid, test")
+    fingerprint = sequences_fingerprint(dataset.sequences)
+    key = (fingerprint, which, n, seed)
+    if key in _NEGATIVES:
+        return _NEGATIVES[key]
+    path = Path(cache_dir) / f"negatives-{which}-n{n}-seed{seed}.npz" if cache_dir is not None else None
+    negatives = None
+    if path is not None and path.is_file():
+        stored = np.load(path)
+        if str(stored["fingerprint"]) == fingerprint:
+            negatives = stored["negatives"]
+    if negatives is None:
+        negatives = draw_negatives(dataset.sequences, dataset.n_items, n, seed, SPLIT_STREAMS[which])
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, negatives=negatives, fingerprint=np.asarray(fingerprint))
+    _NEGATIVES[key] = negatives
+    return negatives
+
+
+# ---------------------------------------------------------------- groups
+@dataclass
+class EvalGroups:
+    """Which targets are tail / head, which users short / long, each item's popularity bucket."""
+
+    tail: np.ndarray            # bool [N+1]
+    long_user: np.ndarray       # bool [U]: training sequence longer than length_threshold
+    length_threshold: float
+    item_bucket: np.ndarray     # int [N+1]: 0 = least popular fifth ... -1 for padding
+    bucket_pop: list[tuple[int, int]]  # (min, max) training popularity per bucket
+
+    @classmethod
+    def from_dataset(
+        cls, dataset: Dataset, head_fraction: float = 0.2, length_threshold: float | None = None, n_buckets: int = 5
+    ) -> "EvalGroups":
+        train_lengths = np.asarray([max(len(s) - 2, 0) for s in dataset.sequences])
+        threshold = float(np.median(train_lengths)) if length_threshold is None else float(length_threshold)
+        pop = dataset.popularity()
+        order = np.argsort(pop[1:], kind="stable") + 1  # least popular first
+        bucket = np.full(dataset.n_items + 1, -1, dtype=np.int64)
+        ranges = []
+        for b, items in enumerate(np.array_split(order, n_buckets)):
+            bucket[items] = b
+            ranges.append((int(pop[items].min()), int(pop[items].max())) if len(items) else (0, 0))
+        return cls(dataset.tail_mask(head_fraction), train_lengths > threshold, threshold, bucket, ranges)
+
+
+def group_metrics(ranks: torch.Tensor, select: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:
+    sel = torch.from_numpy(np.asarray(select, dtype=bool))
+    r = ranks[sel]
+    out: dict[str, Any] = {"n": int(r.numel())}
+    for k in ks:
+        hit, ndcg = hit_ndcg(r, k)
+        out[f"hr@{k}"] = float(hit.mean()) if r.numel() else None
+        out[f"ndcg@{k}"] = float(ndcg.mean()) if r.numel() else None
+    return out
+
+
+def summarize(ranks: torch.Tensor, targets: np.ndarray, groups: EvalGroups, ks: Sequence[int] = (10,)) -> dict[str, Any]:
+    """HR/NDCG@k overall, on tail and head targets, short and long histories, per popularity bucket."""
+    tail = groups.tail[targets]
+    out: dict[str, Any] = {
+        "overall": group_metrics(ranks, np.ones(len(targets), dtype=bool), ks),
+        "tail": group_metrics(ranks, tail, ks),
+        "head": group_metrics(ranks, ~tail, ks),
+        "short": group_metrics(ranks, ~groups.long_user, ks),
+        "long": group_metrics(ranks, groups.long_user, ks),
+        "popularity": [],
+    }
+    bucket = groups.item_bucket[targets]
+    for b, (low, high) in enumerate(groups.bucket_pop):
+        row = {"bucket": b, "min_pop": low, "max_pop": high, "items": int((groups.item_bucket == b).sum())}
+        row.update(group_metrics(ranks, bucket == b, ks))
+        out["popularity"].append(row)
+    return out
+
+
+# ------------------------------------------------------------- evaluator
+class Evaluator:
+    """Valid / test evaluation of a backbone on one dataset, with fixed sampled negatives."""
+
+    def __init__(self, dataset: Dataset, config: EvalConfig | None = None, cache_dir: str | Path | None = None):
+        self.dataset = dataset
+        self.config = config or EvalConfig()
+        self.cache_dir = cache_dir
+        for protocol in [*self.config.protocols, self.config.select_protocol]:
+            if protocol not in PROTOCOLS:
+                raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        self.split = dataset.split()
+        self.groups = EvalGroups.from_dataset(
+            dataset, self.config.head_fraction, self.config.length_threshold, self.config.pop_buckets
+        )
+
+    def cases(self, which: str) -> tuple[list[np.ndarray], np.ndarray]:
+        if which == "valid":
+            return self.split.valid_history, self.split.valid_target
+        if which == "test":
+            return self.split.test_history, self.split.test_target
+        raise ValueError(f"unknown split {which!r}; known: valid, test")
+
+    def negatives(self, which: str) -> np.ndarray:
+        c = self.config
+        return sampled_negatives(self.dataset, which, c.n_negatives, c.negatives_seed, self.cache_dir)
+
+    def ranks(self, model: SequentialBackbone, which: str, protocol: str) -> torch.Tensor:
+        histories, targets = self.cases(which)
+        negatives = self.negatives(which) if protocol == "sampled" else None
+        return compute_ranks(model, histories, targets, protocol, negatives, self.config.batch_size)
+
+    def evaluate(self, model: SequentialBackbone, which: str, protocols: Sequence[str] | None = None) -> dict[str, Any]:
+        """{protocol: summarize(...)} for split `which`."""
+        _, targets = self.cases(which)
+        return {
+            p: summarize(self.ranks(model, which, p), targets, self.groups, self.config.ks)
+            for p in (protocols or self.config.protocols)
+        }
+
+    def selection_score(self, model: SequentialBackbone) -> float:
+        """The early-stopping score: overall valid <select_metric> under select_protocol."""
+        metric, _, k = self.config.select_metric.partition("@")
+        if metric not in ("hr", "ndcg") or not k.isdigit():
+            raise ValueError(f"select_metric must look like ndcg@10 or hr@10, got {self.config.select_metric!r}")
+        ranks = self.ranks(model, "valid", self.config.select_protocol)
+        hit, ndcg = hit_ndcg(ranks, int(k))
+        return float((ndcg if metric == "ndcg" else hit).mean())

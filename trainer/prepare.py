@@ -1,0 +1,35 @@
+"""The `prepare` stage: raw files -> Dataset, saved with its statistics.
+
+Later stages call `prepared_dataset`, which reuses the saved Dataset while the
+config's dataset spec is unchanged and prepares it again otherwise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmemb.config import Config
+from llmemb.data import load_dataset
+from llmemb.data.dataset import Dataset
+from trainer.runs import dataset_dir, read_json, write_json
+
+SPEC_FILE = "spec.json"
+STATS_FILE = "stats.json"
+
+
+def prepare(config: Config) -> tuple[Dataset, Path]:
+    """Load the dataset from its raw files and save it under runs/<dataset>/data."""
+    directory = dataset_dir(config)
+    dataset = load_dataset(dict(config.dataset))
+    dataset.save(directory)
+    write_json(directory / STATS_FILE, dataset.stats(config.eval.head_fraction))
+    write_json(directory / SPEC_FILE, config.dataset)
+    return dataset, directory
+
+
+def prepared_dataset(config: Config) -> tuple[Dataset, Path]:
+    """The saved Dataset if it was prepared from the same spec, else a fresh `prepare`."""
+    directory = dataset_dir(config)
+    spec_path = directory / SPEC_FILE
+    if spec_path.is_file() and (directory / "dataset.json").is_file() and read_json(spec_path) == config.dataset:
+        return Dataset.load(directory), directory
+    return prepare(config)
