@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmemb.backbones.base import BackboneConfig
-from llmemb.prompts import instruction_for
+from llmemb.prompts import build_prompt, instruction_for
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -71,6 +71,10 @@ class EncoderSpec:
         d["instruction"] = instruction_for(self.domain)
         d["prompt_format"] = PROMPT_FORMAT
         return d
+
+    def prompt(self, attributes: dict[str, Any]) -> str:
+        """The prompt of an item under this spec: the one place trainer, service and backfill agree on."""
+        return build_prompt(attributes, self.domain, self.max_value_chars)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncoderSpec":

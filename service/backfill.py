@@ -61,7 +61,6 @@ import numpy as np
 import redis
 
 from llmemb.bundle import BundleError, EncoderSpec, LoadedBundle, load_bundle, verify_bundle
-from llmemb.prompts import build_prompt
 from service.cache import FLOAT32_LE, cache_key, from_bytes, to_bytes
 
 log = logging.getLogger("llmemb.backfill")
@@ -227,8 +226,8 @@ def chunked(items: Iterable[CatalogueItem], size: int) -> Iterator[list[Catalogu
 
 
 def prompt_builder(spec: EncoderSpec) -> Callable[[Mapping[str, Any]], str]:
-    """Engine.prompt without loading a model: the same build_prompt with the bundle's domain and value cut."""
-    return lambda attributes: build_prompt(attributes, spec.domain, spec.max_value_chars)
+    """Engine.prompt without loading a model."""
+    return spec.prompt
 
 
 # -------------------------------------------------------------------- redis

@@ -21,7 +21,6 @@ from llmemb.backbones.base import ItemEmbedding, left_pad
 from llmemb.bundle import BundleError, LoadedBundle, model_config_sha256, resolve_model_path
 from llmemb.encoder import EncoderConfig, ItemEncoder
 from llmemb.projection import PCA, Adapter
-from llmemb.prompts import build_prompt
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class Engine:
 
     # ------------------------------------------------------------- event loop
     def prompt(self, attributes: Mapping[str, Any]) -> str:
-        return build_prompt(attributes, self.spec.domain, self.spec.max_value_chars)
+        return self.spec.prompt(attributes)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         enc = self.length_tokenizer(texts, add_special_tokens=True, truncation=True,

@@ -7,6 +7,7 @@ Grid (config section `quality`, all optional):
     ablation_backbone: sasrec
     cold_fraction: 0.1          held-out items for the cold-start split (0 = skip)
     cold_seed: 0
+    cold_scft_steps: 30         SCFT steps of the cold-start split's own LoRA (trained on warm items only)
     cold_methods: [none, llm2x, llmemb]
 
 Runs go to <runs_dir>/<dataset>/quality/<split>/<method>-<backbone>-seed<s>/ and
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "cold_seed": 0,
     "cold_methods": ["none", "llm2x", "llmemb"],
     "cold_backbone": "sasrec",
+    "cold_scft_steps": 30,
 }
 
 
@@ -101,12 +103,13 @@ def run_quality(
         cold = cold_start_split(dataset, q["cold_fraction"], q["cold_seed"])
         warm_rows = cold.warm_rows
         # Strict cold start: SCFT and PCA never see the held-out items.
-        lora_cold = ensure_scft(base, cold.dataset, tag="scft-cold", item_rows=warm_rows.tolist())
+        lora_cold = ensure_scft(base, cold.dataset, tag="scft-cold", item_rows=warm_rows.tolist(),
+                                steps=int(q["cold_scft_steps"]))
         cold_tables = Tables(base=tables.base, scft=ensure_export(base, cold.dataset, lora_cold, "scft-cold"))
         cold_users = cold.cold_test_users()
         loss_items = ~cold.cold
         loss_items[0] = False
-        cold_info = {"items": int(cold.cold.sum()), "test_users_with_cold_target": int(cold_users.sum()),
+        cold_info = {"scft_steps": int(q["cold_scft_steps"]), "items": int(cold.cold.sum()), "test_users_with_cold_target": int(cold_users.sum()),
                      "users": cold.dataset.n_users, "fraction": q["cold_fraction"], "seed": q["cold_seed"]}
         backbone = q["cold_backbone"]
         for seed in q["seeds"]:

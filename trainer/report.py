@@ -214,7 +214,8 @@ def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, st
         cb = q["cold_backbone"]
         lines += ["## Cold start", "",
                   f"{cold['items']} items ({cold['fraction']:.0%}, seed {cold['seed']}) are held out of every "
-                  "training sequence, of SCFT and of the PCA fit; a user keeps one only as the test target "
+                  f"training sequence, of SCFT (a LoRA of its own, {cold.get('scft_steps', '?')} steps on warm items) and of "
+                  "the PCA fit; a user keeps one only as the test target "
                   f"({cold['test_users_with_cold_target']} of {cold['users']} users). Their vectors come only "
                   "from their attributes, and the training loss never scores them.", ""]
         for protocol in protocols:
