@@ -40,9 +40,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 10               # epochs without a better validation score before stopping
     seed: int = 0
-    mode: str = "sequence"           # sequence: a loss at every position | prefix: one sample per prefix
-    windows: str = "all"             # sequence mode: all = tile long sequences into max_len+1 windows,
-                                     # last = only the most recent max_len+1 items of each user
+    stride: int = 0                  # windows of max_len+1 items every `stride` items; 0 = max_len
+                                     # (no overlap); 1 = prefix-materialised (see trainer/train.py)
+    windows: str = "all"             # all = tile each user's sequence; last = only its most recent window
     grad_clip: float = 0.0           # max gradient norm; 0 = off
     max_seconds: float = 0.0         # stop after this much training time; 0 = no limit
     threads: int = 0                 # torch.set_num_threads; 0 = leave as is

@@ -85,18 +85,38 @@ def test_losses_without_targets_are_zero_and_unknown_losses_fail():
 
 
 # ----------------------------------------------------------- training rows
-def test_training_rows_cover_every_target_once():
-    train = [np.arange(1, 24), np.array([5, 6]), np.array([7])]
-    rows = training_rows(train, max_len=5, mode="sequence", windows="all")
+def responsible_targets(rows) -> list[list[int]]:
+    """Per row, the target items it trains on (the last `stride` positions after a real input)."""
     batch = rows.batch(np.arange(len(rows))).numpy()
-    assert batch.shape[1] == 6
-    covered = sorted(int(x) for row in batch for x in row[1:][row[:-1] != 0])
-    assert covered == sorted([*range(2, 24), 6])     # every item after a user's first, exactly once
-    last = training_rows(train, max_len=5, mode="sequence", windows="last").batch(np.arange(2)).numpy()
-    assert last.tolist() == [[18, 19, 20, 21, 22, 23], [0, 0, 0, 0, 5, 6]]
-    prefix = training_rows(train, max_len=5, mode="prefix", windows="all")
+    out = []
+    for row in batch:
+        inputs, targets = row[:-1], row[1:]
+        keep = (inputs != 0) & (np.arange(len(targets)) >= len(targets) - rows.stride)
+        out.append(targets[keep].tolist())
+    return out
+
+
+@pytest.mark.parametrize("stride", [0, 5, 3, 2, 1])
+def test_training_rows_cover_every_target_exactly_once(stride):
+    train = [np.arange(1, 24), np.array([105, 106]), np.array([107])]
+    rows = training_rows(train, max_len=5, stride=stride)
+    assert rows.batch(np.arange(len(rows))).shape[1] == 6
+    assert rows.stride == (stride or 5)
+    covered = sorted(x for targets in responsible_targets(rows) for x in targets)
+    assert covered == [*range(2, 24), 106]       # every item after a user's first, exactly once
+    assert len(rows) == 1 + -(-22 // rows.stride)  # 22 targets of the long user in stride-sized steps
+
+
+def test_stride_one_is_prefix_materialisation_and_last_keeps_one_window():
+    train = [np.arange(1, 24), np.array([105, 106])]
+    prefix = training_rows(train, max_len=5, stride=1)
     assert len(prefix) == 22 + 1
-    assert prefix.batch(np.array([0])).numpy().tolist() == [[0, 0, 0, 0, 1, 2]]
+    assert prefix.batch(np.array([0])).numpy().tolist() == [[18, 19, 20, 21, 22, 23]]
+    assert prefix.batch(np.array([21])).numpy().tolist() == [[0, 0, 0, 0, 1, 2]]
+    last = training_rows(train, max_len=5, windows="last").batch(np.arange(2)).numpy()
+    assert last.tolist() == [[18, 19, 20, 21, 22, 23], [0, 0, 0, 0, 105, 106]]
+    with pytest.raises(ValueError, match="stride"):
+        training_rows(train, max_len=5, stride=6)
 
 
 # --------------------------------------------------------------------- fit
@@ -158,10 +178,11 @@ def test_fit_is_reproducible_and_callbacks_can_stop_it():
     assert seen == [1, 2] and result.stop_reason == "callback"
 
 
-def test_prefix_mode_trains_causal_models_only():
+@pytest.mark.parametrize("stride", [1, 4])
+def test_overlapping_windows_train_causal_models_only(stride):
     ds = cyclic_dataset(n_users=30)
-    result = fit(small("sasrec", ds), ds, quick(epochs=2, mode="prefix"), evaluator=Evaluator(ds))
+    result = fit(small("sasrec", ds), ds, quick(epochs=2, stride=stride), evaluator=Evaluator(ds))
     n_targets = sum(max(len(s) - 3, 0) for s in ds.sequences)
     assert result.history[0].predictions == n_targets
     with pytest.raises(ValueError, match="causal"):
-        fit(small("bert4rec", ds), ds, quick(epochs=1, mode="prefix"), evaluator=Evaluator(ds))
+        fit(small("bert4rec", ds), ds, quick(epochs=1, stride=stride), evaluator=Evaluator(ds))

@@ -96,7 +96,8 @@ def run_baselines(
         "seeds": list(seeds),
         "select": f"valid {config.eval.select_metric} ({config.eval.select_protocol} protocol)",
         "environment": f"python {platform.python_version()}, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} threads",
+                       f"{config.train.threads or torch.get_num_threads()} thread(s) per run",
+        "wall_seconds": sum(r["fit"]["total_seconds"] for rs in runs.values() for r in rs),
         "commands": [f"python -m trainer baselines --config {config_path}"
                      + "".join(f" --set {o}" for o in overrides)] + commands,
         "summary": summary,
@@ -125,7 +126,8 @@ def baselines_markdown(report: dict[str, Any]) -> str:
         f"({stats['tail_items']} items, {stats['tail_share_of_test_targets']:.1%} of test targets).",
         "",
         f"Test metrics at the best epoch by {report['select']}, mean ± sample std over seeds "
-        f"{', '.join(map(str, report['seeds']))}. {report['environment']}.",
+        f"{', '.join(map(str, report['seeds']))}. {report['environment']}; the whole set trained "
+        f"in {report['wall_seconds'] / 60:.1f} min (sum of the runs' wall times).",
         "",
     ]
     for protocol in next(iter(report["summary"].values()))["test"]:

@@ -1,18 +1,26 @@
 """Training a sequential backbone: the loop (`fit`) and the `train` stage around it.
 
-Training data, mode "sequence" (default): each user's training sequence is
-cut into windows of max_len+1 items, tiled back from its most recent item
-(windows="all"; windows="last" keeps only the most recent one, as the original
-SASRec code does), and the backbone is trained with a loss at every position
-of a window at once. Every training interaction is a target exactly once per
-epoch. The tiling is fixed rather than randomly cropped: with a loss at every
-position, shorter contexts are already in every window, so random crops add
-little but noise.
+Training data: each user's training sequence is cut into windows of max_len+1
+items, tiled back from its most recent item every `stride` items, and the
+backbone is trained on whole windows at once (one forward pass, a loss at many
+positions) instead of materialising every prefix as its own sample:
 
-Mode "prefix" materialises every prefix as its own sample with a single loss
-at its last position (RecBole's and some reference code's data layout). It
-exists so bench/train_speed.py can show that whole-sequence training reaches
-the same quality for a fraction of the compute.
+- a window is responsible for the targets at its last `stride` positions (the
+  oldest window of a user for all of its targets), so every training
+  interaction is a target exactly once per epoch, seen with at least
+  max_len - stride + 1 items of context (or the user's whole history before it);
+- stride = max_len (the default, 0): non-overlapping windows, a loss at every
+  position, the cheapest layout; smaller strides give each target a longer
+  context for max_len / stride times the forward passes;
+- stride = 1 is prefix-materialised training (every prefix a sample with a loss
+  at its last position, RecBole's and some reference code's layout); it needs
+  no separate code path and serves bench/train_speed.py as the comparison;
+- windows = "last" keeps only each user's most recent window (original SASRec).
+
+The tiling is deterministic, not randomly cropped: positions at the start of a
+window already see short contexts in every epoch, so random crops add noise
+more than variety. Bidirectional models (BERT4Rec) see every position of their
+window, so they need non-overlapping windows (stride = max_len).
 """
 from __future__ import annotations
 
@@ -80,6 +88,7 @@ class TrainingRows:
     users: np.ndarray     # per sample: the user
     ends: np.ndarray      # per sample: exclusive end index inside the user's sequence
     width: int            # max_len + 1
+    stride: int           # each row is responsible for the targets of its last `stride` positions
 
     def __len__(self) -> int:
         return len(self.users)
@@ -93,7 +102,14 @@ class TrainingRows:
         return torch.from_numpy(rows)
 
 
-def training_rows(train: Sequence[np.ndarray], max_len: int, mode: str, windows: str) -> TrainingRows:
+def training_rows(train: Sequence[np.ndarray], max_len: int, stride: int = 0, windows: str = "all") -> TrainingRows:
+    """Windows ending every `stride` items back from each user's last training item
+    (stride 0 = max_len); windows="last" keeps only the most recent one."""
+    stride = max_len if stride <= 0 else stride
+    if stride > max_len:
+        raise ValueError(f"stride {stride} > max_len {max_len} would skip targets")
+    if windows not in ("all", "last"):
+        raise ValueError(f"unknown windows {windows!r}; known: all, last")
     lengths = np.asarray([len(s) for s in train], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     flat = np.concatenate(list(train)).astype(np.int64) if lengths.sum() else np.zeros(1, np.int64)
@@ -101,20 +117,12 @@ def training_rows(train: Sequence[np.ndarray], max_len: int, mode: str, windows:
     for u, n in enumerate(lengths):
         if n < 2:
             continue
-        if mode == "prefix":
-            e = np.arange(2, n + 1)
-        elif mode == "sequence" and windows == "all":
-            e = np.arange(n, 1, -max_len)
-        elif mode == "sequence" and windows == "last":
-            e = np.asarray([n])
-        else:
-            raise ValueError(f"unknown training layout mode={mode!r} windows={windows!r}; "
-                             "modes: sequence | prefix, windows: all | last")
+        e = np.arange(n, 1, -stride) if windows == "all" else np.asarray([n])
         users.append(np.full(len(e), u))
         ends.append(e)
     if not users:
         raise ValueError("no user has two training items: nothing to train on")
-    return TrainingRows(flat, offsets, np.concatenate(users), np.concatenate(ends), max_len + 1)
+    return TrainingRows(flat, offsets, np.concatenate(users), np.concatenate(ends), max_len + 1, stride)
 
 
 # ----------------------------------------------------------------- the loop
@@ -143,9 +151,10 @@ def fit(
         torch.set_num_threads(train_cfg.threads)
     seed_everything(train_cfg.seed)
     evaluator = evaluator or Evaluator(dataset, eval_cfg)
-    if train_cfg.mode == "prefix" and not model.causal:
-        raise ValueError(f"prefix training needs a causal backbone; {model.config.name} is bidirectional")
-    rows = training_rows(evaluator.split.train, model.config.max_len, train_cfg.mode, train_cfg.windows)
+    rows = training_rows(evaluator.split.train, model.config.max_len, train_cfg.stride, train_cfg.windows)
+    if rows.stride < model.config.max_len and not model.causal:
+        raise ValueError(f"overlapping windows (stride {rows.stride} < max_len) need a causal backbone; "
+                         f"{model.config.name} is bidirectional")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     generator = torch.Generator().manual_seed(train_cfg.seed)
@@ -164,8 +173,8 @@ def fit(
         for start in bar:
             sequences = rows.batch(order[start:start + train_cfg.batch_size])
             inputs, targets = model.training_pairs(sequences, generator)
-            if train_cfg.mode == "prefix":  # one sample per prefix: only its last position counts
-                targets = torch.cat([torch.zeros_like(targets[:, :-1]), targets[:, -1:]], 1)
+            if rows.stride < targets.shape[1]:  # earlier positions belong to the previous window
+                targets = torch.cat([torch.zeros_like(targets[:, :-rows.stride]), targets[:, -rows.stride:]], 1)
             states = model.hidden_states(inputs)
             loss = recommendation_loss(model.config.loss, states, targets, model.item_embedding.table(), generator,
                                        allowed=loss_items)
