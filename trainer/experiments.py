@@ -49,6 +49,10 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def run_method(
     config: Config,
     dataset: Dataset,
@@ -76,8 +80,8 @@ def run_method(
     settings = {"config": config.to_dict(), "method": method, "rat": rat.to_dict(),
                 "loss_items": None if loss_items is None else _digest(np.flatnonzero(loss_items).tolist()),
                 "fit_rows": None if fit_rows is None else _digest(np.asarray(fit_rows).tolist()),
-                "tables": {k: None if v is None else _digest(v[:4].tolist()) for k, v in asdict(tables).items()},
-                "id_table": None if id_table is None else _digest(id_table[:4].tolist()),
+                "tables": {k: None if v is None else _tensor_digest(v) for k, v in asdict(tables).items()},
+                "id_table": None if id_table is None else _tensor_digest(id_table),
                 "user_groups": {k: _digest(np.flatnonzero(v).tolist()) for k, v in (user_groups or {}).items()}}
     metrics_path = directory / "metrics.json"
     if reuse and metrics_path.is_file():

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .base import BackboneConfig, ItemEmbedding, SequentialBackbone
-from .layers import TransformerEncoder, init_weights, inner_size
+from .layers import encoder_from_config, init_weights
 
 MASK_ID = -1
 
@@ -25,17 +25,7 @@ class BERT4Rec(SequentialBackbone):
             raise ValueError(f"mask_ratio must be in (0, 1], got {config.mask_ratio}")
         self.mask_embedding = nn.Parameter(torch.empty(config.hidden))
         nn.init.trunc_normal_(self.mask_embedding, std=0.02, a=-0.04, b=0.04)
-        self.encoder = TransformerEncoder(
-            hidden=config.hidden,
-            max_len=config.max_len,
-            n_layers=config.n_layers,
-            n_heads=config.n_heads,
-            inner=inner_size(config.inner_size, config.hidden, 4),
-            dropout=config.dropout,
-            activation=config.activation,
-            norm_first=config.norm_first,
-            causal=False,
-        )
+        self.encoder = encoder_from_config(config, causal=False)
         # BERT's output transform before the dot product with the item table.
         self.head = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.LayerNorm(config.hidden))
         self.head.apply(init_weights)

@@ -122,3 +122,18 @@ def init_weights(module: nn.Module) -> None:
 def inner_size(config_inner: int, hidden: int, factor: int) -> int:
     return config_inner if config_inner > 0 else factor * hidden
 
+
+def encoder_from_config(config, causal: bool) -> "TransformerEncoder":
+    """The self-attention stack of SASRec (causal) and BERT4Rec (bidirectional) from a BackboneConfig."""
+    return TransformerEncoder(
+        hidden=config.hidden,
+        max_len=config.max_len,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        inner=inner_size(config.inner_size, config.hidden, 4),
+        dropout=config.dropout,
+        activation=config.activation,
+        norm_first=config.norm_first,
+        causal=causal,
+    )
+

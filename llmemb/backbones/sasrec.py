@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .base import BackboneConfig, ItemEmbedding, SequentialBackbone
-from .layers import TransformerEncoder, inner_size
+from .layers import encoder_from_config
 
 
 class SASRec(SequentialBackbone):
@@ -17,17 +17,7 @@ class SASRec(SequentialBackbone):
 
     def __init__(self, config: BackboneConfig, item_embedding: ItemEmbedding):
         super().__init__(config, item_embedding)
-        self.encoder = TransformerEncoder(
-            hidden=config.hidden,
-            max_len=config.max_len,
-            n_layers=config.n_layers,
-            n_heads=config.n_heads,
-            inner=inner_size(config.inner_size, config.hidden, 4),
-            dropout=config.dropout,
-            activation=config.activation,
-            norm_first=config.norm_first,
-            causal=True,
-        )
+        self.encoder = encoder_from_config(config, causal=True)
 
     def hidden_states(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.item_embedding(inputs), inputs != 0)
