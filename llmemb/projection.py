@@ -17,7 +17,8 @@ def default_n_components(n: int, d: int) -> int:
 
 
 class PCA:
-    """x -> (x - mean) @ components.T, with components [k, D] orthonormal rows."""
+    """x -> (x - mean) @ components.T, components [k, D]: orthonormal rows as fitted;
+    `scaled` and `whitened` fold a rescaling of the reduced coordinates into them."""
 
     def __init__(self, mean: torch.Tensor, components: torch.Tensor):
         if mean.ndim != 1 or components.ndim != 2 or components.shape[1] != mean.shape[0]:
@@ -64,6 +65,31 @@ class PCA:
         pca = cls(mean, components)
         pca.explained_variance = variance[:k].float()
         return pca
+
+    def scaled(self, factor: float) -> "PCA":
+        """The same projection times `factor` (rows of norm `factor`): a global rescale of
+        the reduced table, kept inside the PCA so the bundle and the service apply it too."""
+        if not factor > 0:
+            raise ValueError(f"scale factor must be positive, got {factor}")
+        out = PCA(self.mean, self.components * factor)
+        if self.explained_variance is not None:
+            out.explained_variance = self.explained_variance * factor**2
+        return out
+
+    def whitened(self, floor: float = 1e-3) -> "PCA":
+        """Each component divided by its standard deviation, so every reduced coordinate has
+        unit variance on the fitted data. Components whose variance is below `floor` times
+        the mean variance are divided by that floor's deviation instead, so directions with
+        (numerically) no variance are not blown up. Needs the variances of `fit`."""
+        if self.explained_variance is None:
+            raise ValueError("whitening needs the explained variances: use a PCA from fit()")
+        if not floor > 0:
+            raise ValueError(f"whitening floor must be positive, got {floor}")
+        variance = self.explained_variance.double()
+        std = variance.clamp_min(floor * float(variance.mean())).sqrt()
+        out = PCA(self.mean, (self.components.double() / std.unsqueeze(1)).float())
+        out.explained_variance = (variance / std**2).float()
+        return out
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., k] fp32 on x's device."""

@@ -100,3 +100,37 @@ def test_adapter_from_state_dict_reads_the_sizes():
     assert (rebuilt.d_in, rebuilt.hidden, rebuilt.d_out) == (20, 7, 6)
     x = torch.randn(3, 20)
     assert torch.equal(rebuilt(x), adapter(x))
+
+
+def test_scaled_pca_multiplies_the_projection_and_keeps_the_mean():
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64).float()
+    pca = PCA.fit(x, 4)
+    big = pca.scaled(2.5)
+    assert torch.allclose(big.transform(x), 2.5 * pca.transform(x), atol=1e-5)
+    assert torch.equal(big.mean, pca.mean)
+    assert torch.allclose(big.explained_variance, pca.explained_variance * 6.25)
+    # the saved state carries the factor, so a reloaded PCA projects the same
+    again = PCA.from_state_dict(big.state_dict())
+    assert torch.allclose(again.transform(x), big.transform(x))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            pca.scaled(bad)
+
+
+def test_whitened_pca_gives_unit_variance_and_floors_empty_directions():
+    x = data(60, 8)
+    x[:, 7] = x[:, 6] * 2.0            # rank 7: the last component has no variance
+    pca = PCA.fit(x, 8)
+    white = pca.whitened(floor=1e-3)
+    z = white.transform(x).double()
+    assert torch.allclose(z[:, :7].var(dim=0), torch.ones(7, dtype=torch.float64), rtol=1e-3)
+    # the empty direction is divided by the floor's deviation, not by ~0
+    floor_std = (1e-3 * float(pca.explained_variance.double().mean())) ** 0.5
+    assert float(z[:, 7].abs().max()) < 1e-3 / floor_std
+    # the same directions as the plain PCA, only rescaled per coordinate
+    ratio = white.transform(x)[:, :7] / pca.transform(x)[:, :7]
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-3)
+    with pytest.raises(ValueError, match="explained variances"):
+        PCA.from_state_dict(pca.state_dict()).whitened()
+    with pytest.raises(ValueError, match="floor must be positive"):
+        pca.whitened(floor=0.0)

@@ -184,6 +184,41 @@ def test_llm2x_init_std_rescales_the_initial_table():
     assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-3)  # one common factor
 
 
+@pytest.mark.parametrize("method", ["llmemb", "wo_adapter", "wo_freeze"])
+def test_source_std_rescales_the_frozen_table_and_the_saved_pca(method):
+    scft, _ = tables()
+    plain_model, plain_pca = build_model(method, backbone(), N, RATConfig(d_pca=10), scft_table=scft)
+    model, pca = build_model(method, backbone(), N, RATConfig(d_pca=10, source_std=0.5), scft_table=scft)
+    a, b = plain_model.item_embedding.source.detach(), model.item_embedding.source.detach()
+    assert torch.equal(b[0], torch.zeros(b.shape[1]))
+    assert abs(float(b[1:].std()) - 0.5) < 1e-4
+    ratio = b[1:] / a[1:]
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-3)  # one common factor
+    # the factor lives in the returned PCA, so PCA(E) rebuilds the source the model trains on
+    assert torch.allclose(pca.transform(scft), b[1:], atol=1e-5)
+    assert torch.allclose(plain_pca.transform(scft), a[1:], atol=1e-5)
+
+
+def test_whiten_gives_each_frozen_coordinate_unit_variance_and_keeps_it_in_the_pca():
+    scft, _ = tables()
+    model, pca = build_model("llmemb", backbone(), N, RATConfig(d_pca=10, whiten=True), scft_table=scft)
+    source = model.item_embedding.source.detach()
+    assert torch.allclose(source[1:].double().var(dim=0), torch.ones(10, dtype=torch.float64), rtol=1e-3)
+    assert torch.allclose(pca.transform(scft), source[1:], atol=1e-5)
+    # whitening then an overall rescale
+    model, pca = build_model("llmemb", backbone(), N, RATConfig(d_pca=10, whiten=True, source_std=0.1), scft_table=scft)
+    source = model.item_embedding.source.detach()
+    assert abs(float(source[1:].std()) - 0.1) < 1e-4
+    assert torch.allclose(pca.transform(scft), source[1:], atol=1e-5)
+
+
+def test_source_std_and_llm2x_init_std_must_be_positive():
+    for key in ("source_std", "llm2x_init_std"):
+        with pytest.raises(ValueError, match=f"rat.{key} must be positive"):
+            RATConfig.from_dict({key: 0.0})
+    assert RATConfig.from_dict({"source_std": None}).source_std is None
+
+
 def test_build_model_errors():
     scft, base = tables()
     with pytest.raises(ValueError, match="unknown method 'said'"):

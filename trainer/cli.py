@@ -161,6 +161,18 @@ def quality(config: ConfigPath, overrides: Overrides = None) -> None:
 
 
 @app.command()
+def tune(config: ConfigPath,
+         grid: Annotated[Path, typer.Option("--grid", help="YAML grid of variants (see trainer/tune.py).", exists=True, dir_okay=False)]) -> None:
+    """Try variants of one method on validation; writes <reports>/<dataset>/tuning/<grid name>.{json,md}."""
+    from trainer.tune import run_tuning
+
+    try:
+        run_tuning(config, grid, log=typer.echo)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--grid") from None
+
+
+@app.command()
 def quick(config: ConfigPath,
           out: Annotated[Path, typer.Option("--out", help="Bundle directory to write (must not exist).")],
           overrides: Overrides = None) -> None:

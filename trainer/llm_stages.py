@@ -94,7 +94,9 @@ def ensure_scft(config: Config, dataset: Dataset, tag: str = "scft", item_rows: 
     enc = replace(enc, lora=enc.lora or LoraSettings())
     scft = scft_config(config, **changes)
     items = dataset.attributes if item_rows is None else [dataset.attributes[r] for r in item_rows]
-    settings = _jsonable({"encoder": enc.to_dict(), "scft": scft.__dict__, "domain": dataset.domain,
+    # The progress bar changes nothing that is saved, so it is not part of the settings.
+    trained = {k: v for k, v in scft.__dict__.items() if k != "progress"}
+    settings = _jsonable({"encoder": enc.to_dict(), "scft": trained, "domain": dataset.domain,
                           "dataset": config.dataset, "items": len(items),
                           "item_rows": None if item_rows is None else list(map(int, item_rows))})
     directory = llm_dir(config) / tag

@@ -9,6 +9,7 @@ Grid (config section `quality`, all optional):
     cold_seed: 0
     cold_scft_steps: 30         SCFT steps of the cold-start split's own LoRA (trained on warm items only)
     cold_methods: [none, llm2x, llmemb]
+    workers: 2                  processes training runs side by side (one torch thread each)
 
 Runs go to <runs_dir>/<dataset>/quality/<split>/<method>-<backbone>-seed<s>/ and
 are reused when their settings are unchanged, so an interrupted grid resumes.
@@ -25,11 +26,11 @@ import torch
 
 from llmemb.config import Config, load_config
 from llmemb.data.coldstart import cold_start_split
-from llmemb.metrics import Evaluator
-from trainer.experiments import Tables, load_item_table, run_method
+from trainer.experiments import Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
+from trainer.run_pool import MethodTask, Split, prepare_negatives, run_chains
 from trainer.report import write_report
 
 DEFAULTS: dict[str, Any] = {
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "cold_methods": ["none", "llm2x", "llmemb"],
     "cold_backbone": "sasrec",
     "cold_scft_steps": 30,
+    "workers": 2,
 }
 
 
@@ -79,23 +81,20 @@ def run_quality(
     stage_seconds["export"] = time.perf_counter() - t
     root = Path(base.runs_dir) / base.name / "quality"
 
-    runs: list[dict[str, Any]] = []
-    t = time.perf_counter()
+    main_keep = {"none", "llm2x", "llmemb"}
+    splits = {"main": Split(dataset, tables, data_dir)}
+    chains: list[list[MethodTask]] = []
     for backbone in q["backbones"]:
         methods = list(q["methods"]) + (list(q["ablations"]) if backbone == q["ablation_backbone"] else [])
         for seed in q["seeds"]:
             cfg = _config(config_path, overrides, backbone, seed)
-            evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
             id_dir = root / "main" / f"none-{backbone}-seed{seed}"
-            for method in ["none"] + [m for m in methods if m != "none"]:
-                log(f"[main] {method} {backbone} seed {seed}")
-                run = run_method(cfg, dataset, evaluator, method, rat, tables,
-                                 root / "main" / f"{method}-{backbone}-seed{seed}",
-                                 id_table=load_item_table(id_dir) if method != "none" else None,
-                                 keep_table=(method in ("none", "llm2x", "llmemb") and backbone == "sasrec")
-                                 or method == "none")
-                runs.append({"split": "main", **run.metrics})
-    stage_seconds["main_grid"] = time.perf_counter() - t
+            chains.append([
+                MethodTask("main", cfg, method, rat, root / "main" / f"{method}-{backbone}-seed{seed}",
+                           id_dir=id_dir if method != "none" else None,
+                           keep_table=method == "none" or (method in main_keep and backbone == "sasrec"))
+                for method in ["none"] + [m for m in methods if m != "none"]
+            ])
 
     cold_info: dict[str, Any] | None = None
     if q["cold_fraction"] > 0:
@@ -106,25 +105,29 @@ def run_quality(
         lora_cold = ensure_scft(base, cold.dataset, tag="scft-cold", item_rows=warm_rows.tolist(),
                                 steps=int(q["cold_scft_steps"]))
         cold_tables = Tables(base=tables.base, scft=ensure_export(base, cold.dataset, lora_cold, "scft-cold"))
+        stage_seconds["cold_scft_export"] = time.perf_counter() - t
         cold_users = cold.cold_test_users()
         loss_items = ~cold.cold
         loss_items[0] = False
         cold_info = {"scft_steps": int(q["cold_scft_steps"]), "items": int(cold.cold.sum()), "test_users_with_cold_target": int(cold_users.sum()),
                      "users": cold.dataset.n_users, "fraction": q["cold_fraction"], "seed": q["cold_seed"]}
+        splits["cold"] = Split(cold.dataset, cold_tables, data_dir / "cold", loss_items=loss_items,
+                               fit_rows=warm_rows, user_groups={"cold_targets": cold_users})
         backbone = q["cold_backbone"]
         for seed in q["seeds"]:
             cfg = _config(config_path, overrides, backbone, seed)
-            evaluator = Evaluator(cold.dataset, cfg.eval, cache_dir=data_dir / "cold")
             id_dir = root / "cold" / f"none-{backbone}-seed{seed}"
-            for method in ["none"] + [m for m in q["cold_methods"] if m != "none"]:
-                log(f"[cold] {method} {backbone} seed {seed}")
-                run = run_method(cfg, cold.dataset, evaluator, method, rat, cold_tables,
-                                 root / "cold" / f"{method}-{backbone}-seed{seed}",
-                                 id_table=load_item_table(id_dir) if method != "none" else None,
-                                 loss_items=loss_items, fit_rows=warm_rows, keep_table=(method == "none"),
-                                 user_groups={"cold_targets": cold_users})
-                runs.append({"split": "cold", **run.metrics})
-        stage_seconds["cold_grid"] = time.perf_counter() - t
+            chains.append([
+                MethodTask("cold", cfg, method, rat, root / "cold" / f"{method}-{backbone}-seed{seed}",
+                           id_dir=id_dir if method != "none" else None, keep_table=method == "none")
+                for method in ["none"] + [m for m in q["cold_methods"] if m != "none"]
+            ])
+
+    t = time.perf_counter()
+    prepare_negatives(splits, base.eval)
+    results_by_chain = run_chains(splits, chains, workers=int(q["workers"]), log=log)
+    runs = [{"split": chain[0].split, **metrics} for chain, out in zip(chains, results_by_chain) for metrics in out]
+    stage_seconds["grid"] = time.perf_counter() - t
 
     results = {
         "dataset": dataset.stats(base.eval.head_fraction),
@@ -136,7 +139,8 @@ def run_quality(
         "runs": runs,
         "stage_seconds": stage_seconds,
         "wall_seconds": time.perf_counter() - started,
-        "environment": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "environment": f"{platform.machine()}, {q['workers']} worker process(es) x {base.train.threads} torch thread(s), "
+                       f"torch {torch.__version__}",
         "scft_summary_path": str(lora.parent / "scft.json"),
     }
     out = Path(base.reports_dir) / base.name

@@ -42,6 +42,14 @@ class RATConfig:
     align_similarity: str = "dot"
     align_loss: str = "paper"          # paper: positive left out of the denominator | infonce
     llm2x_init_std: float | None = None  # rescale LLM2X's initial table to this entry std; None: as PCA gives
+    # Rescale the frozen PCA table (LLMEmb and its ablations) to this entry std; None: as PCA gives.
+    # A single scalar, folded into the saved PCA, so the function class is unchanged: it only
+    # changes how the adapter's optimisation starts.
+    source_std: float | None = None
+    # Divide each PCA component by its deviation (unit variance per coordinate; METHOD.md's PCA
+    # does not whiten, so off by default). Also folded into the saved PCA: the adapter is
+    # linear, so this preconditions its optimisation without changing what it can express.
+    whiten: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "RATConfig":
@@ -51,6 +59,10 @@ class RATConfig:
         if unknown:
             raise ValueError(f"rat: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         cfg = cls(**values)
+        for name in ("source_std", "llm2x_init_std"):
+            value = getattr(cfg, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"rat.{name} must be positive or null, got {value!r}")
         if cfg.align_loss not in ("paper", "infonce"):
             raise ValueError(f"rat.align_loss must be paper or infonce, got {cfg.align_loss!r}")
         return cfg
@@ -64,6 +76,22 @@ def fit_pca(llm_table: torch.Tensor, n_components: int, fit_rows: np.ndarray | N
     rows it is fitted on (cold-start: warm items only)."""
     data = llm_table if fit_rows is None else llm_table[torch.as_tensor(fit_rows, dtype=torch.long)]
     return PCA.fit(data, n_components)
+
+
+def reduce_table(llm_table: torch.Tensor, k: int, fit_rows: np.ndarray | None, rat: RATConfig) -> PCA:
+    """The frozen table's PCA with RAT's optional whitening and rescaling folded in."""
+    pca = fit_pca(llm_table, k, fit_rows)
+    if rat.whiten:
+        pca = pca.whitened()
+    return rescaled(pca, llm_table, fit_rows, rat.source_std)
+
+
+def rescaled(pca: PCA, llm_table: torch.Tensor, fit_rows: np.ndarray | None, entry_std: float | None) -> PCA:
+    """`pca` scaled so the fitted rows' reduced entries have std `entry_std` (None: unchanged)."""
+    if entry_std is None:
+        return pca
+    data = llm_table if fit_rows is None else llm_table[torch.as_tensor(fit_rows, dtype=torch.long)]
+    return pca.scaled(entry_std / float(pca.transform(data).std().clamp_min(1e-12)))
 
 
 def pca_source(llm_table: torch.Tensor, pca: PCA) -> torch.Tensor:
@@ -103,10 +131,10 @@ def build_model(
         init = llm2x_table(table, d, rat.llm2x_init_std, fit_rows)
         return build_backbone(backbone, IdItemEmbedding(n_items, d, init=init)), None
     if method == "wo_adapter":
-        pca = fit_pca(table, d, fit_rows)
+        pca = reduce_table(table, d, fit_rows, rat)
         return build_backbone(backbone, AdaptedItemEmbedding(pca_source(table, pca), None, freeze=True)), pca
     k = rat.d_pca or default_n_components(table.shape[0] if fit_rows is None else len(fit_rows), table.shape[1])
-    pca = fit_pca(table, k, fit_rows)
+    pca = reduce_table(table, k, fit_rows, rat)
     adapter = Adapter(pca.n_components, d, hidden=rat.adapter_hidden)
     layer = AdaptedItemEmbedding(pca_source(table, pca), adapter, freeze=(method != "wo_freeze"))
     return build_backbone(backbone, layer), pca

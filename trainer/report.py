@@ -248,9 +248,12 @@ def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, st
         lines += ["## Figures", ""]
         for title, name in figures.items():
             lines += [f"**{title}**", "", f"![{title}]({name})", ""]
-    if (Path(results.get("report_dir", ".")) / "tuning.md").is_file():
-        lines += ["## What was tried", "", "See [tuning.md](tuning.md): the settings tried before these, "
-                  "with their validation and test figures.", ""]
+    tuning = Path(results.get("report_dir", ".")) / "tuning"
+    pages = sorted(tuning.glob("*.md")) if tuning.is_dir() else []
+    if pages:
+        lines += ["## What was tried", "", "The settings tried before this grid (`python -m trainer tune`), each page "
+                  "with the validation figure used to choose and test figures for the record:", ""]
+        lines += [f"- [{p.stem}](tuning/{p.name})" for p in pages] + [""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,116 @@
+"""Run chains of RAT experiments on a pool of worker processes.
+
+A chain is a list of `MethodTask`s run in order by one worker: the ID-only
+("none") run comes first and the runs that align with its item table follow,
+so dependencies never cross chains and chains run in any order. On a 2-core
+machine two workers with one torch thread each finish a grid about twice as fast
+as one process (a single small model does not scale across threads).
+
+Workers are spawned processes (no fork of a process holding torch threads);
+each receives the splits (dataset, tables, masks) once, at start-up.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from llmemb.config import Config
+from llmemb.data.dataset import Dataset
+from llmemb.metrics import Evaluator
+from trainer.experiments import Tables, load_item_table, run_method
+from trainer.rat import RATConfig
+
+
+@dataclass
+class Split:
+    """What the runs of one data split share."""
+
+    dataset: Dataset
+    tables: Tables
+    cache_dir: Path                                   # sampled negatives (drawn once, by the parent)
+    loss_items: np.ndarray | None = None
+    fit_rows: np.ndarray | None = None
+    user_groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class MethodTask:
+    split: str
+    config: Config
+    method: str
+    rat: RATConfig
+    directory: Path
+    id_dir: Path | None = None        # the run whose item table is the alignment target
+    keep_table: bool = False
+    tables: Tables | None = None      # overrides the split's tables (tuning variants of the LLM stages)
+    label: str = ""
+
+
+_SPLITS: dict[str, Split] = {}
+
+
+def _init_worker(splits: dict[str, Split]) -> None:
+    _SPLITS.clear()
+    _SPLITS.update(splits)
+
+
+def run_task(task: MethodTask, splits: dict[str, Split] | None = None) -> dict[str, Any]:
+    split = (splits or _SPLITS)[task.split]
+    evaluator = Evaluator(split.dataset, task.config.eval, cache_dir=split.cache_dir)
+    run = run_method(task.config, split.dataset, evaluator, task.method, task.rat, task.tables or split.tables,
+                     task.directory, id_table=load_item_table(task.id_dir) if task.id_dir is not None else None,
+                     loss_items=split.loss_items, fit_rows=split.fit_rows, keep_table=task.keep_table,
+                     user_groups=split.user_groups or None)
+    return run.metrics
+
+
+def _run_chain(chain: list[MethodTask]) -> list[dict[str, Any]]:
+    return [run_task(task) for task in chain]
+
+
+def prepare_negatives(splits: dict[str, Split], eval_config: Any) -> None:
+    """Draw and store every split's sampled negatives before workers read them."""
+    for split in splits.values():
+        evaluator = Evaluator(split.dataset, eval_config, cache_dir=split.cache_dir)
+        if "sampled" in evaluator.config.protocols:
+            for which in ("valid", "test"):
+                evaluator.negatives(which)
+
+
+def run_chains(
+    splits: dict[str, Split],
+    chains: Sequence[list[MethodTask]],
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+) -> list[list[dict[str, Any]]]:
+    """Metrics of every task, in the chains' order. workers <= 1 runs in this process."""
+    results: list[list[dict[str, Any]] | None] = [None] * len(chains)
+    if workers <= 1 or len(chains) <= 1:
+        for i, chain in enumerate(chains):
+            out = []
+            for task in chain:
+                log(f"[{task.split}] {task.label or task.method} {task.config.backbone.name} seed {task.config.train.seed}")
+                out.append(run_task(task, splits))
+            results[i] = out
+        return results  # type: ignore[return-value]
+
+    context = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(splits,)) as pool:
+        pending = {pool.submit(_run_chain, chain): i for i, chain in enumerate(chains)}
+        done_count = 0
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = pending.pop(future)
+                results[i] = future.result()   # a failed run stops the grid with its error
+                done_count += 1
+                first = chains[i][0]
+                log(f"[{first.split}] chain {done_count}/{len(chains)} done: {first.config.backbone.name} "
+                    f"seed {first.config.train.seed} ({', '.join(t.label or t.method for t in chains[i])})")
+    return results  # type: ignore[return-value]
