@@ -111,6 +111,31 @@ def test_run_method_writes_metrics_and_reuses_unchanged_runs(setup, tmp_path):
                       id_table=id_table).model is not None
 
 
+def test_runs_depend_only_on_what_they_read(setup, tmp_path):
+    from dataclasses import replace
+
+    ds, config, ev, tables = setup
+    rat = RATConfig(d_pca=6)
+    none_dir, llm_dir = tmp_path / "none", tmp_path / "llmemb"
+    assert run_method(config, ds, ev, "none", rat, tables, none_dir, keep_table=True).model is not None
+    id_table = load_item_table(none_dir)
+    assert run_method(config, ds, ev, "llmemb", rat, tables, llm_dir, id_table=id_table).model is not None
+    # other stages' sections, the progress bar, a table the method does not read: reused
+    edited = replace(config, sections={"quality": {"workers": 4}, "scft": {"steps": 7}},
+                     train=replace(config.train, progress=True))
+    with_base = Tables(scft=tables.scft, base=torch.ones(N_ITEMS, 20))
+    assert run_method(edited, ds, ev, "none", RATConfig(alpha=0.5), with_base, none_dir, keep_table=True).model is None
+    assert run_method(edited, ds, ev, "llmemb", rat, with_base, llm_dir, id_table=id_table).model is None
+    # what the run reads: retrained
+    assert run_method(edited, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), with_base, llm_dir,
+                      id_table=id_table).model is not None
+    other = Tables(scft=tables.scft * 2.0)
+    assert run_method(edited, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), other, llm_dir,
+                      id_table=id_table).model is not None
+    slower = replace(config, train=replace(config.train, lr=0.002))
+    assert run_method(slower, ds, ev, "none", rat, tables, none_dir, keep_table=True).model is not None
+
+
 def test_run_method_needs_the_id_table_to_align(setup, tmp_path):
     ds, config, ev, tables = setup
     with pytest.raises(ValueError, match="train 'none' first"):

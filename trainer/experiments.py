@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from llmemb.config import Config
 from llmemb.data.dataset import Dataset
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA
-from trainer.rat import RATConfig, alignment_loss, build_model, uses_alignment
+from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig, alignment_loss, build_model, uses_alignment
 from trainer.train import fit, seed_everything
 
 TABLE_FILE = "item_table.safetensors"
@@ -53,6 +53,35 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def run_settings(
+    config: Config,
+    method: str,
+    rat: RATConfig,
+    tables: Tables,
+    id_table: torch.Tensor | None = None,
+    loss_items: np.ndarray | None = None,
+    fit_rows: np.ndarray | None = None,
+    user_groups: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """What a run's result depends on, and nothing else: the data, backbone, training
+    and evaluation sections (not the progress bar), the RAT settings and the one
+    export table the method reads (none for ID-only runs), the alignment target and
+    the masks. Other stages' config sections (encoder, scft, quality, quick) reach a
+    run only through the tables, so editing them does not invalidate ID-only runs."""
+    whole = config.to_dict()
+    train = {k: v for k, v in whole["train"].items() if k != "progress"}
+    table = "scft" if method in USES_SCFT_TABLE else "base" if method in USES_BASE_TABLE else None
+    source = getattr(tables, table) if table is not None else None
+    return {"config": {"dataset": whole["dataset"], "backbone": whole["backbone"], "train": train,
+                       "eval": whole["eval"]},
+            "method": method, "rat": None if method == "none" else rat.to_dict(),
+            "table": None if source is None else {table: _tensor_digest(source)},
+            "loss_items": None if loss_items is None else _digest(np.flatnonzero(loss_items).tolist()),
+            "fit_rows": None if fit_rows is None else _digest(np.asarray(fit_rows).tolist()),
+            "id_table": None if id_table is None else _tensor_digest(id_table),
+            "user_groups": {k: _digest(np.flatnonzero(v).tolist()) for k, v in (user_groups or {}).items()}}
+
+
 def run_method(
     config: Config,
     dataset: Dataset,
@@ -77,12 +106,7 @@ def run_method(
     (cold-start: users whose test target is a cold item).
     """
     seed = config.train.seed
-    settings = {"config": config.to_dict(), "method": method, "rat": rat.to_dict(),
-                "loss_items": None if loss_items is None else _digest(np.flatnonzero(loss_items).tolist()),
-                "fit_rows": None if fit_rows is None else _digest(np.asarray(fit_rows).tolist()),
-                "tables": {k: None if v is None else _tensor_digest(v) for k, v in asdict(tables).items()},
-                "id_table": None if id_table is None else _tensor_digest(id_table),
-                "user_groups": {k: _digest(np.flatnonzero(v).tolist()) for k, v in (user_groups or {}).items()}}
+    settings = run_settings(config, method, rat, tables, id_table, loss_items, fit_rows, user_groups)
     metrics_path = directory / "metrics.json"
     if reuse and metrics_path.is_file():
         saved = json.loads(metrics_path.read_text(encoding="utf-8"))
