@@ -40,7 +40,7 @@ run: install
 		$(if $(REDIS_URL),--redis-url $(REDIS_URL),)
 
 quality: install
-	$(PY) -m trainer quality --config $(CONFIG) --set train.patience=10 --set train.max_seconds=120 --set train.progress=false
+	$(PY) -m trainer quality --config $(CONFIG) --set train.patience=10 --set train.epochs=40 --set train.max_seconds=0 --set train.progress=false
 
 baselines: install
 	$(PY) -m trainer baselines --config $(CONFIG)
