@@ -141,9 +141,13 @@ def sampled_negatives(
         raise ValueError(f"unknown split {which!r}; known: valid, test")
     fingerprint = sequences_fingerprint(dataset.sequences)
     key = (fingerprint, which, n, seed)
-    if key in _NEGATIVES:
-        return _NEGATIVES[key]
     path = Path(cache_dir) / f"negatives-{which}-n{n}-seed{seed}.npz" if cache_dir is not None else None
+    if key in _NEGATIVES:
+        # Drawn before in this process: still leave them in this cache directory, where
+        # other processes (the grid's workers) look for them.
+        if path is not None and not path.is_file():
+            _save_negatives(path, _NEGATIVES[key], fingerprint)
+        return _NEGATIVES[key]
     negatives = None
     if path is not None and path.is_file():
         stored = np.load(path)
@@ -152,10 +156,14 @@ def sampled_negatives(
     if negatives is None:
         negatives = draw_negatives(dataset.sequences, dataset.n_items, n, seed, SPLIT_STREAMS[which])
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, negatives=negatives, fingerprint=np.asarray(fingerprint))
+            _save_negatives(path, negatives, fingerprint)
     _NEGATIVES[key] = negatives
     return negatives
+
+
+def _save_negatives(path: Path, negatives: np.ndarray, fingerprint: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, negatives=negatives, fingerprint=np.asarray(fingerprint))
 
 
 # ---------------------------------------------------------------- groups
