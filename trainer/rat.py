@@ -74,8 +74,12 @@ class RATConfig:
 def fit_pca(llm_table: torch.Tensor, n_components: int, fit_rows: np.ndarray | None = None) -> PCA:
     """PCA on the exported [N, D] table (row r = item r+1); `fit_rows` restricts the
     rows it is fitted on (cold-start: warm items only)."""
-    data = llm_table if fit_rows is None else llm_table[torch.as_tensor(fit_rows, dtype=torch.long)]
-    return PCA.fit(data, n_components)
+    return PCA.fit(fitted_rows(llm_table, fit_rows), n_components)
+
+
+def fitted_rows(llm_table: torch.Tensor, fit_rows: np.ndarray | None) -> torch.Tensor:
+    """The rows PCA is fitted on (and scaled by): all, or `fit_rows` (cold start: warm items)."""
+    return llm_table if fit_rows is None else llm_table[torch.as_tensor(fit_rows, dtype=torch.long)]
 
 
 def reduce_table(llm_table: torch.Tensor, k: int, fit_rows: np.ndarray | None, rat: RATConfig) -> PCA:
@@ -90,8 +94,7 @@ def rescaled(pca: PCA, llm_table: torch.Tensor, fit_rows: np.ndarray | None, ent
     """`pca` scaled so the fitted rows' reduced entries have std `entry_std` (None: unchanged)."""
     if entry_std is None:
         return pca
-    data = llm_table if fit_rows is None else llm_table[torch.as_tensor(fit_rows, dtype=torch.long)]
-    return pca.scaled(entry_std / float(pca.transform(data).std().clamp_min(1e-12)))
+    return pca.scaled(entry_std / float(pca.transform(fitted_rows(llm_table, fit_rows)).std().clamp_min(1e-12)))
 
 
 def pca_source(llm_table: torch.Tensor, pca: PCA) -> torch.Tensor:

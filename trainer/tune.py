@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from trainer.experiments import Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.prepare import prepared_dataset
 from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
+from trainer.report import mean_std
 from trainer.run_pool import MethodTask, Split, prepare_negatives, run_chains
 
 GRID_KEYS = {"method", "backbone", "seeds", "workers", "overrides", "variants"}
@@ -65,13 +65,9 @@ def _llm_tag(config: Config, reference: Config, stem: str) -> str:
     return f"{stem}-{hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
 def _row(name: str, sets: list[str], runs: list[dict[str, Any]], select_protocol: str) -> dict[str, Any]:
     def pick(which: str, protocol: str, group: str, metric: str) -> dict[str, float]:
-        return _summary([r[which][protocol][group][metric] for r in runs])
+        return mean_std([r[which][protocol][group][metric] for r in runs])
 
     return {
         "variant": name, "overrides": sets, "seeds": [r["seed"] for r in runs],
