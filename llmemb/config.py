@@ -159,15 +159,37 @@ def resolve_backbone(raw: dict[str, Any], backbone: str | None = None) -> dict[s
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, backbone: str | None = None) -> Config:
-    """Read a YAML config, choose the backbone, apply `section.key=value` overrides."""
-    path = Path(path)
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def read_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict; `extends: other.yaml` (relative to this file) is read
+    first and this file's keys are merged over it, mapping by mapping."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"{path}: 'extends' forms a cycle")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config is a mapping of sections")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ValueError(f"{path}: extends must be a file name, got {parent!r}")
+    return _deep_merge(read_raw_config(path.parent / parent, (*_seen, path)), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, backbone: str | None = None) -> Config:
+    """Read a YAML config (following `extends`), choose the backbone, apply `section.key=value` overrides."""
+    raw = read_raw_config(path)
     return config_from_dict(apply_overrides(resolve_backbone(raw, backbone), overrides or []))
 
 

@@ -7,7 +7,16 @@ slow, and the budget is what bounds memory), then returns rows in input order.
 
 Padding is always on the right. For causal models this keeps every real token
 at the position it would have alone, so a batched row equals the unbatched
-forward; last-token pooling then reads the last non-pad position of each row.
+forward; last-token pooling then reads the last non-pad position of each row,
+which is real whatever the batch. Decoders append the EOS token (`append_eos`)
+so that the pooled last position has read the whole prompt and ends every
+prompt the same way.
+
+`EncoderSpec` is the vector contract: everything that changes an item's vector
+(model id, pooling, normalisation, max tokens, dtype, EOS handling, the
+instruction and prompt format verbatim). The trainer writes it into the bundle
+and the service reads it back from there; both build prompts and encoders
+through it, so their vectors agree by construction.
 """
 from __future__ import annotations
 
@@ -15,11 +24,14 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModel, AutoTokenizer
-from transformers.utils import cached_file
+
+from llmemb.models import model_identity
+from llmemb.prompts import build_prompt
 
 POOLINGS = ("mean", "last")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,6 +45,7 @@ LLAMA_STYLE = {
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BERT_STYLE = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
 BERT_TARGETS = ["query", "key", "value", "dense"]
+MPNET_TARGETS = ["q", "k", "v", "o", "dense"]
 # BERT's pooler also has a "dense" layer; no pooling rule here reads it, so a
 # LoRA on it would never receive a gradient.
 BERT_EXCLUDED = ["pooler.dense"]
@@ -63,6 +76,7 @@ class EncoderConfig:
     lora: LoraSettings | None = None  # set: a fresh trainable LoRA is attached (SCFT)
     token_budget: int = 8192       # max padded tokens (rows x longest row) per inference forward
     normalize: bool = False        # L2-normalise the pooled vectors
+    append_eos: bool = False       # end every prompt with the EOS token (decoders, last-token pooling)
     gradient_checkpointing: bool = False  # trade compute for memory in forward_train
 
     def __post_init__(self) -> None:
@@ -72,6 +86,8 @@ class EncoderConfig:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.max_tokens < 1 or self.token_budget < 1:
             raise ValueError("max_tokens and token_budget must be positive")
+        if self.append_eos and self.max_tokens < 2:
+            raise ValueError("append_eos needs max_tokens >= 2 (one token of text and the EOS)")
         if isinstance(self.lora, dict):  # from YAML / JSON
             self.lora = LoraSettings(**self.lora)
 
@@ -88,6 +104,75 @@ class EncoderConfig:
         return cls(**values)
 
 
+PROMPT_FORMAT = '"<instruction>\\n" + "; ".join(f"{key} is {value}")'
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How item attributes become LLM vectors: the contract a bundle carries.
+
+    The base model's identity sits beside it in the manifest (`base_model`);
+    runtime choices that do not change a vector (device, token budget) are not
+    part of it. `from_dict` is strict: an unknown, missing or ill-typed field is
+    an error naming the field, never a silent default.
+    """
+
+    instruction: str               # verbatim first line of every prompt
+    pooling: str = "mean"
+    normalize: bool = False
+    max_tokens: int = 256
+    dtype: str = "fp32"
+    append_eos: bool = False
+    max_value_chars: int = 100     # each attribute value is cut to this many characters in the prompt
+    prompt_format: str = PROMPT_FORMAT
+
+    def __post_init__(self) -> None:
+        for name, kind in (("instruction", str), ("pooling", str), ("normalize", bool), ("max_tokens", int),
+                           ("dtype", str), ("append_eos", bool), ("max_value_chars", int), ("prompt_format", str)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"encoder.{name}: expected {kind.__name__}, got {value!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"encoder.pooling: must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"encoder.dtype: must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.max_tokens < (2 if self.append_eos else 1) or self.max_value_chars < 1:
+            raise ValueError(f"encoder.max_tokens / encoder.max_value_chars: too small "
+                             f"({self.max_tokens}, {self.max_value_chars})")
+        if self.prompt_format != PROMPT_FORMAT:
+            raise ValueError(f"encoder.prompt_format: this code builds prompts as {PROMPT_FORMAT}, "
+                             f"the bundle asks for {self.prompt_format!r}")
+
+    def prompt(self, attributes: dict[str, Any], keys: list[str] | None = None) -> str:
+        """The prompt of an item: the one place trainer, service and backfill agree on."""
+        return build_prompt(attributes, self.instruction, self.max_value_chars, keys=keys)
+
+    def encoder_config(self, model_path: str, device: str = "cpu", token_budget: int = 8192,
+                       dtype: str | None = None, lora: LoraSettings | None = None,
+                       gradient_checkpointing: bool = False) -> EncoderConfig:
+        """The encoder that computes this spec's vectors (`dtype` overrides the spec's, explicitly)."""
+        return EncoderConfig(model_path=model_path, pooling=self.pooling, max_tokens=self.max_tokens,
+                             dtype=dtype or self.dtype, device=device, lora=lora, token_budget=token_budget,
+                             normalize=self.normalize, append_eos=self.append_eos,
+                             gradient_checkpointing=gradient_checkpointing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EncoderSpec":
+        if not isinstance(values, dict):
+            raise ValueError(f"encoder: expected a mapping, got {type(values).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"encoder.{unknown[0]}: unknown field (this code knows {', '.join(names)})")
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ValueError(f"encoder.{missing[0]}: missing from the bundle's encoder contract")
+        return cls(**values)
+
+
 def lora_targets(model_type: str, settings: LoraSettings) -> tuple[list[str], list[str] | None]:
     """(target module names, excluded module names) for an architecture."""
     if settings.target_modules is not None:
@@ -96,6 +181,8 @@ def lora_targets(model_type: str, settings: LoraSettings) -> tuple[list[str], li
         return list(LLAMA_TARGETS), None
     if model_type in BERT_STYLE:
         return list(BERT_TARGETS), list(BERT_EXCLUDED)
+    if model_type == "mpnet":
+        return list(MPNET_TARGETS), list(BERT_EXCLUDED)
     raise ValueError(
         f"no default LoRA target modules for model_type {model_type!r}; "
         "set LoraSettings.target_modules explicitly"
@@ -112,6 +199,34 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     positions = torch.arange(mask.shape[1], device=mask.device)
     last = (mask.long() * positions).argmax(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def load_tokenizer(model_path: str):
+    """The model's tokenizer, padding on the right, with a pad token (LLaMA
+    tokenizers ship without one; any id works because padded positions are
+    masked out of attention and pooling)."""
+    tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        fallback = tok.eos_token or tok.unk_token
+        if fallback is None:
+            raise ValueError(f"tokenizer of {model_path} has no pad, eos or unk token")
+        tok.pad_token = fallback
+    return tok
+
+
+def tokenize(tokenizer, texts: list[str], max_tokens: int, append_eos: bool) -> list[list[int]]:
+    """Token ids of each text, at most `max_tokens`; with `append_eos` every row
+    ends with the EOS token (the text is cut one token earlier to make room)."""
+    if not texts:  # the fast tokenizer fails on an empty batch
+        return []
+    if not append_eos:
+        return tokenizer(list(texts), truncation=True, max_length=max_tokens, padding=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("append_eos is set but the tokenizer has no EOS token")
+    rows = tokenizer(list(texts), truncation=True, max_length=max_tokens - 1, padding=False)["input_ids"]
+    return [r if r and r[-1] == eos else [*r, eos] for r in rows]
 
 
 def length_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
@@ -132,9 +247,10 @@ class ItemEncoder:
     def __init__(self, config: EncoderConfig):
         self.config = config
         self.device = torch.device(config.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_path, local_files_only=True)
-        self.tokenizer.padding_side = "right"
-        self.pad_id = self._pad_token_id()
+        self.tokenizer = load_tokenizer(config.model_path)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        if config.append_eos and self.tokenizer.eos_token_id is None:
+            raise ValueError(f"encoder.append_eos: the tokenizer of {config.model_path} has no EOS token")
         model = AutoModel.from_pretrained(
             config.model_path, local_files_only=True, dtype=DTYPES[config.dtype]
         )
@@ -169,17 +285,6 @@ class ItemEncoder:
         return encoder
 
     # ----------------------------------------------------------------- basics
-    def _pad_token_id(self) -> int:
-        tok = self.tokenizer
-        if tok.pad_token is None:
-            # LLaMA tokenizers ship without one; any id works because padded
-            # positions are masked out of attention and pooling.
-            fallback = tok.eos_token or tok.unk_token
-            if fallback is None:
-                raise ValueError(f"tokenizer of {self.config.model_path} has no pad, eos or unk token")
-            tok.pad_token = fallback
-        return int(tok.pad_token_id)
-
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
@@ -188,24 +293,20 @@ class ItemEncoder:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        if not texts:  # the fast tokenizer fails on an empty batch
-            return []
-        return self.tokenizer(
-            list(texts), truncation=True, max_length=self.config.max_tokens, padding=False
-        )["input_ids"]
+        return tokenize(self.tokenizer, texts, self.config.max_tokens, self.config.append_eos)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenize(texts)]
 
     def model_fingerprint(self) -> str:
-        """sha256 over the base model's config.json and the settings that change outputs."""
-        config_path = cached_file(self.config.model_path, "config.json", local_files_only=True)
-        config_sha = hashlib.sha256(Path(config_path).read_bytes()).hexdigest()
+        """sha256 over the base model's identity (config, weights, tokenizer) and
+        the settings that change outputs."""
         body = {
-            "config_sha256": config_sha,
+            "model": model_identity(self.config.model_path).to_dict(),
             "pooling": self.config.pooling,
             "max_tokens": self.config.max_tokens,
             "normalize": self.config.normalize,
+            "append_eos": self.config.append_eos,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 

@@ -40,12 +40,12 @@ def format_value(value: Any, max_value_chars: int) -> str:
 
 def build_prompt(
     attributes: Mapping[str, Any],
-    domain: str = "item",
+    instruction: str,
     max_value_chars: int = 100,
     keys: list[str] | None = None,
 ) -> str:
-    """The prompt of one item; `keys` chooses and orders the attributes (default: all)."""
-    instruction = instruction_for(domain)
+    """The prompt of one item under an instruction (verbatim, e.g. `instruction_for(domain)`);
+    `keys` chooses and orders the attributes (default: all)."""
     order = list(attributes) if keys is None else keys
     parts = []
     for key in order:
@@ -69,9 +69,8 @@ def drop_view_keys(keys: list[str], rng: random.Random, drop_ratio: float = 0.4)
 class ViewSampler:
     """Draws fresh attribute-drop views at every call, reproducibly from a seed."""
 
-    def __init__(self, domain: str, drop_ratio: float = 0.4, max_value_chars: int = 100, seed: int = 0):
-        instruction_for(domain)
-        self.domain = domain
+    def __init__(self, instruction: str, drop_ratio: float = 0.4, max_value_chars: int = 100, seed: int = 0):
+        self.instruction = instruction
         self.drop_ratio = drop_ratio
         self.max_value_chars = max_value_chars
         self.rng = random.Random(seed)
@@ -79,7 +78,7 @@ class ViewSampler:
     def view(self, attributes: Mapping[str, Any]) -> str:
         keys = [k for k, v in attributes.items() if v is not None and v != "" and v != []]
         chosen = drop_view_keys(keys, self.rng, self.drop_ratio)
-        return build_prompt(attributes, self.domain, self.max_value_chars, keys=chosen)
+        return build_prompt(attributes, self.instruction, self.max_value_chars, keys=chosen)
 
     def pair(self, attributes: Mapping[str, Any]) -> tuple[str, str]:
         return self.view(attributes), self.view(attributes)

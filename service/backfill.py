@@ -60,7 +60,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 import redis
 
-from llmemb.bundle import BundleError, EncoderSpec, LoadedBundle, load_bundle, verify_bundle
+from llmemb.bundle import BundleError, LoadedBundle, load_bundle, verify_bundle
+from llmemb.encoder import EncoderSpec
 from service.cache import FLOAT32_LE, cache_key, from_bytes, to_bytes
 
 log = logging.getLogger("llmemb.backfill")
@@ -225,11 +226,6 @@ def chunked(items: Iterable[CatalogueItem], size: int) -> Iterator[list[Catalogu
         yield chunk
 
 
-def prompt_builder(spec: EncoderSpec) -> Callable[[Mapping[str, Any]], str]:
-    """Engine.prompt without loading a model."""
-    return spec.prompt
-
-
 # -------------------------------------------------------------------- redis
 def connect(url: str) -> redis.Redis:
     client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=30, socket_connect_timeout=5)
@@ -323,7 +319,7 @@ def run_local(bundle: LoadedBundle, input_path: str | Path, client: redis.Redis,
     _check_stages(bundle.dims, config.stages)
     target = RedisVectors(client, bundle.fingerprint, bundle.dims, config.ttl_s)
     embedder = embedder if embedder is not None else LazyEngine(bundle, config)
-    prompt_of = prompt_builder(bundle.encoder)
+    prompt_of = bundle.encoder.prompt
     counts = Counts()
     started = last = time.perf_counter()
     for chunk in chunked(read_items(input_path, config.on_error, counts), config.batch_size):
@@ -366,7 +362,7 @@ class RangeWorker:
         self.config = config
         self.target = RedisVectors(connect(redis_url), fingerprint, bundle.dims, config.ttl_s)
         self.embedder = LazyEngine(bundle, config)
-        self.prompt_of = prompt_builder(bundle.encoder)
+        self.prompt_of = bundle.encoder.prompt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         counts, error = Counts(), ""
@@ -507,13 +503,16 @@ def backfill(bundle_path: str | Path, input_path: str | Path, redis_url: str, co
             counts = run_local(bundle, input_path, client, config)
         else:
             manifest = verify_bundle(bundle_path)
-            spec = EncoderSpec.from_dict(manifest["encoder"])
+            try:
+                spec = EncoderSpec.from_dict(manifest["encoder"])
+            except ValueError as e:
+                raise BundleError(str(e), "manifest.json") from None
             counts = run_ray(bundle_path, manifest, input_path, redis_url, config, ray_address, actors,
                              gpus_per_actor, cpus_per_actor)
         summary = Summary(**asdict(counts), engine=engine)
         if out is not None:
             target = RedisVectors(client, manifest["fingerprint"], manifest["dims"])
-            export_vectors(out, input_path, target, prompt_builder(spec), config.stages, counts.read,
+            export_vectors(out, input_path, target, spec.prompt, config.stages, counts.read,
                            config.on_error, metadata={"stages": ",".join(config.stages)})
             summary.out = str(out)
     finally:

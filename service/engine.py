@@ -14,12 +14,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
 from llmemb.backbones import build_backbone
 from llmemb.backbones.base import ItemEmbedding, left_pad
-from llmemb.bundle import BundleError, LoadedBundle, model_config_sha256, resolve_model_path
-from llmemb.encoder import EncoderConfig, ItemEncoder
+from llmemb.bundle import BundleError, LoadedBundle
+from llmemb.encoder import ItemEncoder, load_tokenizer, tokenize
+from llmemb.models import ModelError, model_identity, resolve_model_path
 from llmemb.projection import PCA, Adapter
 
 
@@ -57,30 +57,30 @@ class Engine:
         self.spec = bundle.encoder
         self.dims = bundle.dims
         model_id = str(base_model_path) if base_model_path else bundle.base_model_id
-        expected = bundle.manifest["base_model"]["config_sha256"]
-        actual = model_config_sha256(model_id)
-        if actual != expected:
-            raise BundleError(
-                f"base model {model_id!r} has config sha256 {actual[:12]}..., the bundle was trained on "
-                f"{bundle.base_model_id!r} ({expected[:12]}...); refusing to serve it with a different model",
-                "manifest.json")
-        model_path = resolve_model_path(model_id)
-        config = EncoderConfig(
-            model_path=model_path,
-            pooling=self.spec.pooling,
-            max_tokens=self.spec.max_tokens,
-            dtype=dtype or self.spec.dtype,
-            device=device,
-            lora=None,
-            token_budget=token_budget,
-        )
-        if bundle.lora_dir is not None:
-            self.encoder = ItemEncoder.from_pretrained_lora(config, str(bundle.lora_dir))
-        else:
-            self.encoder = ItemEncoder(config)
+        try:
+            model_path = resolve_model_path(model_id)
+            actual = model_identity(model_id).to_dict()
+        except ModelError as e:
+            raise BundleError(f"base_model.id: {e}", "manifest.json") from None
+        recorded = bundle.manifest["base_model"]
+        for name, value in actual.items():
+            if value != recorded[name]:
+                raise BundleError(
+                    f"base_model.{name}: model {model_id!r} has {value[:12]}..., the bundle was trained on "
+                    f"{bundle.base_model_id!r} with {recorded[name][:12]}...; refusing to serve it with a "
+                    "different model", "manifest.json")
+        # The spec builds the encoder, as it did in the trainer's export: the same object, the same vectors.
+        config = self.spec.encoder_config(model_path, device=device, token_budget=token_budget, dtype=dtype)
+        try:
+            if bundle.lora_dir is not None:
+                self.encoder = ItemEncoder.from_pretrained_lora(config, str(bundle.lora_dir))
+            else:
+                self.encoder = ItemEncoder(config)
+        except ValueError as e:  # a contract field this model cannot honour (e.g. append_eos without EOS)
+            raise BundleError(str(e), "manifest.json") from None
         if self.encoder.dim != self.dims["llm"]:
             raise BundleError(f"encoder width {self.encoder.dim} != bundle dims.llm {self.dims['llm']}", "manifest.json")
-        self.length_tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self.length_tokenizer = load_tokenizer(model_path)
         self.pca = PCA.from_state_dict(bundle.pca_state)
         self.adapter = Adapter.from_state_dict(bundle.adapter_state)
         if (self.adapter.d_in, self.adapter.d_out) != (self.dims["pca"], self.dims["item"]):
@@ -97,9 +97,7 @@ class Engine:
         return self.spec.prompt(attributes)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
-        enc = self.length_tokenizer(texts, add_special_tokens=True, truncation=True,
-                                    max_length=self.spec.max_tokens)
-        return [len(ids) for ids in enc["input_ids"]]
+        return [len(ids) for ids in tokenize(self.length_tokenizer, texts, self.spec.max_tokens, self.spec.append_eos)]
 
     # --------------------------------------------------------- inference thread
     @torch.inference_mode()

@@ -15,6 +15,7 @@ from service.errors import ApiError
 from service.limits import check_attributes, check_count, check_id, check_ids, check_text
 from service.runtime import Runtime
 from service.schemas import (
+    BaseModelInfo,
     CatalogueInfo,
     DeleteItemResponse,
     EmbeddedItem,
@@ -270,8 +271,7 @@ async def info(rt: Runtime = Depends(ready_runtime)):
     m = rt.bundle.manifest
     snap = rt.catalogue.snapshot
     return InfoResponse(
-        base_model=m["base_model"]["id"],
-        base_model_config_sha256=m["base_model"]["config_sha256"],
+        base_model=BaseModelInfo(**m["base_model"]),
         fingerprint=m["fingerprint"],
         format_version=m["format_version"],
         created_at=m["created_at"],

@@ -203,9 +203,15 @@ class CatalogueInfo(BaseModel):
     shared: bool
 
 
+class BaseModelInfo(BaseModel):
+    id: str
+    config_sha256: str
+    weights_sha256: str
+    tokenizer_sha256: str
+
+
 class InfoResponse(BaseModel):
-    base_model: str
-    base_model_config_sha256: str
+    base_model: BaseModelInfo
     fingerprint: str
     format_version: int
     created_at: str

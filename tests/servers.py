@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 from llmemb.backbones import BackboneConfig, build_backbone
-from llmemb.bundle import BundleParts, EncoderSpec, write_bundle
-from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings, default_model_path
+from llmemb.bundle import BundleParts, write_bundle
+from llmemb.encoder import EncoderSpec, ItemEncoder, LoraSettings
+from llmemb.models import resolve_model_path
 from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
 from llmemb.projection import PCA, Adapter
-from llmemb.prompts import build_prompt
+from llmemb.prompts import instruction_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K_ITEMS = ROOT / "data" / "ml-100k" / "ml-100k.item"
@@ -170,38 +171,45 @@ def movielens_items(n: int) -> tuple[list[str], list[dict]]:
     return ids, attrs
 
 
+TEST_SPEC = EncoderSpec(instruction=instruction_for("movie"), pooling="mean", max_tokens=64, dtype="fp32",
+                        max_value_chars=100)
+
+
 def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int = 32, seed: int = 0,
-                      max_len: int = 20, n_layers: int = 1) -> Path:
-    """A real bundle made in seconds: MiniLM + a random LoRA, PCA, random adapter and SASRec."""
+                      max_len: int = 20, n_layers: int = 1, spec: EncoderSpec = TEST_SPEC, lora: bool = True,
+                      base_model_id: str = BASE_MODEL_ID) -> Path:
+    """A real bundle made in seconds: a base model (MiniLM) + a random LoRA, PCA, random adapter
+    and SASRec, its item table computed under `spec` by the trainer's own encoder path."""
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
     work = out_dir.parent / f"{out_dir.name}-work"
     work.mkdir(parents=True, exist_ok=True)
     ids, attrs = movielens_items(n_items)
-    spec = EncoderSpec(pooling="mean", max_tokens=64, dtype="fp32", max_value_chars=100, domain="movie")
-    # A LoRA with non-zero B matrices, so merging it really changes the vectors.
-    trainee = ItemEncoder(EncoderConfig(model_path=default_model_path(), max_tokens=spec.max_tokens,
-                                        lora=LoraSettings(r=4, alpha=8, dropout=0.0)))
-    with torch.no_grad():
-        for name, p in trainee.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    lora_dir = work / "lora"
-    trainee.save_lora(lora_dir)
-    del trainee
-    encoder = ItemEncoder.from_pretrained_lora(
-        EncoderConfig(model_path=default_model_path(), max_tokens=spec.max_tokens), lora_dir)
-    prompts = [build_prompt(a, spec.domain, spec.max_value_chars) for a in attrs]
-    e_llm = encoder.embed(prompts)
-    pca = PCA.fit(e_llm, d_pca)
-    adapter = Adapter(d_pca, d)
+    model_path = resolve_model_path(base_model_id)
+    lora_dir = None
+    if lora:
+        # A LoRA with non-zero B matrices, so merging it really changes the vectors.
+        trainee = ItemEncoder(spec.encoder_config(model_path, lora=LoraSettings(r=4, alpha=8, dropout=0.0)))
+        with torch.no_grad():
+            for name, p in trainee.model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02)
+        lora_dir = work / "lora"
+        trainee.save_lora(lora_dir)
+        del trainee
+        encoder = ItemEncoder.from_pretrained_lora(spec.encoder_config(model_path), lora_dir)
+    else:
+        encoder = ItemEncoder(spec.encoder_config(model_path))
+    e_llm = encoder.embed([spec.prompt(a) for a in attrs])
+    pca = PCA.fit(e_llm, min(d_pca, n_items - 1))
+    adapter = Adapter(pca.n_components, d)
     layer = AdaptedItemEmbedding(with_padding_row(pca.transform(e_llm)), adapter)
     config = BackboneConfig(name="sasrec", hidden=d, max_len=max_len, n_layers=n_layers, n_heads=1, dropout=0.0)
     backbone = build_backbone(config, layer).eval()
     with torch.no_grad():
         table = layer.table().detach().clone()
     write_bundle(out_dir, BundleParts(
-        base_model_id=BASE_MODEL_ID,
+        base_model_id=base_model_id,
         encoder=spec,
         pca_state=pca.state_dict(),
         adapter_state=adapter.state_dict(),

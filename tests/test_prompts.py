@@ -3,7 +3,14 @@ import random
 
 import pytest
 
-from llmemb.prompts import DOMAIN_INSTRUCTIONS, ViewSampler, build_prompt, drop_view_keys, format_value
+from llmemb.prompts import (
+    DOMAIN_INSTRUCTIONS,
+    ViewSampler,
+    build_prompt,
+    drop_view_keys,
+    format_value,
+    instruction_for,
+)
 
 ITEM = {
     "title": "Rose Oil",
@@ -12,6 +19,8 @@ ITEM = {
     "price": 12.5,
     "description": "Gentle\nface oil",
 }
+BEAUTY = instruction_for("beauty")
+ITEM_INSTRUCTION = instruction_for("item")
 
 
 def parts_of(prompt: str) -> list[str]:
@@ -20,7 +29,7 @@ def parts_of(prompt: str) -> list[str]:
 
 
 def test_build_prompt_exact_format():
-    prompt = build_prompt(ITEM, "beauty", max_value_chars=100)
+    prompt = build_prompt(ITEM, BEAUTY, max_value_chars=100)
     assert prompt == (
         "The beauty item has the following attributes: \n"
         "title is Rose Oil; brand is Acme; categories is Skin Care, Face; "
@@ -30,7 +39,7 @@ def test_build_prompt_exact_format():
 
 def test_values_cut_newlines_removed_and_empties_skipped():
     attrs = {"title": "A" * 30, "notes": "one\n\ntwo\tthree", "brand": None, "tags": [], "size": ""}
-    prompt = build_prompt(attrs, "item", max_value_chars=10)
+    prompt = build_prompt(attrs, ITEM_INSTRUCTION, max_value_chars=10)
     assert "\n" not in prompt.partition("\n")[2]
     assert parts_of(prompt) == ["title is " + "A" * 10, "notes is one two th"]
 
@@ -45,22 +54,27 @@ def test_format_value_rules():
 
 
 def test_keys_choose_and_order_attributes():
-    prompt = build_prompt(ITEM, "beauty", keys=["price", "title"])
+    prompt = build_prompt(ITEM, BEAUTY, keys=["price", "title"])
     assert parts_of(prompt) == ["price is 12.5", "title is Rose Oil"]
 
 
 def test_every_domain_has_an_instruction_and_unknown_domain_fails():
     for domain, instruction in DOMAIN_INSTRUCTIONS.items():
-        assert build_prompt({"title": "x"}, domain).startswith(instruction + "\n")
+        assert instruction_for(domain) == instruction
+        assert build_prompt({"title": "x"}, instruction_for(domain)).startswith(instruction + "\n")
     with pytest.raises(ValueError, match="unknown domain 'cars'"):
-        build_prompt({"title": "x"}, "cars")
-    with pytest.raises(ValueError, match="unknown domain"):
-        ViewSampler("cars")
+        instruction_for("cars")
+
+
+def test_the_instruction_is_used_verbatim():
+    assert build_prompt({"title": "x"}, "Describe this car:") == "Describe this car:\ntitle is x"
+    view = ViewSampler("Describe this car:", seed=0).view({"title": "x"})
+    assert view == "Describe this car:\ntitle is x"
 
 
 def test_views_drop_the_configured_share_and_keep_full_prompt_parts():
-    full = set(parts_of(build_prompt(ITEM, "beauty")))
-    sampler = ViewSampler("beauty", drop_ratio=0.4, seed=3)
+    full = set(parts_of(build_prompt(ITEM, BEAUTY)))
+    sampler = ViewSampler(BEAUTY, drop_ratio=0.4, seed=3)
     for _ in range(50):
         view = sampler.view(ITEM)
         assert view.startswith(DOMAIN_INSTRUCTIONS["beauty"] + "\n")
@@ -81,14 +95,14 @@ def test_drop_view_keys_counts(n_keys, drop_ratio, expected):
 
 
 def test_at_least_one_attribute_is_kept():
-    sampler = ViewSampler("item", drop_ratio=1.0, seed=0)
+    sampler = ViewSampler(ITEM_INSTRUCTION, drop_ratio=1.0, seed=0)
     for _ in range(20):
         assert len(parts_of(sampler.view(ITEM))) == 1
     assert parts_of(sampler.view({"title": "only", "brand": None})) == ["title is only"]
 
 
 def test_fresh_views_at_every_call():
-    sampler = ViewSampler("beauty", drop_ratio=0.4, seed=0)
+    sampler = ViewSampler(BEAUTY, drop_ratio=0.4, seed=0)
     views = {sampler.view(ITEM) for _ in range(40)}
     # 5 attributes, 3 kept, in any order: 60 possible views; 40 draws give many distinct ones.
     assert len(views) > 10
@@ -97,9 +111,9 @@ def test_fresh_views_at_every_call():
 
 
 def test_seeded_reproducibility():
-    a = ViewSampler("beauty", seed=7)
-    b = ViewSampler("beauty", seed=7)
-    c = ViewSampler("beauty", seed=8)
+    a = ViewSampler(BEAUTY, seed=7)
+    b = ViewSampler(BEAUTY, seed=7)
+    c = ViewSampler(BEAUTY, seed=8)
     seq_a = [a.pair(ITEM) for _ in range(10)]
     seq_b = [b.pair(ITEM) for _ in range(10)]
     seq_c = [c.pair(ITEM) for _ in range(10)]

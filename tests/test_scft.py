@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from llmemb.contrastive import symmetric_contrastive_loss
-from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
-from llmemb.prompts import ViewSampler
+from llmemb.encoder import EncoderConfig, EncoderSpec, ItemEncoder, LoraSettings
+from llmemb.prompts import ViewSampler, instruction_for
 from tests.fixtures_models import minilm_dir, ml100k_like_items, tiny_llama_dir  # noqa: F401  (fixtures)
 from trainer.scft import (
     BatchStream,
@@ -23,6 +24,8 @@ from trainer.scft import (
     run_scft,
     split_validation,
 )
+
+MOVIE = EncoderSpec(instruction=instruction_for("movie"), max_value_chars=100)
 
 
 def test_batch_stream_batches_are_full_distinct_and_cover_each_epoch():
@@ -74,13 +77,15 @@ def test_config_from_dict_rejects_unknown_keys():
     assert SCFTConfig.from_dict({"steps": 5, "loss": "infonce"}).steps == 5
     with pytest.raises(ValueError, match="unknown"):
         SCFTConfig.from_dict({"stpes": 5})
+    with pytest.raises(ValueError, match="unknown"):  # prompts are the EncoderSpec's business
+        SCFTConfig.from_dict({"max_value_chars": 100})
     with pytest.raises(ValueError):
         SCFTConfig(loss="triplet")
 
 
 def fixed_view_loss(encoder: ItemEncoder, items: list[dict]) -> float:
     """The training objective on views drawn once, so before/after compare without noise."""
-    pairs = [ViewSampler("movie", 0.4, 100, seed=123).pair(attrs) for attrs in items]
+    pairs = [ViewSampler(MOVIE.instruction, 0.4, MOVIE.max_value_chars, seed=123).pair(attrs) for attrs in items]
     a = encoder.embed([p[0] for p in pairs])
     b = encoder.embed([p[1] for p in pairs])
     return float(symmetric_contrastive_loss(a, b, 0.05, "cos"))
@@ -90,7 +95,7 @@ def test_short_run_on_minilm_reduces_the_loss_and_saves_lora(minilm_dir, tmp_pat
     items = ml100k_like_items()
     items.append({"movie_title": "", "class": []})  # nothing to embed: skipped
     cfg = SCFTConfig(steps=10, batch_items=8, lr=2e-3, log_every=5, loss="infonce", seed=0, progress=False)
-    summary = run_scft(EncoderConfig(minilm_dir), cfg, items, "movie", tmp_path)
+    summary = run_scft(EncoderConfig(minilm_dir), cfg, items, MOVIE, tmp_path)
 
     assert [p["step"] for p in summary["loss_curve"]] == [5, 10]
     assert summary["steps"] == 10 and summary["final_loss"] == summary["loss_curve"][-1]["loss"]
@@ -116,11 +121,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_run_configs(model_dir: str) -> tuple[EncoderConfig, SCFTConfig]:
+def tiny_run_configs(model_dir: str) -> tuple[EncoderConfig, SCFTConfig, EncoderSpec]:
     # No dropout anywhere, so one process and two ranks must compute the same updates.
-    encoder = EncoderConfig(model_dir, pooling="last", lora=LoraSettings(dropout=0.0))
+    spec = replace(MOVIE, pooling="last")
+    encoder = spec.encoder_config(model_dir, lora=LoraSettings(dropout=0.0))
     scft = SCFTConfig(steps=4, batch_items=8, lr=5e-3, log_every=2, loss="paper", seed=7, progress=False)
-    return encoder, scft
+    return encoder, scft, spec
 
 
 def _scft_rank(rank: int, world: int, port: int, model_dir: str, out_dir: str) -> None:
@@ -129,8 +135,8 @@ def _scft_rank(rank: int, world: int, port: int, model_dir: str, out_dir: str) -
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
         WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
     )
-    encoder, scft = tiny_run_configs(model_dir)
-    summary = run_scft(encoder, scft, ml100k_like_items(), "movie", out_dir)
+    encoder, scft, spec = tiny_run_configs(model_dir)
+    summary = run_scft(encoder, scft, ml100k_like_items(), spec, out_dir)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(summary["loss_curve"], f)
 
@@ -139,8 +145,8 @@ def test_two_ranks_train_exactly_like_one_process_on_the_whole_batch(tiny_llama_
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     ddp_dir.mkdir()
     mp.spawn(_scft_rank, args=(2, free_port(), str(tiny_llama_dir), str(ddp_dir)), nprocs=2, join=True)
-    encoder, scft = tiny_run_configs(str(tiny_llama_dir))
-    single = run_scft(encoder, scft, ml100k_like_items(), "movie", single_dir)
+    encoder, scft, spec = tiny_run_configs(str(tiny_llama_dir))
+    single = run_scft(encoder, scft, ml100k_like_items(), spec, single_dir)
 
     ddp_summary = json.loads((ddp_dir / "scft.json").read_text())  # written by rank 0 only
     assert ddp_summary["world_size"] == 2 and ddp_summary["batch_items"] == 8

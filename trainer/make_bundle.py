@@ -1,4 +1,4 @@
-"""The `bundle` stage: a trained LLMEmb model -> the immutable bundle the service loads."""
+"""A RAT-trained LLMEmb model -> the immutable bundle the service loads."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 
-from llmemb.bundle import BundleParts, EncoderSpec, write_bundle
+from llmemb.bundle import BundleParts, write_bundle
 from llmemb.config import Config
 from llmemb.data.dataset import Dataset
 from llmemb.item_tables import AdaptedItemEmbedding
 from llmemb.projection import PCA
 from llmemb.backbones import SequentialBackbone
-from trainer.llm_stages import base_model_id, encoder_config, max_value_chars
+from trainer.llm_stages import base_model_id, encoder_spec
 
 
 def bundle_from_model(
@@ -29,13 +29,11 @@ def bundle_from_model(
     if not isinstance(layer, AdaptedItemEmbedding) or layer.adapter is None:
         raise ValueError("a bundle needs the LLMEmb item layer (PCA table + adapter); "
                          f"got {type(layer).__name__} without an adapter")
-    enc = encoder_config(config)
     with torch.no_grad():
         table = layer.table().detach().cpu()
     return write_bundle(out_dir, BundleParts(
         base_model_id=base_model_id(config),
-        encoder=EncoderSpec(pooling=enc.pooling, max_tokens=enc.max_tokens, dtype=enc.dtype,
-                            max_value_chars=max_value_chars(config), domain=dataset.domain),
+        encoder=encoder_spec(config, dataset.domain),
         pca_state=pca.state_dict(),
         adapter_state={k: v.detach().cpu() for k, v in layer.adapter.state_dict().items()},
         backbone_config=model.config,

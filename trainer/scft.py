@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from llmemb.contrastive import gather_with_grad, similarity_matrix, symmetric_contrastive_loss
-from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
+from llmemb.encoder import EncoderConfig, EncoderSpec, ItemEncoder, LoraSettings
 from llmemb.prompts import ViewSampler
 
 LOSS_VARIANTS = ("paper", "infonce")
@@ -61,7 +61,6 @@ class SCFTConfig:
     seed: int = 0
     gradient_checkpointing: bool = False
     log_every: int = 10             # steps per loss-curve point and progress update
-    max_value_chars: int = 100
     val_items: int = 256            # held out of training for validation, at most 20% of the items
     progress: bool = True
 
@@ -205,10 +204,10 @@ def run_scft(
     encoder_config: EncoderConfig,
     scft_config: SCFTConfig,
     items: list[dict[str, Any]],
-    domain: str,
+    spec: EncoderSpec,
     out_dir: str | Path,
 ) -> dict[str, Any]:
-    """Train LoRA on `items` (attribute dicts); save out_dir/lora and out_dir/scft.json."""
+    """Train LoRA on `items` (attribute dicts, prompted by `spec`); save out_dir/lora and out_dir/scft.json."""
     cfg = scft_config
     wall_start = time.perf_counter()
     if encoder_config.dtype == "fp16":
@@ -247,13 +246,13 @@ def run_scft(
         else nullcontext()
     )
 
-    val_sampler = ViewSampler(domain, cfg.drop_ratio, cfg.max_value_chars, seed=cfg.seed + 2)
+    val_sampler = ViewSampler(spec.instruction, cfg.drop_ratio, spec.max_value_chars, seed=cfg.seed + 2)
     val_pairs = [val_sampler.pair(attrs) for attrs in val_items]
     val_views = ([p[0] for p in val_pairs], [p[1] for p in val_pairs])
     val_before = validate(encoder, val_views, cfg.similarity) if ddp.main else {}
 
     stream = BatchStream(len(train_items), batch, seed=cfg.seed)
-    sampler = ViewSampler(domain, cfg.drop_ratio, cfg.max_value_chars, seed=cfg.seed + 1)
+    sampler = ViewSampler(spec.instruction, cfg.drop_ratio, spec.max_value_chars, seed=cfg.seed + 1)
     exclude_positive = cfg.loss == "paper"
     curve: list[dict[str, float]] = []
     window = torch.zeros((), device=encoder.device)

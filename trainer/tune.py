@@ -91,6 +91,7 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
 
     # The LLM stages of every variant first (they use all cores), then the RAT grid.
     tables: dict[str, Tables] = {}
+    scft_val: dict[str, dict[str, Any]] = {}
     configs: dict[str, dict[int, Config]] = {}
     for name, sets in grid["variants"].items():
         configs[name] = {s: load_config(config_path, [*shared, *sets, f"train.seed={s}"], backbone=grid["backbone"])
@@ -100,6 +101,10 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
         lora = ensure_scft(cfg, dataset, tag=scft_tag) if method in USES_SCFT_TABLE else None
         tables[name] = Tables(base=ensure_export(cfg, dataset, None, base_tag) if method in USES_BASE_TABLE else None,
                               scft=ensure_export(cfg, dataset, lora, scft_tag) if lora is not None else None)
+        if lora is not None:
+            summary = json.loads((lora.parent / "scft.json").read_text(encoding="utf-8"))
+            scft_val[name] = {"before": summary["val_before"], "after": summary["val_after"],
+                              "steps_per_s": summary["steps_per_s"]}
         log(f"variant {name}: LLM tables ready ({scft_tag if lora is not None else base_tag})")
 
     splits = {"main": Split(dataset, Tables(), data_dir)}
@@ -122,7 +127,8 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
     by_variant: dict[str, list[dict[str, Any]]] = {name: [] for name in grid["variants"]}
     for chain, out in zip(chains, results):
         by_variant[chain[0].label].extend(out)
-    rows = [_row(name, grid["variants"][name], runs, select) for name, runs in by_variant.items()]
+    rows = [{**_row(name, grid["variants"][name], runs, select), "scft_val": scft_val.get(name)}
+            for name, runs in by_variant.items()]
     rows.sort(key=lambda r: -r["valid_ndcg@10"]["mean"])
     reference_row = _row("None (ID only)", [], [out[0] for out in id_runs], select)
     report = {"config": str(config_path), "grid": str(grid_path), "method": method, "backbone": grid["backbone"],
@@ -143,7 +149,8 @@ def tuning_markdown(report: dict[str, Any]) -> str:
 
     protocols = list(report["reference"]["test"])
     head = ("| variant | overrides | valid N@10 (" + report["select_protocol"] + ") | "
-            + " | ".join(f"test {p} N@10 | test {p} tail H@10" for p in protocols) + " | epochs | stop |")
+            + " | ".join(f"test {p} N@10 | test {p} tail H@10" for p in protocols)
+            + " | SCFT held-out MRR before → after | epochs | stop |")
     lines = [
         f"# Tuning {report['method']} on {report['backbone']} ({Path(report['config']).name}, grid {Path(report['grid']).name})",
         "",
@@ -154,12 +161,14 @@ def tuning_markdown(report: dict[str, Any]) -> str:
         f"Wall time {report['wall_seconds'] / 60:.1f} min.",
         "",
         head,
-        "|" + "---|" * (3 + 2 * len(protocols) + 2),
+        "|" + "---|" * (3 + 2 * len(protocols) + 3),
     ]
     for row in [report["reference"], *report["variants"]]:
         cells = [row["variant"], ", ".join(f"`{o}`" for o in row["overrides"]) or "-", pm(row["valid_ndcg@10"])]
         for p in protocols:
             cells += [pm(row["test"][p]["overall_ndcg@10"]), pm(row["test"][p]["tail_hr@10"])]
+        val = row.get("scft_val")
+        cells.append(f"{val['before']['mrr']:.3f} → {val['after']['mrr']:.3f}" if val else "-")
         cells += [", ".join(str(e) for e in row["epochs"]), ", ".join(str(s) for s in row["stop"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
