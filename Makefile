@@ -57,6 +57,10 @@ run: install models
 quality: install
 	$(PY) -m trainer quality --config $(CONFIG) --set train.patience=10 --set train.epochs=40 --set train.max_seconds=0 --set train.progress=false
 
+# The same rows (None, LLM2X, LLMEmb w/o SCFT, LLMEmb; SASRec, 3 seeds) on MiniLM, mpnet and SmolLM2.
+encoders: install models
+	$(PY) -m trainer encoders --comparison configs/encoders/ml100k.yaml
+
 baselines: install
 	$(PY) -m trainer baselines --config $(CONFIG)
 

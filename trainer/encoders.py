@@ -34,7 +34,7 @@ from trainer.experiments import Tables
 from trainer.llm_stages import base_model_id, ensure_export, ensure_scft, export_summary
 from trainer.prepare import prepared_dataset
 from trainer.rat import METHODS, RATConfig
-from trainer.report import LABELS, aggregate, mean_std, separation
+from trainer.report import LABELS, aggregate, mean_std, pm, separation
 from trainer.run_pool import MethodTask, Split, prepare_negatives, run_chains
 
 COMPARISON_KEYS = {"encoders", "backbone", "seeds", "methods", "workers"}
@@ -122,9 +122,6 @@ def run_encoders(comparison_path: Path, log: Callable[[str], None] = print) -> d
     return report
 
 
-def _pm(s: dict[str, float]) -> str:
-    return f"{s['mean']:.4f} ± {s['std']:.4f}"
-
 
 def encoders_markdown(report: dict[str, Any]) -> str:
     agg = aggregate(report["runs"])
@@ -149,8 +146,8 @@ def encoders_markdown(report: dict[str, Any]) -> str:
     def row(encoder: str, method: str, summary: dict[str, Any]) -> str:
         cells = [encoder, LABELS.get(method, method)]
         for p in protocols:
-            cells += [_pm(summary[p]["overall"]["ndcg@10"]), _pm(summary[p]["overall"]["hr@10"]),
-                      _pm(summary[p]["tail"]["hr@10"])]
+            cells += [pm(summary[p]["overall"]["ndcg@10"]), pm(summary[p]["overall"]["hr@10"]),
+                      pm(summary[p]["tail"]["hr@10"])]
         cells.append(f"{summary['best_epoch']['mean']:.0f}")
         return "| " + " | ".join(cells) + " |"
 

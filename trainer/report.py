@@ -34,7 +34,8 @@ def mean_std(values: list[float]) -> dict[str, float]:
             "n": len(values)}
 
 
-def _pm(s: dict[str, float] | None) -> str:
+def pm(s: dict[str, float] | None) -> str:
+    """mean ± std of a `mean_std` summary, 4 decimals (n/a when missing)."""
     return "n/a" if s is None else f"{s['mean']:.4f} ± {s['std']:.4f}"
 
 
@@ -180,7 +181,7 @@ def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, st
                 s = agg.get(("main", backbone, method))
                 if s is None:
                     continue
-                cells = [_pm(s[protocol][g][m]) for g in GROUPS for m in ("hr@10", "ndcg@10")]
+                cells = [pm(s[protocol][g][m]) for g in GROUPS for m in ("hr@10", "ndcg@10")]
                 lines.append(f"| {backbone} | {LABELS[method]} | " + " | ".join(cells) + " |")
         lines.append("")
 
@@ -204,9 +205,9 @@ def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, st
             for m in ablation_methods:
                 s = agg.get(("main", ab, m))
                 if s is not None:
-                    lines.append(f"| {LABELS[m]} | {_pm(s[protocol]['overall']['hr@10'])} | "
-                                 f"{_pm(s[protocol]['overall']['ndcg@10'])} | {_pm(s[protocol]['tail']['hr@10'])} | "
-                                 f"{_pm(s[protocol]['tail']['ndcg@10'])} |")
+                    lines.append(f"| {LABELS[m]} | {pm(s[protocol]['overall']['hr@10'])} | "
+                                 f"{pm(s[protocol]['overall']['ndcg@10'])} | {pm(s[protocol]['tail']['hr@10'])} | "
+                                 f"{pm(s[protocol]['tail']['ndcg@10'])} |")
             lines.append("")
 
     cold = results.get("cold_start")
@@ -229,10 +230,10 @@ def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, st
                 if m == "none":
                     cold_cells = "no vector (ID embeddings of unseen items are untrained noise) | n/a"
                 else:
-                    cold_cells = f"{_pm(s[protocol]['cold_targets']['hr@10'])} | " \
-                                 f"{_pm(s[protocol]['cold_targets']['ndcg@10'])}"
-                lines.append(f"| {LABELS[m]} | {cold_cells} | {_pm(s[protocol]['overall']['hr@10'])} | "
-                             f"{_pm(s[protocol]['overall']['ndcg@10'])} |")
+                    cold_cells = f"{pm(s[protocol]['cold_targets']['hr@10'])} | " \
+                                 f"{pm(s[protocol]['cold_targets']['ndcg@10'])}"
+                lines.append(f"| {LABELS[m]} | {cold_cells} | {pm(s[protocol]['overall']['hr@10'])} | "
+                             f"{pm(s[protocol]['overall']['ndcg@10'])} |")
             lines.append("")
 
     scft = results.get("scft")
