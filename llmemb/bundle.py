@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmemb.backbones.base import BackboneConfig
-from llmemb.encoder import EncoderSpec
+from llmemb.spec import EncoderSpec
 from llmemb.models import ModelIdentity, model_identity, sha256_file
 
 IDENTITY_FIELDS = tuple(ModelIdentity.__dataclass_fields__)

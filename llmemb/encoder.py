@@ -12,11 +12,8 @@ which is real whatever the batch. Decoders append the EOS token (`append_eos`)
 so that the pooled last position has read the whole prompt and ends every
 prompt the same way.
 
-`EncoderSpec` is the vector contract: everything that changes an item's vector
-(model id, pooling, normalisation, max tokens, dtype, EOS handling, the
-instruction and prompt format verbatim). The trainer writes it into the bundle
-and the service reads it back from there; both build prompts and encoders
-through it, so their vectors agree by construction.
+The vector contract (`llmemb.spec.EncoderSpec`) builds the `EncoderConfig` of
+this module; trainer and service both go through it.
 """
 from __future__ import annotations
 
@@ -24,17 +21,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModel, AutoTokenizer
 
 from llmemb.models import model_identity
-from llmemb.prompts import build_prompt
+from llmemb.spec import DTYPE_NAMES, POOLINGS
 
-POOLINGS = ("mean", "last")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 # Architectures whose attention and MLP projections share these names. LoRA
 # goes on all of them, as in the reference (every attention and MLP projection).
@@ -101,75 +96,6 @@ class EncoderConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"encoder: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**values)
-
-
-PROMPT_FORMAT = '"<instruction>\\n" + "; ".join(f"{key} is {value}")'
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How item attributes become LLM vectors: the contract a bundle carries.
-
-    The base model's identity sits beside it in the manifest (`base_model`);
-    runtime choices that do not change a vector (device, token budget) are not
-    part of it. `from_dict` is strict: an unknown, missing or ill-typed field is
-    an error naming the field, never a silent default.
-    """
-
-    instruction: str               # verbatim first line of every prompt
-    pooling: str = "mean"
-    normalize: bool = False
-    max_tokens: int = 256
-    dtype: str = "fp32"
-    append_eos: bool = False
-    max_value_chars: int = 100     # each attribute value is cut to this many characters in the prompt
-    prompt_format: str = PROMPT_FORMAT
-
-    def __post_init__(self) -> None:
-        for name, kind in (("instruction", str), ("pooling", str), ("normalize", bool), ("max_tokens", int),
-                           ("dtype", str), ("append_eos", bool), ("max_value_chars", int), ("prompt_format", str)):
-            value = getattr(self, name)
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ValueError(f"encoder.{name}: expected {kind.__name__}, got {value!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"encoder.pooling: must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"encoder.dtype: must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if self.max_tokens < (2 if self.append_eos else 1) or self.max_value_chars < 1:
-            raise ValueError(f"encoder.max_tokens / encoder.max_value_chars: too small "
-                             f"({self.max_tokens}, {self.max_value_chars})")
-        if self.prompt_format != PROMPT_FORMAT:
-            raise ValueError(f"encoder.prompt_format: this code builds prompts as {PROMPT_FORMAT}, "
-                             f"the bundle asks for {self.prompt_format!r}")
-
-    def prompt(self, attributes: dict[str, Any], keys: list[str] | None = None) -> str:
-        """The prompt of an item: the one place trainer, service and backfill agree on."""
-        return build_prompt(attributes, self.instruction, self.max_value_chars, keys=keys)
-
-    def encoder_config(self, model_path: str, device: str = "cpu", token_budget: int = 8192,
-                       dtype: str | None = None, lora: LoraSettings | None = None,
-                       gradient_checkpointing: bool = False) -> EncoderConfig:
-        """The encoder that computes this spec's vectors (`dtype` overrides the spec's, explicitly)."""
-        return EncoderConfig(model_path=model_path, pooling=self.pooling, max_tokens=self.max_tokens,
-                             dtype=dtype or self.dtype, device=device, lora=lora, token_budget=token_budget,
-                             normalize=self.normalize, append_eos=self.append_eos,
-                             gradient_checkpointing=gradient_checkpointing)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EncoderSpec":
-        if not isinstance(values, dict):
-            raise ValueError(f"encoder: expected a mapping, got {type(values).__name__}")
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"encoder.{unknown[0]}: unknown field (this code knows {', '.join(names)})")
-        missing = [n for n in names if n not in values]
-        if missing:
-            raise ValueError(f"encoder.{missing[0]}: missing from the bundle's encoder contract")
         return cls(**values)
 
 

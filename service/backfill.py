@@ -61,7 +61,7 @@ import numpy as np
 import redis
 
 from llmemb.bundle import BundleError, LoadedBundle, load_bundle, verify_bundle
-from llmemb.encoder import EncoderSpec
+from llmemb.spec import EncoderSpec
 from service.cache import FLOAT32_LE, cache_key, from_bytes, to_bytes
 
 log = logging.getLogger("llmemb.backfill")

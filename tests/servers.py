@@ -24,7 +24,8 @@ import torch
 
 from llmemb.backbones import BackboneConfig, build_backbone
 from llmemb.bundle import BundleParts, write_bundle
-from llmemb.encoder import EncoderSpec, ItemEncoder, LoraSettings
+from llmemb.encoder import ItemEncoder, LoraSettings
+from llmemb.spec import EncoderSpec
 from llmemb.models import resolve_model_path
 from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
 from llmemb.projection import PCA, Adapter

@@ -19,7 +19,7 @@ from llmemb.bundle import (
     manifest_fingerprint,
     write_bundle,
 )
-from llmemb.encoder import EncoderSpec
+from llmemb.spec import EncoderSpec
 from llmemb.models import ModelError, model_identity, resolve_model_path, sha256_file
 from llmemb.prompts import instruction_for
 

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmemb.bundle import MANIFEST, BundleError, load_bundle, manifest_fingerprint
-from llmemb.encoder import EncoderSpec, default_model_path
+from llmemb.encoder import default_model_path
+from llmemb.spec import EncoderSpec
 from llmemb.prompts import instruction_for
 from service.engine import Engine
 from tests.fixtures_models import build_tiny_llama

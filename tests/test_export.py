@@ -7,7 +7,8 @@ from dataclasses import replace
 import torch
 from safetensors import safe_open
 
-from llmemb.encoder import EncoderSpec, ItemEncoder
+from llmemb.encoder import ItemEncoder
+from llmemb.spec import EncoderSpec
 from llmemb.prompts import build_prompt, instruction_for
 from tests.fixtures_models import ml100k_like_items, tiny_llama_dir  # noqa: F401  (fixtures)
 from trainer.export import EMBEDDINGS_KEY, export_embeddings, load_embeddings, summary_path

@@ -36,7 +36,8 @@ from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaModel
 from llmemb.backbones import BackboneConfig, build_backbone
 from llmemb.backbones.base import left_pad
 from llmemb.bundle import BundleError, BundleParts, load_bundle, write_bundle
-from llmemb.encoder import DTYPES, EncoderSpec, ItemEncoder, LoraSettings
+from llmemb.encoder import DTYPES, ItemEncoder, LoraSettings
+from llmemb.spec import EncoderSpec
 from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
 from llmemb.models import model_identity
 from llmemb.projection import PCA, Adapter

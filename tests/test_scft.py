@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from llmemb.contrastive import symmetric_contrastive_loss
-from llmemb.encoder import EncoderConfig, EncoderSpec, ItemEncoder, LoraSettings
+from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
+from llmemb.spec import EncoderSpec
 from llmemb.prompts import ViewSampler, instruction_for
 from tests.fixtures_models import minilm_dir, ml100k_like_items, tiny_llama_dir  # noqa: F401  (fixtures)
 from trainer.scft import (

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from llmemb.encoder import EncoderSpec, ItemEncoder
+from llmemb.encoder import ItemEncoder
+from llmemb.spec import EncoderSpec
 
 EMBEDDINGS_KEY = "embeddings"
 # Texts handed to one `embed` call: large enough for length sorting to pay off,

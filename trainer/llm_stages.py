@@ -27,7 +27,8 @@ import torch
 
 from llmemb.config import Config
 from llmemb.data.dataset import Dataset
-from llmemb.encoder import EncoderConfig, EncoderSpec, ItemEncoder, LoraSettings
+from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
+from llmemb.spec import EncoderSpec
 from llmemb.models import resolve_model_path
 from llmemb.prompts import instruction_for
 from trainer.export import export_embeddings, load_embeddings, summary_path

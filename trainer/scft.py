@@ -33,7 +33,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from llmemb.contrastive import gather_with_grad, similarity_matrix, symmetric_contrastive_loss
-from llmemb.encoder import EncoderConfig, EncoderSpec, ItemEncoder, LoraSettings
+from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
+from llmemb.spec import EncoderSpec
 from llmemb.prompts import ViewSampler
 
 LOSS_VARIANTS = ("paper", "infonce")
