@@ -314,13 +314,18 @@ def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkey
     assert str(other) in runtime.error
 
 
+def bundle_on_copy(case, workdir: Path, name: str) -> tuple[Path, Path]:
+    """A private copy of the case's base model, and a bundle that names it."""
+    model = workdir / name
+    shutil.copytree(case.model_dir, model)
+    bundle_dir = workdir / f"bundle-on-{name}"
+    write_bundle(bundle_dir, replace(case.parts, base_model_id=str(model)))
+    return model, bundle_dir
+
+
 def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):  # noqa: F811
     case = build_case("fp32", tiny_llama_dir, workdir)
-    # A private copy of the base model, and a bundle that names it.
-    model = workdir / "edited-llama"
-    shutil.copytree(case.model_dir, model)
-    bundle_dir = workdir / "bundle-on-copy"
-    write_bundle(bundle_dir, replace(case.parts, base_model_id=str(model)))
+    model, bundle_dir = bundle_on_copy(case, workdir, "edited-llama")
     Engine(load_bundle(bundle_dir), device="cpu")  # the untouched copy serves
 
     # Same shapes, different numerics: the weights would load and silently give other vectors.
@@ -338,10 +343,7 @@ def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):  # noq
 
 def test_a_base_model_with_the_same_config_and_other_weights_is_refused(tiny_llama_dir, workdir):  # noqa: F811
     case = build_case("fp32", tiny_llama_dir, workdir)
-    model = workdir / "finetuned-llama"
-    shutil.copytree(case.model_dir, model)
-    bundle_dir = workdir / "bundle-on-finetune"
-    write_bundle(bundle_dir, replace(case.parts, base_model_id=str(model)))
+    model, bundle_dir = bundle_on_copy(case, workdir, "finetuned-llama")
     trained = model_identity(str(model))
 
     # A fine-tune: config.json and tokenizer untouched, one weight changed.
