@@ -96,7 +96,7 @@ def baselines(
 # ------------------------------------------------------------ LLMEmb stages
 @app.command()
 def scft(config: ConfigPath, steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: the config's).")] = None,
-         tag: Annotated[str, typer.Option(help="Output name under runs/<dataset>/llm/.")] = "scft",
+         tag: Annotated[str, typer.Option(help="Output name: runs/<dataset>/llm/<model>/<tag>-<settings digest>/.")] = "scft",
          overrides: Overrides = None) -> None:
     """Supervised contrastive fine-tuning (LoRA) on the catalogue's attribute-drop views."""
     from trainer.llm_stages import ensure_scft
@@ -110,15 +110,15 @@ def scft(config: ConfigPath, steps: Annotated[Optional[int], typer.Option(help="
 @app.command()
 def export(config: ConfigPath,
            lora: Annotated[Optional[Path], typer.Option(help="LoRA directory from `scft`; omit for the base LLM.")] = None,
-           tag: Annotated[str, typer.Option(help="Output name: runs/<dataset>/llm/export-<tag>/.")] = "scft",
+           tag: Annotated[str, typer.Option(help="Output name: runs/<dataset>/llm/<model>/export-<tag>-<settings digest>/.")] = "scft",
            overrides: Overrides = None) -> None:
     """Embed every catalogue item from its full prompt (fp32, safetensors)."""
-    from trainer.llm_stages import ensure_export
+    from trainer.llm_stages import ensure_export, export_dir
 
     cfg = resolve(config, overrides)
     dataset, _ = prepared_dataset(cfg)
     table = ensure_export(cfg, dataset, lora, tag)
-    typer.echo(f"exported {tuple(table.shape)} to runs/{cfg.name}/llm/export-{tag}/")
+    typer.echo(f"exported {tuple(table.shape)} to {export_dir(cfg, dataset, lora, tag)}/")
 
 
 @app.command()

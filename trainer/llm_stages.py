@@ -149,7 +149,12 @@ def ensure_export(config: Config, dataset: Dataset, lora_dir: Path | None, tag: 
     return table
 
 
+def export_dir(config: Config, dataset: Dataset, lora_dir: Path | None, tag: str) -> Path:
+    """Where `ensure_export` keeps the table it makes with these arguments."""
+    return _export_step(config, dataset, lora_dir, tag)[3]
+
+
 def export_summary(config: Config, dataset: Dataset, lora_dir: Path | None, tag: str) -> dict[str, Any]:
     """The summary (throughput, model fingerprint) of the export `ensure_export` made with these arguments."""
-    directory = _export_step(config, dataset, lora_dir, tag)[3]
-    return json.loads(summary_path(directory / "embeddings.safetensors").read_text(encoding="utf-8"))
+    path = export_dir(config, dataset, lora_dir, tag) / "embeddings.safetensors"
+    return json.loads(summary_path(path).read_text(encoding="utf-8"))
