@@ -317,6 +317,31 @@ def test_bad_bodies_are_4xx_naming_the_field(raw, path, body, status, code, fiel
     assert err["message"]
 
 
+@pytest.mark.parametrize("method, path, body, code, field", [
+    ("POST", "/v1/items/embed", rb'{"items":[{"attributes":{"title":"\ud800x"}}]}', "invalid_attribute",
+     "items[0].attributes.title"),
+    ("POST", "/v1/items/embed", rb'{"items":[{"attributes":{"t\ud800":"x"}}]}', "invalid_attribute",
+     "items[0].attributes"),
+    ("POST", "/v1/items/embed", rb'{"items":[{"id":"\udc00","attributes":{"t":"x"}}]}', "invalid_id",
+     "items[0].id"),
+    ("POST", "/v1/items/embed", rb'{"items":[{"attributes":{"price":Infinity}}]}', "invalid_attribute",
+     "items[0].attributes.price"),
+    ("POST", "/v1/items/embed", rb'{"items":[{"attributes":{"price":1e400}}]}', "invalid_attribute",
+     "items[0].attributes.price"),
+    ("POST", "/v1/embeddings", rb'{"input":"\ud800","model":"llmemb"}', "invalid_input", "input"),
+    ("POST", "/v1/recommend", rb'{"history":["\ud800"],"k":3}', "invalid_id", "history[0]"),
+    ("POST", "/v1/recommend", rb'{"history":["1"],"candidates":["2","\u0000"]}', "invalid_id", "candidates[1]"),
+    ("POST", "/v1/score", rb'{"history":["1"],"candidates":["\udfff"]}', "invalid_id", "candidates[0]"),
+    ("PUT", "/v1/items/new-one", rb'{"attributes":{"title":"\ud800"}}', "invalid_attribute", "attributes.title"),
+    ("PUT", "/v1/items/a%00b", rb'{"attributes":{"title":"x"}}', "invalid_id", "path.item_id"),
+])
+def test_surrogates_control_characters_and_non_finite_numbers_are_422(raw, method, path, body, code, field):
+    response = raw.request(method, path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    err = error_of(response)
+    assert (err["code"], err["field"]) == (code, field), err
+
+
 def test_invalid_json_and_oversized_bodies(raw):
     broken = raw.post("/v1/recommend", content=b'{"history": ["1",', headers={"Content-Type": "application/json"})
     assert broken.status_code == 400 and error_of(broken)["code"] == "invalid_json"

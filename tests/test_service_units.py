@@ -18,7 +18,7 @@ from service.cache import LRU, EmbeddingCache, cache_key, from_bytes, to_bytes
 from service.catalogue import Catalogue, UnknownItem, build_snapshot
 from service.client import LLMEmbClient, LLMEmbError, decode_base64_embedding
 from service.errors import ApiError, field_path
-from service.limits import check_attributes, check_ids
+from service.limits import check_attributes, check_ids, check_text
 from service.metrics import Metrics
 from service.redis_link import RedisLink
 from service.scoring import TopK, top_k
@@ -342,6 +342,11 @@ def test_limits_name_the_field():
         ({"genres": ["a", "b", "c"]}, "items[0].attributes.genres", "limit_exceeded"),
         ({"genres": ["a", "y" * 11]}, "items[0].attributes.genres", "limit_exceeded"),
         ({"price": float("nan")}, "items[0].attributes.price", "invalid_attribute"),
+        ({"price": float("inf")}, "items[0].attributes.price", "invalid_attribute"),
+        ({"price": -float("inf")}, "items[0].attributes.price", "invalid_attribute"),
+        ({"title": "\ud800x"}, "items[0].attributes.title", "invalid_attribute"),
+        ({"genres": ["a", "\udfff"]}, "items[0].attributes.genres", "invalid_attribute"),
+        ({"ti\ud800": "x"}, "items[0].attributes", "invalid_attribute"),
     ]
     for attrs, field, code in cases:
         with pytest.raises(ApiError) as err:
@@ -354,6 +359,15 @@ def test_limits_name_the_field():
     with pytest.raises(ApiError) as err:
         check_ids("history", ["1", " "], s, s.max_history, "max_history")
     assert err.value.field == "history[1]"
+    for bad, what in (("\ud800", "U+D800"), ("a\x00", "U+0000"), ("b\x1f", "U+001F"), ("c\x7f", "U+007F")):
+        with pytest.raises(ApiError) as err:
+            check_ids("history", ["1", bad], s, s.max_history, "max_history")
+        assert (err.value.status, err.value.code, err.value.field) == (422, "invalid_id", "history[1]")
+        assert what in err.value.message and bad not in err.value.message
+        err.value.message.encode("utf-8")  # the error itself encodes
+    with pytest.raises(ApiError) as err:
+        check_text("input[2]", "x\udc00", s)
+    assert (err.value.status, err.value.code, err.value.field) == (422, "invalid_input", "input[2]")
 
 
 def test_settings_from_environment(monkeypatch):
