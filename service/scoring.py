@@ -67,5 +67,7 @@ class TopK:
 
 
 def score_rows(user: torch.Tensor, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """user [d], rows [C] -> scores [C]."""
-    return table[rows] @ user
+    """user [d], rows [C] -> scores [C]. Each distinct row is scored once and gathered back, so a
+    candidate asked for twice gets the same score (a matmul's rounding depends on the row's position)."""
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    return (table[unique] @ user)[inverse]

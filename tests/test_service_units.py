@@ -21,7 +21,7 @@ from service.errors import ApiError, field_path
 from service.limits import check_attributes, check_ids, check_text
 from service.metrics import Metrics
 from service.redis_link import RedisLink
-from service.scoring import TopK, top_k
+from service.scoring import TopK, score_rows, top_k
 from service.security import ApiKeyChecker
 from service.settings import Settings
 from tests.servers import RedisServer, wait_for
@@ -41,6 +41,16 @@ def test_top_k_matches_brute_force_with_dropped_rows(chunk_rows):
     assert rows.tolist() == expected.tolist()
     assert torch.allclose(values, scores[expected])
     assert not set(rows.tolist()) & set(drop.tolist())
+
+
+def test_a_candidate_asked_for_twice_gets_the_same_score():
+    g = torch.Generator().manual_seed(0)
+    table, user = torch.randn(500, 64, generator=g), torch.randn(64, generator=g)
+    rows = torch.tensor([7, 3, 7, 499, 3, 7] + list(range(40)), dtype=torch.long)
+    scores = score_rows(user, table, rows)
+    assert scores.shape == (len(rows),)
+    assert scores[0] == scores[2] == scores[5] and scores[1] == scores[4]
+    assert torch.allclose(scores, table[rows] @ user, atol=1e-5)
 
 
 def test_top_k_reuses_its_buffer_and_grows_it():
