@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _shell(body: dict) -> str:
+    """A JSON body as one shell word: titles such as "Schindler's List" must survive bash."""
+    return shlex.quote(json.dumps(body))
+
+
 def examples(settings: Settings) -> str:
     """curl commands that work against this bundle (ids and attributes of its first items)."""
     rows = []
@@ -42,11 +48,11 @@ def examples(settings: Settings) -> str:
         "Example requests:",
         f"  curl -s {base}/readyz",
         f"  curl -s{auth} {base}/v1/info",
-        f"  curl -s{auth} -H 'Content-Type: application/json' {base}/v1/items/embed -d '{json.dumps(embed)}'",
+        f"  curl -s{auth} -H 'Content-Type: application/json' {base}/v1/items/embed -d {_shell(embed)}",
         f"  curl -s{auth} -H 'Content-Type: application/json' {base}/v1/recommend "
-        f"-d '{json.dumps({'history': ids, 'k': 5})}'",
+        f"-d {_shell({'history': ids, 'k': 5})}",
         f"  curl -s{auth} -X PUT -H 'Content-Type: application/json' {base}/v1/items/new-1 "
-        f"-d '{json.dumps({'attributes': {'title': 'A brand-new item'}})}'",
+        f"-d {_shell({'attributes': {'title': 'A brand-new item'}})}",
         f"  open {base}/docs for the OpenAPI documentation",
     ]
     return "\n".join(lines)

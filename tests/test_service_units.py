@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -463,3 +464,17 @@ def test_print_examples_uses_the_bundle_items(tmp_path):
     text = examples(Settings(bundle_path=tmp_path, port=9001, api_keys="secret-key-123"))
     assert "http://127.0.0.1:9001/v1/recommend" in text and '"history": ["i0", "i1", "i2"]' in text
     assert "Authorization: Bearer $LLMEMB_API_KEY" in text and "secret-key-123" not in text
+
+
+def test_printed_examples_survive_the_shell_with_apostrophes(tmp_path):
+    from service.__main__ import examples
+
+    attrs = {"title": "Schindler's List (1993)", "genres": ["Drama", "War"]}
+    (tmp_path / "items.jsonl").write_text(json.dumps({"id": "318", "attributes": attrs}) + "\n")
+    text = examples(Settings(bundle_path=tmp_path, port=9001))
+    embed = next(line for line in text.splitlines() if "/v1/items/embed" in line)
+    # bash itself parses the printed line, with curl replaced by a function that prints its arguments
+    script = 'curl() { for w in "$@"; do printf "%s\\0" "$w"; done; }\n' + embed.strip()
+    words = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\0")
+    body = json.loads(words[words.index("-d") + 1])
+    assert body == {"items": [{"id": "318", "attributes": attrs}]}
