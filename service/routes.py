@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+from urllib.parse import unquote_to_bytes
 
 import torch
 from fastapi import APIRouter, Depends, Request, Response
@@ -165,11 +166,22 @@ async def embed_items(body: EmbedItemsRequest, rt: Runtime = Depends(ready_runti
                               data=data)
 
 
+def check_path_id(request: Request, item_id: str, settings) -> None:
+    """The id as it came in the path: the server decodes invalid UTF-8 to U+FFFD, which would
+    silently name another item; refuse it instead."""
+    try:
+        unquote_to_bytes(request.scope.get("raw_path") or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_path", "path.item_id: the item id is not valid UTF-8 once percent-decoded",
+                       "path.item_id") from None
+    check_id("path.item_id", item_id, settings)
+
+
 @v1.put("/items/{item_id:path}", response_model=PutItemResponse, tags=["items"],
         responses={201: {"model": PutItemResponse}})
-async def put_item(item_id: str, body: PutItemRequest, rt: Runtime = Depends(ready_runtime)):
+async def put_item(item_id: str, body: PutItemRequest, request: Request, rt: Runtime = Depends(ready_runtime)):
     """Add an item (201) or replace one (200) from its attributes; every replica sees it within a second."""
-    check_id("path.item_id", item_id, rt.settings)
+    check_path_id(request, item_id, rt.settings)
     check_attributes("attributes", body.attributes, rt.settings)
     vectors, _ = await embed(rt, "item", [rt.engine.prompt(body.attributes)])
     try:
@@ -181,9 +193,9 @@ async def put_item(item_id: str, body: PutItemRequest, rt: Runtime = Depends(rea
 
 
 @v1.delete("/items/{item_id:path}", response_model=DeleteItemResponse, tags=["items"])
-async def delete_item(item_id: str, rt: Runtime = Depends(ready_runtime)):
+async def delete_item(item_id: str, request: Request, rt: Runtime = Depends(ready_runtime)):
     """Remove an item: it is never recommended again (bundle items too)."""
-    check_id("path.item_id", item_id, rt.settings)
+    check_path_id(request, item_id, rt.settings)
     try:
         version = await rt.catalogue.delete(item_id)
     except UnknownItem:

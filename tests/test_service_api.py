@@ -342,6 +342,17 @@ def test_surrogates_control_characters_and_non_finite_numbers_are_422(raw, metho
     assert (err["code"], err["field"]) == (code, field), err
 
 
+def test_invalid_utf8_in_the_path_is_400_not_another_item(raw):
+    for method in ("PUT", "DELETE"):
+        response = raw.request(method, "/v1/items/a%FFb", json={"attributes": {"title": "x"}} if method == "PUT" else None)
+        assert response.status_code == 400, response.text
+        assert (error_of(response)["code"], error_of(response)["field"]) == ("invalid_path", "path.item_id")
+    # a valid multi-byte id is fine
+    ok = raw.put("/v1/items/caf%C3%A9-1", json={"attributes": {"title": "Café"}})
+    assert ok.status_code in (200, 201) and ok.json()["id"] == "café-1"
+    assert raw.delete("/v1/items/caf%C3%A9-1").status_code == 200
+
+
 def test_invalid_json_and_oversized_bodies(raw):
     broken = raw.post("/v1/recommend", content=b'{"history": ["1",', headers={"Content-Type": "application/json"})
     assert broken.status_code == 400 and error_of(broken)["code"] == "invalid_json"
