@@ -11,6 +11,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from llmemb.bundle import BundleError, verify_bundle
 from service.app import create_app
 from service.settings import Settings
 
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as e:
         sys.exit(f"invalid settings:\n{e}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        # Before serving: a bundle that fails verification is an operator's error to see at once
+        # (the process exits non-zero), not a replica left running that never gets ready.
+        verify_bundle(settings.bundle_path)
+    except BundleError as e:
+        sys.exit(f"bundle {settings.bundle_path} refused: {e}")
     if args.print_examples:
         print(examples(settings), flush=True)
     uvicorn.run(

@@ -1,10 +1,12 @@
 """The service when things go wrong: Redis dies and returns, the queue overflows,
-SIGTERM arrives with requests in flight, the bundle was tampered with."""
+SIGTERM arrives with requests in flight, a bundle fails verification (the process exits non-zero)."""
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -29,15 +31,29 @@ def flaky_redis(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def tampered_bundle(tmp_path_factory):
-    copy = tmp_path_factory.mktemp("tampered") / "bundle"
+def broken_copy(root: Path, name: str, damage) -> Path:
+    copy = root / name
     shutil.copytree(shared_test_bundle(), copy)
-    target = copy / "backbone.safetensors"
+    damage(copy)
+    return copy
+
+
+def flip_a_byte(bundle: Path) -> None:
+    target = bundle / "backbone.safetensors"
     data = bytearray(target.read_bytes())
     data[-3] ^= 0xFF
     target.write_bytes(bytes(data))
-    return copy
+
+
+def edit_the_manifest(bundle: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["dims"]["item"] += 1
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def tampered_bundle(tmp_path_factory):
+    return broken_copy(tmp_path_factory.mktemp("tampered"), "bundle", flip_a_byte)
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +155,23 @@ def test_full_queue_answers_429_with_retry_after(services):
 
 
 def test_tampered_bundle_is_refused_with_the_file_named(services):
-    with LLMEmbClient(services["broken"].url) as c:
-        state = wait_for(lambda: (r := c.ready()).status == "failed" and r, 60, what="start-up failure")
-        assert not state.ready and "backbone.safetensors" in state.error and "sha256" in state.error
-        assert c.health().status == "failed"
-        assert httpx.get(f"{services['broken'].url}/healthz").status_code == 503
-        with pytest.raises(LLMEmbError) as err:
-            c.recommend(["1"], k=1)
-        assert err.value.status == 503 and "backbone.safetensors" in err.value.message
+    broken = services["broken"]
+    wait_for(lambda: broken.proc.poll() is not None, 60, what="the process to exit")
+    assert broken.proc.returncode == 1
+    assert "refused: backbone.safetensors: sha256 does not match" in broken.log()
+
+
+@pytest.mark.parametrize("name, damage, named", [
+    ("missing-file", lambda b: (b / "adapter.safetensors").unlink(), "adapter.safetensors: listed in the manifest but missing"),
+    ("edited-manifest", edit_the_manifest, "manifest.json: fingerprint does not match"),
+])
+def test_a_bundle_failing_verification_exits_non_zero(name, damage, named, tmp_path, logs):
+    service = ServiceProcess(broken_copy(tmp_path, name, damage), logs).start()
+    try:
+        wait_for(lambda: service.proc.poll() is not None, 60, what="the process to exit")
+        assert service.proc.returncode == 1 and named in service.log()
+    finally:
+        service.stop()
 
 
 def test_sigterm_finishes_requests_in_flight(services):
