@@ -2,7 +2,7 @@
 
 Layout (DESIGN.md):
     manifest.json          format version, base model (id, config / weights / tokenizer
-                           sha256), encoder contract (llmemb.encoder.EncoderSpec), dims, backbone config,
+                           sha256), encoder contract (llmemb.spec.EncoderSpec), dims, backbone config,
                            dataset summary, test metrics, sha256 of every file and a
                            fingerprint over all of it
     lora/                  optional PEFT adapter (save_pretrained)

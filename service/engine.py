@@ -62,7 +62,7 @@ class Engine:
         model_id = str(base_model_path) if base_model_path else bundle.base_model_id
         try:
             model_path = resolve_model_path(model_id)
-            actual = model_identity(model_id).to_dict()
+            actual = model_identity(model_path).to_dict()  # the resolved path: no second resolution
         except ModelError as e:
             raise BundleError(f"base_model.id: {e}", "manifest.json") from None
         recorded = bundle.manifest["base_model"]

