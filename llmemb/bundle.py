@@ -10,6 +10,9 @@ Layout (DESIGN.md):
     adapter.safetensors    Adapter state dict
     backbone.safetensors   SequentialBackbone.backbone_state_dict()
     items.safetensors      "items": final item table [N+1, d], row 0 = padding
+    residual.safetensors   hybrid bundles only: "residual" r [N+1, d], the per-item part of
+                           the table (items.safetensors already includes it); zero for
+                           padding and for items that had no training interactions
     items.jsonl            one line per row 1..N: {"id": external id, "attributes": {...}}
 
 Loading re-hashes every file and the manifest, so a bundle that was edited,
@@ -47,7 +50,11 @@ ADAPTER_FILE = "adapter.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
 ITEMS_FILE = "items.safetensors"
 ITEMS_JSONL = "items.jsonl"
+RESIDUAL_FILE = "residual.safetensors"
 LORA_DIR = "lora"
+# What produced the item table: llmemb = Adapter(PCA(E_llm)); hybrid = that plus a per-item
+# residual r (METHOD.md, beyond the paper). A bundle without the field is llmemb.
+BUNDLE_METHODS = ("llmemb", "hybrid")
 
 
 class BundleError(Exception):
@@ -75,6 +82,8 @@ class BundleParts:
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     base_model_identity: ModelIdentity | None = None  # computed from the base model when None
+    method: str = "llmemb"                   # llmemb | hybrid
+    residual: torch.Tensor | None = None     # hybrid: r [N+1, d]
 
 
 @dataclass
@@ -90,6 +99,8 @@ class LoadedBundle:
     item_ids: list[str]
     item_attributes: list[dict[str, Any]]
     lora_dir: Path | None
+    method: str = "llmemb"
+    residual: torch.Tensor | None = None     # hybrid: r [N+1, d], already part of item_table
 
     @property
     def fingerprint(self) -> str:
@@ -170,6 +181,12 @@ def _check_parts(parts: BundleParts) -> dict[str, int]:
     d = int(table.shape[1])
     if parts.backbone_config.hidden != d:
         raise BundleError(f"backbone hidden {parts.backbone_config.hidden} != item table width {d}")
+    if parts.method not in BUNDLE_METHODS:
+        raise BundleError(f"method must be one of {', '.join(BUNDLE_METHODS)}, got {parts.method!r}")
+    if (parts.residual is not None) != (parts.method == "hybrid"):
+        raise BundleError("a hybrid bundle needs its residual, and only a hybrid bundle has one")
+    if parts.residual is not None and tuple(parts.residual.shape) != tuple(table.shape):
+        raise BundleError(f"residual has shape {tuple(parts.residual.shape)}, the item table {tuple(table.shape)}")
     return {"llm": d_llm, "pca": d_pca, "item": d}
 
 
@@ -193,6 +210,9 @@ def write_bundle(out_dir: str | Path, parts: BundleParts) -> dict[str, Any]:
         save_file(_tensors(parts.backbone_state, "backbone"), str(tmp / BACKBONE_FILE))
         save_file({"items": parts.item_table.detach().to("cpu", torch.float32).contiguous().clone()},
                   str(tmp / ITEMS_FILE))
+        if parts.residual is not None:
+            save_file({"residual": parts.residual.detach().to("cpu", torch.float32).contiguous().clone()},
+                      str(tmp / RESIDUAL_FILE))
         with open(tmp / ITEMS_JSONL, "w", encoding="utf-8") as f:
             for ext, attrs in zip(parts.item_ids, parts.item_attributes):
                 try:
@@ -211,6 +231,7 @@ def write_bundle(out_dir: str | Path, parts: BundleParts) -> dict[str, Any]:
             "base_model": {"id": parts.base_model_id, **identity.to_dict()},
             "encoder": parts.encoder.to_dict(),
             "lora": parts.lora_dir is not None,
+            "method": parts.method,
             "dims": dims,
             "n_items": len(parts.item_ids),
             "backbone": parts.backbone_config.to_dict(),
@@ -328,6 +349,17 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
         spec = EncoderSpec.from_dict(manifest["encoder"])
     except ValueError as e:
         raise BundleError(str(e), MANIFEST) from None
+    method = manifest.get("method", "llmemb")
+    if method not in BUNDLE_METHODS:
+        raise BundleError(f"method: must be one of {', '.join(BUNDLE_METHODS)}, got {method!r}", MANIFEST)
+    residual = None
+    if method == "hybrid":
+        if not (root / RESIDUAL_FILE).is_file():
+            raise BundleError("a hybrid bundle needs its residual file", RESIDUAL_FILE)
+        residual = _load_tensors(root, RESIDUAL_FILE).get("residual")
+        if residual is None or tuple(residual.shape) != tuple(table.shape):
+            shape = None if residual is None else tuple(residual.shape)
+            raise BundleError(f"residual {shape} does not match the item table {tuple(table.shape)}", RESIDUAL_FILE)
     return LoadedBundle(
         path=root,
         manifest=manifest,
@@ -340,4 +372,6 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
         item_ids=ids,
         item_attributes=attrs,
         lora_dir=lora if manifest.get("lora") else None,
+        method=method,
+        residual=residual,
     )

@@ -58,6 +58,8 @@ class EvalConfig:
     n_negatives: int = 100
     negatives_seed: int = 2025
     head_fraction: float = 0.2       # head = the 20% most popular items by training interactions
+    tail_count: int | None = None    # the reference's fixed-count rule: an item with at most this many
+                                     # training interactions is "rare" (4 Beauty/Fashion, 13 Yelp); None = off
     length_threshold: float | None = None  # short history: train length <= this; None = median
     pop_buckets: int = 5
     batch_size: int = 512

@@ -4,6 +4,8 @@ L = L^1 + L^2 over a batch of B pairs (a_i, b_i):
     L^1 = -1/B sum_i log( exp(s(a_i, b_i)/t) / sum_k exp(s(a_i, b_k)/t) )
 and L^2 the same with a and b swapped. The paper's denominator leaves the
 positive out (k != i, `exclude_positive=True`); standard InfoNCE keeps it.
+`soft_target_alignment_loss` is the third form, the one the reference code uses
+for RAT's alignment.
 """
 from __future__ import annotations
 
@@ -48,6 +50,23 @@ def symmetric_contrastive_loss(
         raise ValueError(f"temperature must be positive, got {temperature}")
     logits = similarity_matrix(a, b, similarity) / temperature
     return _directional_loss(logits, exclude_positive) + _directional_loss(logits.T, exclude_positive)
+
+
+def soft_target_alignment_loss(x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The LLMEmb reference's alignment loss (METHOD.md, RAT step 4), CLIP-style with
+    soft targets: logits X·Yᵀ/t; the target of row i is softmax over k of
+    t·(x_i·x_k + y_i·y_k)/2, so rows that are alike on both sides share the credit
+    instead of counting as negatives; cross-entropy in both directions, averaged."""
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"expected two [B, H] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    x, y = x.float(), y.float()
+    logits = x @ y.T / temperature
+    targets = F.softmax((x @ x.T + y @ y.T) / 2 * temperature, dim=-1)
+    forward = -(targets * F.log_softmax(logits, dim=-1)).sum(-1)
+    backward = -(targets.T * F.log_softmax(logits.T, dim=-1)).sum(-1)
+    return (forward + backward).mean() / 2
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

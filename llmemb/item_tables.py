@@ -45,3 +45,50 @@ class AdaptedItemEmbedding(ItemEmbedding):
         rows = self.source[ids]
         out = self.adapter(rows) if self.adapter is not None else rows
         return out * (ids != 0).unsqueeze(-1).to(out.dtype)
+
+
+class HybridItemEmbedding(AdaptedItemEmbedding):
+    """Beyond the paper (METHOD.md): e_i = Adapter(PCA(E_llm))_i + r_i.
+
+    `r` is a trainable per-item residual, zero at the start. Only items marked in
+    `trained` (those with training interactions) carry one; for every other item
+    (cold start, or added later through the API) r_i is exactly 0 and the vector is
+    LLMEmb's. `residual_dropout` drops entries of r while training; the weight
+    decay on r is `residual_penalty`, added to the loss by the trainer.
+    """
+
+    def __init__(self, source: torch.Tensor, adapter: nn.Module, trained: torch.Tensor,
+                 residual_dropout: float = 0.0):
+        super().__init__(source, adapter, freeze=True)
+        if trained.shape != (source.shape[0],):
+            raise ValueError(f"trained mask has shape {tuple(trained.shape)}, expected ({source.shape[0]},)")
+        if not 0.0 <= residual_dropout < 1.0:
+            raise ValueError(f"residual_dropout must be in [0, 1), got {residual_dropout}")
+        mask = trained.detach().clone().bool()
+        mask[0] = False
+        self.register_buffer("trained", mask)
+        self.residual = nn.Parameter(torch.zeros(source.shape[0], self.dim))
+        self.residual_dropout = residual_dropout
+
+    def residual_rows(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        r = self.residual if ids is None else self.residual[ids]
+        keep = self.trained if ids is None else self.trained[ids]
+        r = r * keep.unsqueeze(-1).to(r.dtype)
+        if self.training and self.residual_dropout > 0:
+            r = nn.functional.dropout(r, self.residual_dropout)
+        return r
+
+    def adapted_table(self) -> torch.Tensor:
+        """The LLMEmb part alone, Adapter(PCA(E_llm)), row 0 zero."""
+        return super().table()
+
+    def table(self) -> torch.Tensor:
+        return super().table() + self.residual_rows()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) + self.residual_rows(ids)
+
+    def residual_penalty(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mean squared norm of r over `ids` (the L2 weight decay on r, per batch item)."""
+        r = self.residual[ids] * self.trained[ids].unsqueeze(-1).to(self.residual.dtype)
+        return r.pow(2).sum(-1).mean()

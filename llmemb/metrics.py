@@ -167,30 +167,54 @@ def _save_negatives(path: Path, negatives: np.ndarray, fingerprint: str) -> None
 
 
 # ---------------------------------------------------------------- groups
+def popularity_buckets(pop: np.ndarray, n_buckets: int) -> list[tuple[int, int]]:
+    """Disjoint popularity ranges [(low, high), ...], least popular first, each holding
+    about 1/n_buckets of the items. Items of one popularity always share a bucket, so
+    a heavily tied value (many items seen once) makes fewer, uneven buckets rather
+    than two buckets with overlapping labels."""
+    values, counts = np.unique(pop, return_counts=True)
+    target = len(pop) / max(n_buckets, 1)
+    ranges: list[tuple[int, int]] = []
+    low, total = None, 0
+    for value, count in zip(values.tolist(), counts.tolist()):
+        low = value if low is None else low
+        total += count
+        if total >= target * (len(ranges) + 1) or total == len(pop):
+            ranges.append((int(low), int(value)))
+            low = None
+    return ranges
+
+
 @dataclass
 class EvalGroups:
     """Which targets are tail / head, which users short / long, each item's popularity bucket."""
 
-    tail: np.ndarray            # bool [N+1]
+    tail: np.ndarray            # bool [N+1]: outside the head_fraction most popular
     long_user: np.ndarray       # bool [U]: training sequence longer than length_threshold
     length_threshold: float
-    item_bucket: np.ndarray     # int [N+1]: 0 = least popular fifth ... -1 for padding
-    bucket_pop: list[tuple[int, int]]  # (min, max) training popularity per bucket
+    item_bucket: np.ndarray     # int [N+1]: 0 = least popular bucket ... -1 for padding
+    bucket_pop: list[tuple[int, int]]  # disjoint (min, max) training popularity per bucket
+    rare: np.ndarray | None = None     # bool [N+1]: at most tail_count training interactions
 
     @classmethod
     def from_dataset(
-        cls, dataset: Dataset, head_fraction: float = 0.2, length_threshold: float | None = None, n_buckets: int = 5
+        cls, dataset: Dataset, head_fraction: float = 0.2, length_threshold: float | None = None, n_buckets: int = 5,
+        tail_count: int | None = None,
     ) -> "EvalGroups":
         train_lengths = np.asarray([max(len(s) - 2, 0) for s in dataset.sequences])
         threshold = float(np.median(train_lengths)) if length_threshold is None else float(length_threshold)
         pop = dataset.popularity()
-        order = np.argsort(pop[1:], kind="stable") + 1  # least popular first
+        ranges = popularity_buckets(pop[1:], n_buckets)
         bucket = np.full(dataset.n_items + 1, -1, dtype=np.int64)
-        ranges = []
-        for b, items in enumerate(np.array_split(order, n_buckets)):
-            bucket[items] = b
-            ranges.append((int(pop[items].min()), int(pop[items].max())) if len(items) else (0, 0))
-        return cls(dataset.tail_mask(head_fraction), train_lengths > threshold, threshold, bucket, ranges)
+        for b, (low, high) in enumerate(ranges):
+            inside = (pop >= low) & (pop <= high)
+            inside[0] = False
+            bucket[inside] = b
+        rare = None
+        if tail_count is not None:
+            rare = pop <= tail_count
+            rare[0] = False
+        return cls(dataset.tail_mask(head_fraction), train_lengths > threshold, threshold, bucket, ranges, rare)
 
 
 def group_metrics(ranks: torch.Tensor, select: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:
@@ -215,6 +239,10 @@ def summarize(ranks: torch.Tensor, targets: np.ndarray, groups: EvalGroups, ks: 
         "long": group_metrics(ranks, groups.long_user, ks),
         "popularity": [],
     }
+    if groups.rare is not None:
+        rare = groups.rare[targets]
+        out["rare"] = group_metrics(ranks, rare, ks)
+        out["frequent"] = group_metrics(ranks, ~rare, ks)
     bucket = groups.item_bucket[targets]
     for b, (low, high) in enumerate(groups.bucket_pop):
         row = {"bucket": b, "min_pop": low, "max_pop": high, "items": int((groups.item_bucket == b).sum())}
@@ -236,7 +264,8 @@ class Evaluator:
                 raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
         self.split = dataset.split()
         self.groups = EvalGroups.from_dataset(
-            dataset, self.config.head_fraction, self.config.length_threshold, self.config.pop_buckets
+            dataset, self.config.head_fraction, self.config.length_threshold, self.config.pop_buckets,
+            self.config.tail_count,
         )
 
     def cases(self, which: str) -> tuple[list[np.ndarray], np.ndarray]:

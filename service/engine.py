@@ -94,9 +94,22 @@ class Engine:
                               f"{self.dims['pca']} -> {self.dims['item']}", "adapter.safetensors")
         self.adapter.eval()
         self.item_embedding = CatalogueEmbedding(bundle.item_table)
+        # Hybrid bundles: e_i = Adapter(PCA(E_llm))_i + r_i. New items have no residual (r = 0);
+        # a bundle item whose attributes are replaced keeps its own.
+        self.method = bundle.method
+        self.residual = bundle.residual
+        self.bundle_rows = {ext: row for row, ext in enumerate(bundle.item_ids, start=1)}
         self.backbone = build_backbone(bundle.backbone_config, self.item_embedding)
         self.backbone.load_backbone_state_dict(bundle.backbone_state)
         self.backbone.eval()
+
+    def catalogue_vector(self, item_id: str, adapted: np.ndarray) -> np.ndarray:
+        """The catalogue vector of `item_id` from its LLM-path vector: plus the bundle's
+        residual for a bundle item of a hybrid bundle, unchanged otherwise."""
+        row = self.bundle_rows.get(item_id)
+        if self.residual is None or row is None:
+            return adapted
+        return (adapted + self.residual[row].numpy()).astype(np.float32)
 
     # ------------------------------------------------------------- event loop
     def prompt(self, attributes: Mapping[str, Any]) -> str:

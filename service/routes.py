@@ -28,6 +28,7 @@ from service.schemas import (
     ErrorResponse,
     HealthResponse,
     InfoResponse,
+    ItemResponse,
     PutItemRequest,
     PutItemResponse,
     ReadyResponse,
@@ -185,11 +186,32 @@ async def put_item(item_id: str, body: PutItemRequest, request: Request, rt: Run
     check_attributes("attributes", body.attributes, rt.settings)
     vectors, _ = await embed(rt, "item", [rt.engine.prompt(body.attributes)])
     try:
-        created, version = await rt.catalogue.put(item_id, vectors[0], body.attributes)
+        created, version = await rt.catalogue.put(item_id, rt.engine.catalogue_vector(item_id, vectors[0]),
+                                                  body.attributes)
     except CatalogueUnavailable as e:
         raise ApiError(503, "catalogue_unavailable", str(e), headers={"Retry-After": "1"}) from None
     answer = PutItemResponse(id=item_id, created=created, catalogue_version=version, dim=rt.bundle.dims["item"])
     return JSONResponse(answer.model_dump(), status_code=201 if created else 200)
+
+
+@v1.get("/items/{item_id:path}", response_model=ItemResponse, tags=["items"],
+        responses={404: {"model": ErrorResponse}})
+async def get_item(item_id: str, request: Request, rt: Runtime = Depends(ready_runtime)):
+    """An item of the catalogue: its vector (the row recommend and score use), its attributes,
+    and whether it came from the bundle or was added through the API."""
+    check_path_id(request, item_id, rt.settings)
+    snap = rt.catalogue.snapshot
+    row = snap.index.get(item_id)
+    if row is None:
+        raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalogue", "path.item_id")
+    try:
+        attributes = await rt.catalogue.attributes(item_id)
+    except CatalogueUnavailable as e:
+        raise ApiError(503, "catalogue_unavailable", str(e), headers={"Retry-After": "1"}) from None
+    if attributes is None:
+        attributes = rt.bundle.item_attributes[rt.engine.bundle_rows[item_id] - 1]
+    return ItemResponse(id=item_id, source="bundle" if row <= snap.n_bundle else "added", attributes=attributes,
+                        embedding=snap.table[row].tolist(), catalogue_version=snap.version)
 
 
 @v1.delete("/items/{item_id:path}", response_model=DeleteItemResponse, tags=["items"])
@@ -285,6 +307,7 @@ async def info(rt: Runtime = Depends(ready_runtime)):
     return InfoResponse(
         base_model=BaseModelInfo(**m["base_model"]),
         fingerprint=m["fingerprint"],
+        method=rt.engine.method,
         format_version=m["format_version"],
         created_at=m["created_at"],
         dims=m["dims"],

@@ -105,6 +105,14 @@ class PutItemResponse(BaseModel):
     dim: int
 
 
+class ItemResponse(BaseModel):
+    id: str
+    source: str = Field(description="bundle: trained with the model; added: put through the API")
+    attributes: dict
+    embedding: list[float] = Field(description="the item-space vector recommend and score use")
+    catalogue_version: int
+
+
 class DeleteItemResponse(BaseModel):
     id: str
     deleted: bool
@@ -213,6 +221,8 @@ class BaseModelInfo(BaseModel):
 class InfoResponse(BaseModel):
     base_model: BaseModelInfo
     fingerprint: str
+    method: str = Field(description="the item layer: llmemb = Adapter(PCA(LLM)); hybrid = that + a per-item "
+                                    "residual for the bundle's trained items (new items get none)")
     format_version: int
     created_at: str
     dims: dict[str, int]

@@ -27,7 +27,7 @@ from llmemb.bundle import BundleParts, write_bundle
 from llmemb.encoder import ItemEncoder, LoraSettings
 from llmemb.spec import EncoderSpec
 from llmemb.models import resolve_model_path
-from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
+from llmemb.item_tables import AdaptedItemEmbedding, HybridItemEmbedding, with_padding_row
 from llmemb.projection import PCA, Adapter
 from llmemb.prompts import instruction_for
 
@@ -178,9 +178,11 @@ TEST_SPEC = EncoderSpec(instruction=instruction_for("movie"), pooling="mean", ma
 
 def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int = 32, seed: int = 0,
                       max_len: int = 20, n_layers: int = 1, spec: EncoderSpec = TEST_SPEC, lora: bool = True,
-                      base_model_id: str = BASE_MODEL_ID) -> Path:
+                      base_model_id: str = BASE_MODEL_ID, hybrid: bool = False) -> Path:
     """A real bundle made in seconds: a base model (MiniLM) + a random LoRA, PCA, random adapter
-    and SASRec, its item table computed under `spec` by the trainer's own encoder path."""
+    and SASRec, its item table computed under `spec` by the trainer's own encoder path.
+    hybrid: a Hybrid bundle, with a random residual on every item but the last five (as if
+    those had no training interactions)."""
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
     work = out_dir.parent / f"{out_dir.name}-work"
@@ -204,7 +206,16 @@ def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int 
     e_llm = encoder.embed([spec.prompt(a) for a in attrs])
     pca = PCA.fit(e_llm, min(d_pca, n_items - 1))
     adapter = Adapter(pca.n_components, d)
-    layer = AdaptedItemEmbedding(with_padding_row(pca.transform(e_llm)), adapter)
+    source = with_padding_row(pca.transform(e_llm))
+    if hybrid:
+        trained = torch.ones(n_items + 1, dtype=torch.bool)
+        trained[-5:] = False
+        layer = HybridItemEmbedding(source, adapter, trained)
+        with torch.no_grad():
+            layer.residual.normal_(0, 0.5)
+        layer.eval()
+    else:
+        layer = AdaptedItemEmbedding(source, adapter)
     config = BackboneConfig(name="sasrec", hidden=d, max_len=max_len, n_layers=n_layers, n_heads=1, dropout=0.0)
     backbone = build_backbone(config, layer).eval()
     with torch.no_grad():
@@ -222,6 +233,8 @@ def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int 
         lora_dir=lora_dir,
         dataset={"name": "ml-100k-slice", "items": n_items},
         metrics={"note": "untrained test bundle"},
+        method="hybrid" if hybrid else "llmemb",
+        residual=layer.residual_rows().detach().clone() if hybrid else None,
     ))
     shutil.rmtree(work)
     return out_dir

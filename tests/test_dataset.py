@@ -155,3 +155,39 @@ def test_save_load_round_trip(ten_items, tmp_path):
         assert a.dtype == np.int64
         assert a.tolist() == b.tolist()
     assert back.popularity().tolist() == ten_items.popularity().tolist()
+
+
+# ------------------------------------------------------------ sparse regimes
+def test_keep_last_cuts_each_sequence_and_renumbers_the_items_left(ten_items):
+    cut = ten_items.keep_last(3)
+    ext = {u: [cut.item_ids[i - 1] for i in s] for u, s in zip(cut.user_ids, cut.sequences)}
+    # the last three items of each user, in time order, under their external ids
+    assert ext == {"u1": ["i2", "i7", "i8"], "u2": ["i3", "i9", "i10"], "u3": ["i6", "i7", "i9"],
+                   "u4": ["i3", "i10", "i10"]}
+    # items nobody interacts with any more (i1, i4) are gone; the rest keep their relative order
+    assert cut.item_ids == ["i2", "i3", "i6", "i7", "i8", "i9", "i10"]
+    assert [cut.item_attributes(k)["title"] for k in range(1, cut.n_items + 1)] == \
+        [f"item {k}" for k in (2, 3, 6, 7, 8, 9, 10)]
+    assert all(s.min() >= 1 and s.max() <= cut.n_items for s in cut.sequences)
+    assert cut.filter_log["last_items"] == 3 and cut.filter_log["items_before_last_items"] == 10
+    assert ten_items.n_items == 10                 # the original is untouched
+    with pytest.raises(ValueError, match="at least 3"):
+        ten_items.keep_last(2)
+
+
+def test_last_items_in_the_dataset_spec(tmp_path):
+    from llmemb.data import load_dataset
+    from pathlib import Path
+    ml100k = Path(__file__).resolve().parents[1] / "data" / "ml-100k"
+    spec = {"name": "ml", "format": "movielens", "path": str(ml100k), "domain": "movie",
+            "user_core": 5, "item_core": 5}
+    dense = load_dataset(spec)
+    sparse = load_dataset({**spec, "last_items": 10})
+    assert sparse.n_users == dense.n_users and {len(s) for s in sparse.sequences} == {10}
+    assert sparse.n_items < dense.n_items
+    # the cut keeps each user's most recent items: the same test targets
+    assert [sparse.item_ids[t - 1] for t in sparse.split().test_target] == \
+        [dense.item_ids[t - 1] for t in dense.split().test_target]
+    for bad in (2, "10", True):
+        with pytest.raises(ValueError, match="last_items"):
+            load_dataset({**spec, "last_items": bad})

@@ -144,12 +144,37 @@ def test_groups_split_tail_head_short_long_and_popularity():
     assert np.array_equal(groups.long_user, train_len > 10)
     pop = ds.popularity()
     buckets = groups.item_bucket[1:]
-    assert set(buckets.tolist()) == set(range(5)) and groups.item_bucket[0] == -1
-    assert abs(np.bincount(buckets).max() - np.bincount(buckets).min()) <= 1      # equal item counts
-    for b in range(4):                                                             # ordered by popularity
-        assert pop[1:][buckets == b].max() <= pop[1:][buckets == b + 1].min()
+    n = len(groups.bucket_pop)
+    assert 1 < n <= 5 and set(buckets.tolist()) == set(range(n)) and groups.item_bucket[0] == -1
+    for b in range(n - 1):                  # ordered by popularity, disjoint: a count never spans two
+        assert pop[1:][buckets == b].max() < pop[1:][buckets == b + 1].min()
+        assert groups.bucket_pop[b][1] < groups.bucket_pop[b + 1][0]
+    for b, (low, high) in enumerate(groups.bucket_pop):                            # the labels are true
+        assert pop[1:][buckets == b].min() == low and pop[1:][buckets == b].max() == high
     median = EvalGroups.from_dataset(ds).length_threshold
     assert median == float(np.median(train_len))
+
+
+def test_popularity_buckets_are_disjoint_and_near_equal():
+    from llmemb.metrics import popularity_buckets
+    # no ties: five buckets of four items
+    assert popularity_buckets(np.arange(20), 5) == [(0, 3), (4, 7), (8, 11), (12, 15), (16, 19)]
+    # a heavy tie (half the items seen once) stays in one bucket instead of spilling into two
+    pop = np.array([1] * 10 + [2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    ranges = popularity_buckets(pop, 5)
+    assert ranges[0] == (1, 1) and all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+    assert sum(((pop >= lo) & (pop <= hi)).sum() for lo, hi in ranges) == len(pop)
+
+
+def test_the_fixed_count_rule_marks_rare_items():
+    ds = random_dataset(n_users=60)
+    pop = ds.popularity()
+    groups = EvalGroups.from_dataset(ds, tail_count=3)
+    assert np.array_equal(groups.rare[1:], pop[1:] <= 3) and not groups.rare[0]
+    targets = ds.split().test_target
+    out = summarize(torch.zeros(len(targets), dtype=torch.long), targets, groups)
+    assert out["rare"]["n"] == int((pop[targets] <= 3).sum()) and out["rare"]["n"] + out["frequent"]["n"] == len(targets)
+    assert "rare" not in summarize(torch.zeros(len(targets), dtype=torch.long), targets, EvalGroups.from_dataset(ds))
 
 
 def test_summarize_reports_each_group():

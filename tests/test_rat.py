@@ -14,7 +14,7 @@ from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
 from llmemb.losses import full_softmax_ce, recommendation_loss, sample_negatives
 from llmemb.metrics import Evaluator
 from llmemb.projection import PCA, Adapter
-from trainer.rat import METHODS, RATConfig, alignment_loss, build_model, uses_alignment
+from trainer.rat import METHODS, RATConfig, build_model, rat_extra_loss, uses_alignment
 from trainer.train import fit, seed_everything
 
 N, D, HIDDEN = 20, 32, 8
@@ -143,7 +143,7 @@ def test_build_model_item_layer_of_every_method(method):
         assert _trainable(model) == adapter_params | {"source"}
     else:
         assert "source" in dict(layer.named_buffers())
-        assert _trainable(model) == adapter_params
+        assert _trainable(model) == adapter_params | ({"residual"} if method == "hybrid" else set())
     # the rest of the backbone trains in every method
     assert any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("item_embedding"))
 
@@ -266,10 +266,14 @@ def test_fit_rows_restrict_the_pca_fit(method):
 def test_uses_alignment_truth_table():
     on = RATConfig(alpha=0.01)
     off = RATConfig(alpha=0.0)
-    expected = {"none": False, "llm2x": False, "llmemb": True, "wo_scft": True, "wo_adapter": True,
+    expected = {"none": False, "llm2x": False, "llmemb": True, "hybrid": True, "wo_scft": True, "wo_adapter": True,
                 "wo_freeze": True, "wo_align": False}
     assert {m: uses_alignment(m, on) for m in METHODS} == expected
     assert not any(uses_alignment(m, off) for m in METHODS)
+
+
+def alignment_loss(id_table, rat):
+    return rat_extra_loss("llmemb", id_table, rat)
 
 
 def _aligned_model():
@@ -439,3 +443,106 @@ def test_fit_never_moves_the_rows_of_disallowed_items(loss):
     assert with_mask[0] == 0
     if loss == "ce":
         assert (without[17:] > 1e-3).all()   # without the mask the softmax pushes them down
+
+
+# ------------------------------------------------- the reference's soft alignment
+def test_soft_alignment_matches_its_definition_and_prefers_aligned_pairs():
+    from llmemb.contrastive import soft_target_alignment_loss
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    t = 2.0
+    logits = x @ y.T / t
+    targets = torch.softmax((x @ x.T + y @ y.T) / 2 * t, dim=-1)
+    by_hand = 0.0
+    for i in range(6):
+        by_hand += -(targets[i] * torch.log_softmax(logits[i], 0)).sum()
+        by_hand += -(targets[:, i] * torch.log_softmax(logits[:, i], 0)).sum()
+    assert torch.isclose(soft_target_alignment_loss(x, y, t), by_hand / 12, atol=1e-5)
+    # an aligned pair set scores lower than the same rows shuffled
+    assert soft_target_alignment_loss(x, x, t) < soft_target_alignment_loss(x, x[torch.randperm(6, generator=g)], t)
+    with pytest.raises(ValueError, match="temperature"):
+        soft_target_alignment_loss(x, y, 0.0)
+
+
+def test_soft_variant_reaches_the_extra_loss_and_differs_from_paper():
+    model, id_table = _aligned_model()
+    targets = torch.tensor([[1, 2, 3, 5]])
+    soft = alignment_loss(id_table, RATConfig(alpha=1.0, align_loss="soft"))(model, targets, targets)
+    paper = alignment_loss(id_table, RATConfig(alpha=1.0))(model, targets, targets)
+    assert torch.isfinite(soft) and not torch.isclose(soft, paper)
+    with pytest.raises(ValueError, match="align_loss"):
+        RATConfig.from_dict({"align_loss": "clip"})
+
+
+# ------------------------------------------------------------ the hybrid layer
+def _hybrid(trained=None, **rat):
+    scft, _ = tables()
+    seed_everything(0)
+    return build_model("hybrid", backbone(), N, RATConfig(**rat), scft_table=scft, trained_items=trained)
+
+
+def test_hybrid_starts_as_llmemb_and_untrained_items_keep_a_zero_residual():
+    from llmemb.item_tables import HybridItemEmbedding
+    trained = np.ones(N + 1, dtype=bool)
+    trained[[0, 3, 7]] = False
+    model, _ = _hybrid(trained)
+    layer = model.item_embedding
+    assert isinstance(layer, HybridItemEmbedding)
+    with torch.no_grad():
+        assert torch.equal(layer.table(), layer.adapted_table())   # r starts at zero
+        layer.residual.add_(1.0)                                    # as if trained
+        table = layer.table()
+        base = layer.adapted_table()
+    assert torch.equal(table[[0, 3, 7]], base[[0, 3, 7]])           # padding and untrained: exactly LLMEmb
+    assert torch.allclose(table[[1, 2, 4]] - base[[1, 2, 4]], torch.ones(3, HIDDEN))
+    ids = torch.tensor([[0, 3, 4]])
+    assert torch.allclose(layer(ids)[0], table[[0, 3, 4]])
+
+
+def test_hybrid_residual_trains_only_for_trained_items_and_is_penalised():
+    trained = np.ones(N + 1, dtype=bool)
+    trained[[0, 9]] = False
+    model, _ = _hybrid(trained, alpha=0.1, residual_l2=0.5)
+    id_table = torch.randn(N + 1, HIDDEN, generator=torch.Generator().manual_seed(1))
+    extra = rat_extra_loss("hybrid", id_table, RATConfig(alpha=0.1, residual_l2=0.5))
+    layer = model.item_embedding
+    with torch.no_grad():
+        layer.residual.fill_(0.1)
+    inputs, targets = torch.tensor([[1, 2, 9]]), torch.tensor([[2, 9, 4]])
+    loss = extra(model, inputs, targets)
+    loss.backward()
+    grad = layer.residual.grad
+    assert grad[9].abs().sum() == 0 and grad[0].abs().sum() == 0   # no residual, no gradient
+    assert grad[1].abs().sum() > 0 and grad[4].abs().sum() > 0     # penalised rows of the batch
+    assert grad[5].abs().sum() == 0                                 # not in the batch
+    # the penalty alone: mean squared norm over the batch's trained items
+    no_align = rat_extra_loss("hybrid", None, RATConfig(alpha=0.0, residual_l2=0.5))
+    seen = torch.tensor([1, 2, 4, 9])
+    expected = 0.5 * (layer.residual[seen] * layer.trained[seen, None]).pow(2).sum(-1).mean()
+    assert torch.isclose(no_align(model, inputs, targets), expected)
+    assert rat_extra_loss("hybrid", None, RATConfig(alpha=0.0)) is None
+
+
+def test_hybrid_alignment_reads_the_llmemb_part_not_the_residual():
+    model, _ = _hybrid()
+    id_table = torch.randn(N + 1, HIDDEN, generator=torch.Generator().manual_seed(2))
+    extra = rat_extra_loss("hybrid", id_table, RATConfig(alpha=1.0))
+    targets = torch.tensor([[1, 2, 3, 5]])
+    before = extra(model, targets, targets)
+    with torch.no_grad():
+        model.item_embedding.residual.add_(3.0)
+    assert torch.isclose(extra(model, targets, targets), before)
+
+
+def test_hybrid_residual_dropout_only_while_training():
+    model, _ = _hybrid(residual_dropout=0.5)
+    layer = model.item_embedding
+    with torch.no_grad():
+        layer.residual.fill_(1.0)
+    layer.eval()
+    assert torch.allclose(layer.table()[1:] - layer.adapted_table()[1:], torch.ones(N, HIDDEN))
+    layer.train()
+    diff = (layer.table() - layer.adapted_table())[1:]
+    assert set(torch.unique(diff.round(decimals=4)).tolist()) <= {0.0, 2.0}
+    with pytest.raises(ValueError, match="residual_dropout"):
+        RATConfig.from_dict({"residual_dropout": 1.0})

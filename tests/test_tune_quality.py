@@ -27,16 +27,20 @@ def test_quality_grid_on_two_workers_writes_every_run_and_the_report(tmp_path):
     results = run_quality(path, log=logs.append)
     main = [r for r in results["runs"] if r["split"] == "main"]
     cold = [r for r in results["runs"] if r["split"] == "cold"]
-    # sasrec: none, llm2x, llmemb, wo_align; gru4rec: none, llm2x, llmemb; 2 seeds each
-    assert len(main) == 2 * 4 + 2 * 3 and len(cold) == 2 * 3
+    # sasrec: none, llm2x, llmemb, hybrid, wo_align; gru4rec: none, llm2x, llmemb, hybrid; 2 seeds each
+    assert len(main) == 2 * 5 + 2 * 4 and len(cold) == 2 * 4
     assert {(r["backbone"], r["method"], r["seed"]) for r in main} >= {("gru4rec", "llmemb", 1), ("sasrec", "wo_align", 0)}
     assert all("cold_targets" in r["test_groups"] for r in cold)
-    runs = tmp_path / "runs" / "movies" / "quality"
+    runs = tmp_path / "runs" / "movies" / "quality" / "movies"
     assert (runs / "main" / "llmemb-sasrec-seed1" / "metrics.json").is_file()
     assert (runs / "cold" / "none-sasrec-seed0" / "item_table.safetensors").is_file()
+    assert (runs / "main" / "hybrid-sasrec-seed0" / "item_table.safetensors").is_file()
+    # every run ends on patience or the cap, and the report shows each seed's best epoch
+    assert all(r["fit"]["stop_reason"] in ("patience", "epochs") for r in results["runs"])
     md = (tmp_path / "reports" / "movies" / "results.md").read_text()
     assert "2 worker process(es) x 1 torch thread(s)" in md and "## Cold start" in md
     assert "## What was tried" in md and "- [round1](tuning/round1.md)" in md
+    assert "## Training" in md and "| main | sasrec | Hybrid |" in md and "| Hybrid | sasrec | full |" in md
     assert sum("chain" in line and "done" in line for line in logs) == 4 + 2
     # a second call reuses every run
     again = run_quality(path, log=lambda _: None)

@@ -123,9 +123,9 @@ def export(config: ConfigPath,
 
 @app.command()
 def rat(config: ConfigPath,
-        method: Annotated[str, typer.Option(help="none | llm2x | llmemb | wo_scft | wo_adapter | wo_freeze | wo_align")] = "llmemb",
+        method: Annotated[str, typer.Option(help="none | llm2x | llmemb | hybrid | wo_scft | wo_adapter | wo_freeze | wo_align")] = "llmemb",
         backbone: Backbone = None, seed: Seed = None,
-        bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (llmemb only).")] = None,
+        bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (llmemb or hybrid).")] = None,
         overrides: Overrides = None) -> None:
     """PCA + ID pretraining + RAT for one method; prints its test metrics."""
     from trainer.experiments import Tables, load_item_table, run_method
@@ -153,8 +153,16 @@ def rat(config: ConfigPath,
 
 
 @app.command()
+def regimes(reports_dir: Annotated[Path, typer.Option(help="Where the quality reports are.")] = Path("reports")) -> None:
+    """One page comparing None, LLM2X, LLMEmb and Hybrid across the regimes' quality reports."""
+    from trainer.regimes import write_regimes
+
+    write_regimes(reports_dir, log=typer.echo)
+
+
+@app.command()
 def quality(config: ConfigPath, overrides: Overrides = None) -> None:
-    """None / LLM2X / LLMEmb on every backbone, the ablations and cold start, 3 seeds; writes the report."""
+    """None / LLM2X / LLMEmb / Hybrid on every backbone, the ablations and cold start, 3 seeds; writes the report."""
     from trainer.quality import run_quality
 
     run_quality(config, list(overrides or []), log=typer.echo)

@@ -21,7 +21,7 @@ from llmemb.config import Config
 from llmemb.data.dataset import Dataset
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA
-from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig, alignment_loss, build_model, uses_alignment
+from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig, build_model, rat_extra_loss
 from trainer.train import fit, seed_everything
 
 TABLE_FILE = "item_table.safetensors"
@@ -113,12 +113,10 @@ def run_method(
         if saved.get("settings_digest") == _digest(settings) and (not keep_table or (directory / TABLE_FILE).is_file()):
             return MethodRun(method, config.backbone.name, seed, saved)
 
-    aligned = uses_alignment(method, rat)
-    if aligned and id_table is None:
-        raise ValueError(f"method {method} aligns with the ID model's table: train 'none' first")
+    extra = rat_extra_loss(method, id_table, rat)
     seed_everything(seed)
-    model, pca = build_model(method, config.backbone, dataset.n_items, rat, tables.scft, tables.base, fit_rows)
-    extra = alignment_loss(id_table, rat) if aligned else None
+    model, pca = build_model(method, config.backbone, dataset.n_items, rat, tables.scft, tables.base, fit_rows,
+                             trained_items=trained_items(dataset, loss_items))
     result = fit(model, dataset, config.train, config.eval, extra_loss=extra, evaluator=evaluator,
                  loss_items=None if loss_items is None else torch.from_numpy(loss_items))
     metrics = {
@@ -142,6 +140,16 @@ def run_method(
             save_file({"items": model.item_embedding.table().detach().contiguous()}, str(directory / TABLE_FILE))
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return MethodRun(method, config.backbone.name, seed, metrics, model, pca)
+
+
+def trained_items(dataset: Dataset, loss_items: np.ndarray | None = None) -> np.ndarray:
+    """bool [N+1]: items with training interactions that the loss may score: the only
+    ones a hybrid residual is given to."""
+    trained = dataset.popularity() > 0
+    if loss_items is not None:
+        trained &= np.asarray(loss_items, dtype=bool)
+    trained[0] = False
+    return trained
 
 
 def load_item_table(directory: Path) -> torch.Tensor:

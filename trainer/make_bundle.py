@@ -9,7 +9,7 @@ import torch
 from llmemb.bundle import BundleParts, write_bundle
 from llmemb.config import Config
 from llmemb.data.dataset import Dataset
-from llmemb.item_tables import AdaptedItemEmbedding
+from llmemb.item_tables import AdaptedItemEmbedding, HybridItemEmbedding
 from llmemb.projection import PCA
 from llmemb.backbones import SequentialBackbone
 from trainer.llm_stages import base_model_id, encoder_spec
@@ -24,13 +24,17 @@ def bundle_from_model(
     metrics: dict[str, Any],
     out_dir: Path,
 ) -> dict[str, Any]:
-    """Write `out_dir` from a RAT-trained model whose item layer is Adapter(PCA(E_llm))."""
+    """Write `out_dir` from a RAT-trained model whose item layer is Adapter(PCA(E_llm)),
+    or Hybrid's Adapter(PCA(E_llm)) + r (the bundle then stores r as well)."""
     layer = model.item_embedding
     if not isinstance(layer, AdaptedItemEmbedding) or layer.adapter is None:
         raise ValueError("a bundle needs the LLMEmb item layer (PCA table + adapter); "
                          f"got {type(layer).__name__} without an adapter")
+    hybrid = isinstance(layer, HybridItemEmbedding)
+    layer.eval()
     with torch.no_grad():
         table = layer.table().detach().cpu()
+        residual = layer.residual_rows().detach().cpu() if hybrid else None
     return write_bundle(out_dir, BundleParts(
         base_model_id=base_model_id(config),
         encoder=encoder_spec(config, dataset.domain),
@@ -44,4 +48,6 @@ def bundle_from_model(
         lora_dir=lora_dir,
         dataset=dataset.stats(config.eval.head_fraction),
         metrics=metrics,
+        method="hybrid" if hybrid else "llmemb",
+        residual=residual,
     ))

@@ -2,18 +2,21 @@
 
 Grid (config section `quality`, all optional):
     seeds:      [0, 1, 2]
-    backbones:  [sasrec, gru4rec, bert4rec]  None, LLM2X and LLMEmb on each
+    backbones:  [sasrec, gru4rec, bert4rec]  every method on each
+    methods:    [none, llm2x, llmemb, hybrid]
     ablations:  [wo_scft, wo_adapter, wo_freeze, wo_align] on `ablation_backbone`
     ablation_backbone: sasrec
     cold_fraction: 0.1          held-out items for the cold-start split (0 = skip)
     cold_seed: 0
     cold_scft_steps: 30         SCFT steps of the cold-start split's own LoRA (trained on warm items only)
-    cold_methods: [none, llm2x, llmemb]
+    cold_methods: [none, llm2x, llmemb, hybrid]
     workers: 2                  processes training runs side by side (one torch thread each)
+    report: null                the report's name (default: the dataset's); one dataset can have
+                                several reports (e.g. the CE and the BCE loss)
 
-Runs go to <runs_dir>/<dataset>/quality/<split>/<method>-<backbone>-seed<s>/ and
-are reused when their settings are unchanged, so an interrupted grid resumes.
-The report (results.json, results.md, figures) goes to <reports_dir>/<dataset>/.
+Runs go to <runs_dir>/<dataset>/quality/<report>/<split>/<method>-<backbone>-seed<s>/
+and are reused when their settings are unchanged, so an interrupted grid resumes.
+The report (results.json, results.md, figures) goes to <reports_dir>/<report>/.
 """
 from __future__ import annotations
 
@@ -36,15 +39,16 @@ from trainer.report import write_report
 DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
     "backbones": ["sasrec", "gru4rec", "bert4rec"],
-    "methods": ["none", "llm2x", "llmemb"],
+    "methods": ["none", "llm2x", "llmemb", "hybrid"],
     "ablations": ["wo_scft", "wo_adapter", "wo_freeze", "wo_align"],
     "ablation_backbone": "sasrec",
     "cold_fraction": 0.1,
     "cold_seed": 0,
-    "cold_methods": ["none", "llm2x", "llmemb"],
+    "cold_methods": ["none", "llm2x", "llmemb", "hybrid"],
     "cold_backbone": "sasrec",
     "cold_scft_steps": 30,
     "workers": 2,
+    "report": None,
 }
 
 
@@ -79,9 +83,10 @@ def run_quality(
     t = time.perf_counter()
     tables = Tables(base=ensure_export(base, dataset, None, "base"), scft=ensure_export(base, dataset, lora, "scft"))
     stage_seconds["export"] = time.perf_counter() - t
-    root = Path(base.runs_dir) / base.name / "quality"
+    report = str(q["report"] or base.name)
+    root = Path(base.runs_dir) / base.name / "quality" / report
 
-    main_keep = {"none", "llm2x", "llmemb"}
+    main_keep = {"none", "llm2x", "llmemb", "hybrid"}
     splits = {"main": Split(dataset, tables, data_dir)}
     chains: list[list[MethodTask]] = []
     for backbone in q["backbones"]:
@@ -92,7 +97,7 @@ def run_quality(
             chains.append([
                 MethodTask("main", cfg, method, rat, root / "main" / f"{method}-{backbone}-seed{seed}",
                            id_dir=id_dir if method != "none" else None,
-                           keep_table=method == "none" or (method in main_keep and backbone == "sasrec"))
+                           keep_table=method == "none" or (method in main_keep and backbone == q["ablation_backbone"]))
                 for method in ["none"] + [m for m in methods if m != "none"]
             ])
 
@@ -132,6 +137,7 @@ def run_quality(
     results = {
         "dataset": dataset.stats(base.eval.head_fraction),
         "config": base.to_dict(),
+        "config_path": str(config_path) + "".join(f" --set {o}" for o in overrides),
         "quality": q,
         "rat": rat.to_dict(),
         "cold_start": cold_info,
@@ -143,6 +149,6 @@ def run_quality(
                        f"torch {torch.__version__}",
         "scft_summary_path": str(lora.parent / "scft.json"),
     }
-    out = Path(base.reports_dir) / base.name
+    out = Path(base.reports_dir) / report
     write_report(results, out, root, log=log)
     return results

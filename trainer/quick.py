@@ -2,7 +2,9 @@
 RAT on one backbone, evaluation, bundle. Minutes on a laptop-class CPU.
 
 Config section `quick` (optional): scft_steps (default 60), backbone (sasrec),
-seed (0), max_seconds (training time cap per model, default 120).
+seed (0), max_seconds (training time cap per model, default 120), method (the
+bundle's item layer: llmemb or hybrid, default hybrid: reports/regimes.md shows it
+never below the ID-only model, where LLMEmb alone is on dense data).
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from trainer.make_bundle import bundle_from_model
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
 
-DEFAULTS: dict[str, Any] = {"scft_steps": 60, "backbone": "sasrec", "seed": 0, "max_seconds": 120}
+DEFAULTS: dict[str, Any] = {"scft_steps": 60, "backbone": "sasrec", "seed": 0, "max_seconds": 120,
+                            "method": "hybrid"}
+BUNDLE_METHODS = ("llmemb", "hybrid")
 
 
 def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
@@ -30,6 +34,9 @@ def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
     unknown = sorted(set(q) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"quick: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
+    method = q["method"]
+    if method not in BUNDLE_METHODS:
+        raise ValueError(f"quick.method must be one of {', '.join(BUNDLE_METHODS)}, got {method!r}")
     config = load_config(config_path, [*overrides, f"train.seed={q['seed']}",
                                        f"train.max_seconds={q['max_seconds']}"], backbone=q["backbone"])
     rat = RATConfig.from_dict(config.sections.get("rat"))
@@ -53,8 +60,8 @@ def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
     run_method(config, dataset, evaluator, "none", rat, tables, root / "none", keep_table=True)
     seconds["id_pretrain"] = time.perf_counter() - t
     t = time.perf_counter()
-    log("RAT: adapter + backbone on the frozen LLM table")
-    run = run_method(config, dataset, evaluator, "llmemb", rat, tables, root / "llmemb",
+    log(f"RAT ({method}): adapter + backbone on the frozen LLM table")
+    run = run_method(config, dataset, evaluator, method, rat, tables, root / method,
                      id_table=load_item_table(root / "none"), reuse=False)
     seconds["rat"] = time.perf_counter() - t
     t = time.perf_counter()

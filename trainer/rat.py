@@ -10,6 +10,9 @@ A "method" decides the backbone's item-embedding layer:
     wo_adapter   llmemb with PCA straight to d and no adapter
     wo_freeze    llmemb with the PCA table trainable
     wo_align     llmemb with alpha = 0
+    hybrid       beyond the paper: llmemb's layer plus a trainable per-item residual r_i
+                 (zero for items without training interactions), same loss, plus
+                 residual_l2 * ||r||^2 over the batch's items
 
 Every method trains with the same loop (trainer.train.fit) and is evaluated by
 the same Evaluator, so the rows differ only in the item layer and the loss.
@@ -23,13 +26,14 @@ import numpy as np
 import torch
 
 from llmemb.backbones import BackboneConfig, IdItemEmbedding, SequentialBackbone, build_backbone
-from llmemb.contrastive import symmetric_contrastive_loss
-from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
+from llmemb.contrastive import soft_target_alignment_loss, symmetric_contrastive_loss
+from llmemb.item_tables import AdaptedItemEmbedding, HybridItemEmbedding, with_padding_row
 from llmemb.projection import PCA, Adapter, default_n_components
 
-METHODS = ("none", "llm2x", "llmemb", "wo_scft", "wo_adapter", "wo_freeze", "wo_align")
+METHODS = ("none", "llm2x", "llmemb", "hybrid", "wo_scft", "wo_adapter", "wo_freeze", "wo_align")
 # Which exported table each method reads: the SCFT-tuned LLM or the base LLM.
-USES_SCFT_TABLE = {"llmemb", "wo_adapter", "wo_freeze", "wo_align"}
+USES_SCFT_TABLE = {"llmemb", "hybrid", "wo_adapter", "wo_freeze", "wo_align"}
+ALIGN_LOSSES = ("paper", "infonce", "soft")
 USES_BASE_TABLE = {"llm2x", "wo_scft"}
 
 
@@ -40,7 +44,9 @@ class RATConfig:
     alpha: float = 0.01                # weight of L_align
     align_temperature: float = 2.0     # reference: tau = 2 with dot products
     align_similarity: str = "dot"
-    align_loss: str = "paper"          # paper: positive left out of the denominator | infonce
+    # paper: SCFT form, positive left out of the denominator | infonce: positive kept |
+    # soft: the reference code's CLIP-style loss with soft targets
+    align_loss: str = "paper"
     llm2x_init_std: float | None = None  # rescale LLM2X's initial table to this entry std; None: as PCA gives
     # Rescale the frozen PCA table (LLMEmb and its ablations) to this entry std; None: as PCA gives.
     # A single scalar, folded into the saved PCA, so the function class is unchanged: it only
@@ -50,6 +56,10 @@ class RATConfig:
     # does not whiten, so off by default). Also folded into the saved PCA: the adapter is
     # linear, so this preconditions its optimisation without changing what it can express.
     whiten: bool = False
+    # Hybrid only: L2 weight on the residual (mean squared norm of r over the batch's items)
+    # and dropout on r while training.
+    residual_l2: float = 0.0
+    residual_dropout: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "RATConfig":
@@ -63,8 +73,12 @@ class RATConfig:
             value = getattr(cfg, name)
             if value is not None and not value > 0:
                 raise ValueError(f"rat.{name} must be positive or null, got {value!r}")
-        if cfg.align_loss not in ("paper", "infonce"):
-            raise ValueError(f"rat.align_loss must be paper or infonce, got {cfg.align_loss!r}")
+        if cfg.align_loss not in ALIGN_LOSSES:
+            raise ValueError(f"rat.align_loss must be one of {', '.join(ALIGN_LOSSES)}, got {cfg.align_loss!r}")
+        if not cfg.residual_l2 >= 0:
+            raise ValueError(f"rat.residual_l2 must be >= 0, got {cfg.residual_l2!r}")
+        if not 0 <= cfg.residual_dropout < 1:
+            raise ValueError(f"rat.residual_dropout must be in [0, 1), got {cfg.residual_dropout!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,8 +131,12 @@ def build_model(
     scft_table: torch.Tensor | None = None,
     base_table: torch.Tensor | None = None,
     fit_rows: np.ndarray | None = None,
+    trained_items: np.ndarray | None = None,
 ) -> tuple[SequentialBackbone, PCA | None]:
-    """The backbone of `method` with its item layer; the PCA used (None for ID-only)."""
+    """The backbone of `method` with its item layer; the PCA used (None for ID-only).
+
+    trained_items: bool [N+1], the items with training interactions; only they get a
+    hybrid residual (default: all but padding)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     d = backbone.hidden
@@ -139,27 +157,50 @@ def build_model(
     k = rat.d_pca or default_n_components(table.shape[0] if fit_rows is None else len(fit_rows), table.shape[1])
     pca = reduce_table(table, k, fit_rows, rat)
     adapter = Adapter(pca.n_components, d, hidden=rat.adapter_hidden)
-    layer = AdaptedItemEmbedding(pca_source(table, pca), adapter, freeze=(method != "wo_freeze"))
+    source = pca_source(table, pca)
+    if method == "hybrid":
+        trained = torch.ones(n_items + 1, dtype=torch.bool) if trained_items is None else torch.as_tensor(trained_items)
+        layer = HybridItemEmbedding(source, adapter, trained, rat.residual_dropout)
+    else:
+        layer = AdaptedItemEmbedding(source, adapter, freeze=(method != "wo_freeze"))
     return build_backbone(backbone, layer), pca
 
 
 def uses_alignment(method: str, rat: RATConfig) -> bool:
-    return method in {"llmemb", "wo_scft", "wo_adapter", "wo_freeze"} and rat.alpha > 0
+    return method in {"llmemb", "hybrid", "wo_scft", "wo_adapter", "wo_freeze"} and rat.alpha > 0
 
 
-def alignment_loss(id_table: torch.Tensor, rat: RATConfig):
-    """alpha * L_align between the adapted vectors e_i and the ID model's e~_i, over
-    the distinct target items of the batch (fit's extra_loss hook)."""
-    target_table = id_table.detach()
+def align(e: torch.Tensor, target: torch.Tensor, rat: RATConfig) -> torch.Tensor:
+    """L_align between adapted vectors and the ID model's, in rat.align_loss's form."""
+    if rat.align_loss == "soft":
+        return soft_target_alignment_loss(e, target, rat.align_temperature)
+    return symmetric_contrastive_loss(e, target, rat.align_temperature, rat.align_similarity,
+                                      exclude_positive=(rat.align_loss == "paper"))
+
+
+def rat_extra_loss(method: str, id_table: torch.Tensor | None, rat: RATConfig):
+    """fit's extra_loss hook for `method`, or None: alpha * L_align between the
+    adapted vectors e_i and the ID model's e~_i over the distinct target items of the
+    batch, plus, for hybrid, residual_l2 * ||r||^2 over the batch's items."""
+    aligned = uses_alignment(method, rat)
+    penalised = method == "hybrid" and rat.residual_l2 > 0
+    if aligned and id_table is None:
+        raise ValueError(f"method {method} aligns with the ID model's table: train 'none' first")
+    if not (aligned or penalised):
+        return None
+    target_table = id_table.detach() if id_table is not None else None
 
     def extra(model: SequentialBackbone, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = targets.new_zeros((), dtype=torch.float32)
         ids = torch.unique(targets[targets > 0])
-        if ids.numel() < 2:
-            return targets.new_zeros((), dtype=torch.float32)
-        e = model.item_embedding(ids)
-        return rat.alpha * symmetric_contrastive_loss(
-            e, target_table[ids], rat.align_temperature, rat.align_similarity,
-            exclude_positive=(rat.align_loss == "paper"),
-        )
+        if aligned and ids.numel() >= 2:
+            # The LLMEmb part is what aligns: the residual is free to hold what text lacks.
+            layer = model.item_embedding
+            e = layer.adapted_table()[ids] if isinstance(layer, HybridItemEmbedding) else layer(ids)
+            loss = loss + rat.alpha * align(e, target_table[ids], rat)
+        if penalised:
+            seen = torch.unique(torch.cat([inputs[inputs > 0], ids]))
+            loss = loss + rat.residual_l2 * model.item_embedding.residual_penalty(seen)
+        return loss
 
     return extra

