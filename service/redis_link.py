@@ -4,6 +4,12 @@ Requests never wait on a dead Redis: while the link is down every call fails at
 once (RedisUnavailable) and only a background probe, with exponential backoff,
 tries to reconnect. Socket timeouts are short, so a Redis that hangs costs a
 request at most one timeout before the link is marked down.
+
+After a Redis restart every pooled connection is stale. A command that fails
+with a connection error drops the pool's idle connections and retries once on a
+fresh one; only when that fails too is the link declared down. Coming back up
+needs `up_probes` consecutive successful probes, so one lucky PING does not flip
+the state back and forth (hysteresis).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Awaitable, Callable, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service.metrics import Metrics
@@ -28,7 +35,7 @@ class RedisUnavailable(Exception):
 
 
 class RedisLink:
-    def __init__(self, url: str, timeout_s: float, backoff_max_s: float, metrics: Metrics):
+    def __init__(self, url: str, timeout_s: float, backoff_max_s: float, metrics: Metrics, up_probes: int = 2):
         self.url = url
         self.metrics = metrics
         self.backoff_min_s = min(0.05, backoff_max_s)
@@ -42,6 +49,9 @@ class RedisLink:
             health_check_interval=0,
         )
         self.up = False
+        self.up_probes = max(1, up_probes)
+        self._good_probes = 0
+        self.transitions = 0                 # up/down changes since start (the flapping count)
         self.last_error: str | None = None
         self._backoff = self.backoff_min_s
         self._woken = asyncio.Event()
@@ -66,17 +76,26 @@ class RedisLink:
         if not self.up:
             raise RedisUnavailable(self.last_error or "redis is down")
         try:
-            result = await fn(self.client)
+            try:
+                return await fn(self.client)
+            except (RedisConnectionError, ConnectionError) as e:
+                # Most likely a stale pooled connection (Redis restarted): drop the idle ones
+                # and try once more on a fresh connection before calling Redis down.
+                self.metrics.cache_errors.labels(op).inc()
+                log.info("redis %s failed on a pooled connection (%s); retrying on a fresh one", op, e)
+                await self.client.connection_pool.disconnect(inuse_connections=False)
+                return await fn(self.client)
         except (RedisError, OSError, asyncio.TimeoutError) as e:
             self.metrics.cache_errors.labels(op).inc()
             self._mark_down(e)
             raise RedisUnavailable(str(e)) from None
-        return result
 
     def _mark_down(self, error: BaseException) -> None:
         if self.up:
             log.warning("redis at %s is unavailable (%s); serving without it", self._safe_url(), error)
+            self.transitions += 1
         self.up = False
+        self._good_probes = 0
         self.last_error = f"{type(error).__name__}: {error}"
         self.metrics.redis_up.set(0)
         self._woken.set()
@@ -94,8 +113,14 @@ class RedisLink:
         except (RedisError, OSError, asyncio.TimeoutError) as e:
             self._mark_down(e)
             return False
-        if not self.up:
-            log.info("redis at %s is available", self._safe_url())
+        if self.up:
+            return True
+        self._good_probes += 1
+        if self._good_probes < self.up_probes and self.transitions > 0:
+            return False   # back, but not yet trusted: probe again after the shortest backoff
+        log.info("redis at %s is available", self._safe_url())
+        if self.transitions:
+            self.transitions += 1
         self.up = True
         self.last_error = None
         self._backoff = self.backoff_min_s
@@ -110,6 +135,9 @@ class RedisLink:
                 continue
             started = time.monotonic()
             if not await self._probe():
+                if self._good_probes:   # answering again: confirm soon, without growing the backoff
+                    await asyncio.sleep(self.backoff_min_s)
+                    continue
                 self.metrics.cache_errors.labels("probe").inc()
                 wait = self._backoff - (time.monotonic() - started)
                 self._backoff = min(self._backoff * 2, self.backoff_max_s)

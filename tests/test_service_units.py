@@ -21,7 +21,7 @@ from service.client import LLMEmbClient, LLMEmbError, decode_base64_embedding
 from service.errors import ApiError, field_path
 from service.limits import check_attributes, check_ids, check_text
 from service.metrics import Metrics
-from service.redis_link import RedisLink
+from service.redis_link import RedisLink, RedisUnavailable
 from service.scoring import TopK, score_rows, top_k
 from service.security import ApiKeyChecker
 from service.settings import Settings
@@ -259,6 +259,60 @@ def test_redis_cache_degrades_and_recovers(tmp_path):
         assert state_up == "ok"
         assert after == [None, None]  # a fresh Redis without persistence: empty, but answering
         assert resumed == np.ones(2, dtype="<f4").tobytes()
+    finally:
+        if server.proc is not None:
+            server.stop()
+
+
+def test_a_redis_restart_costs_no_command_and_no_flap(tmp_path):
+    """Every pooled connection is stale after a restart: each failing command retries once on a
+    fresh connection, so the link never goes down while Redis answers again."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        async def main():
+            link = RedisLink(server.url, timeout_s=0.5, backoff_max_s=0.2, metrics=Metrics())
+            await link.start()
+            # fill the pool with several idle connections
+            await asyncio.gather(*(link.call("t", lambda r: r.set(f"k{i}", i)) for i in range(8)))
+            idle = len(link.client.connection_pool._available_connections)
+            server.stop()
+            server.start()
+            results = [await link.call("t", lambda r: r.ping()) for _ in range(10)]
+            concurrent = await asyncio.gather(*(link.call("t", lambda r: r.ping()) for _ in range(8)))
+            state = (link.up, link.transitions)
+            await link.close()
+            return idle, results, concurrent, state
+
+        idle, results, concurrent, (up, transitions) = run_async(main())
+        assert idle >= 2
+        assert all(results) and all(concurrent)
+        assert up and transitions == 0
+    finally:
+        if server.proc is not None:
+            server.stop()
+
+
+def test_coming_back_up_needs_consecutive_good_probes(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        async def main():
+            link = RedisLink(server.url, timeout_s=0.25, backoff_max_s=0.1, metrics=Metrics(), up_probes=3)
+            await link.start()
+            server.stop()
+            with pytest.raises(RedisUnavailable):
+                await link.call("t", lambda r: r.ping())
+            down_transitions = link.transitions
+            server.start()
+            first = await link._probe()        # one good probe is not enough after a failure
+            second = await link._probe()
+            third = await link._probe()
+            state = (down_transitions, first, second, third, link.up, link.transitions)
+            await link.close()
+            return state
+
+        down_transitions, first, second, third, up, transitions = run_async(main())
+        assert down_transitions == 1 and (first, second, third) == (False, False, True)
+        assert up and transitions == 2
     finally:
         if server.proc is not None:
             server.stop()
