@@ -5,6 +5,9 @@ Shared state lives in Redis under `llmemb:{fingerprint}:cat:`:
     attributes  hash  id -> attributes JSON (what the vector was computed from)
     deleted     set   bundle ids that were removed
     version     int   incremented by every change
+    epoch       str   a random id given to the catalogue when it was created
+    integrity   str   "<items in vectors>,<items in deleted>" after the last change
+    restored    str   JSON {epoch, version, at}: written by `python -m service.catalogue_io import`
 Changes are single Lua scripts (atomic across replicas). Every replica polls
 `version` (default every 200 ms) and rebuilds an immutable snapshot when it
 moved, so a change made through one replica is visible on all within a poll
@@ -13,12 +16,23 @@ Without Redis the same overlay lives in process memory.
 
 Deleted items are gone everywhere: never recommended, and unknown in histories
 and candidate lists.
+
+A lost catalogue is refused, not rebuilt. Each replica remembers the epoch and
+the version it last installed. When Redis comes back empty (restarted without
+persistence, evicted, flushed), with another epoch, a lower version, or hashes
+that no longer match `integrity`, the replica logs it, reports `lost`
+(/readyz, llmemb_catalogue_lost), keeps serving its last good snapshot and
+refuses changes (the write scripts check the epoch too, so no replica writes
+over an emptied catalogue). Recovery is one command: `python -m
+service.catalogue_io import` of an export, which gives the catalogue a new epoch
+and a `restored` marker that replicas accept.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,29 +45,58 @@ from service.redis_link import RedisLink, RedisUnavailable
 
 log = logging.getLogger("llmemb.service.catalogue")
 
-_PUT = """
-local existed
-if ARGV[4] == '1' then
-  existed = 1 - redis.call('SREM', KEYS[3], ARGV[1])
-else
-  existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return {existed, redis.call('INCR', KEYS[4])}
+# Every write first checks the epoch (ARGV[1]) and ends by recording the sizes
+# the replicas check on refresh. KEYS: vectors, attributes, deleted, version, epoch, integrity.
+_GUARD = """
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {-1, 0} end
+"""
+_SEAL = """
+redis.call('SET', KEYS[6], redis.call('HLEN', KEYS[1]) .. ',' .. redis.call('SCARD', KEYS[3]))
 """
 
-_DELETE = """
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if ARGV[2] == '1' then removed = redis.call('SADD', KEYS[3], ARGV[1]) end
-if removed == 0 then return {0, tonumber(redis.call('GET', KEYS[4]) or '0')} end
-return {1, redis.call('INCR', KEYS[4])}
+_PUT = _GUARD + """
+local existed
+if ARGV[5] == '1' then
+  existed = 1 - redis.call('SREM', KEYS[3], ARGV[2])
+else
+  existed = redis.call('HEXISTS', KEYS[1], ARGV[2])
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+local version = redis.call('INCR', KEYS[4])
+""" + _SEAL + """
+return {existed, version}
 """
+
+_DELETE = _GUARD + """
+local removed = redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
+if ARGV[3] == '1' then removed = redis.call('SADD', KEYS[3], ARGV[2]) end
+if removed == 0 then return {0, tonumber(redis.call('GET', KEYS[4]) or '0')} end
+local version = redis.call('INCR', KEYS[4])
+""" + _SEAL + """
+return {1, version}
+"""
+
+# A catalogue with no epoch gets one, unless it holds changes written without one
+# (then it is not new: the replica calls it lost rather than adopt it).
+_ADOPT = """
+local epoch = redis.call('GET', KEYS[5])
+if epoch then return epoch end
+if redis.call('EXISTS', KEYS[1], KEYS[3], KEYS[4]) > 0 then return false end
+redis.call('SET', KEYS[5], ARGV[1])
+return ARGV[1]
+"""
+
+KEY_NAMES = ("vectors", "attributes", "deleted", "version", "epoch", "integrity", "restored")
 
 
 class CatalogueUnavailable(Exception):
     """The shared catalogue cannot be changed while Redis is down."""
+
+
+class CatalogueLost(CatalogueUnavailable):
+    """The shared catalogue went backwards or vanished: changes are refused until it is restored."""
 
 
 class UnknownItem(KeyError):
@@ -95,6 +138,11 @@ def build_snapshot(base_table: torch.Tensor, base_ids: list[str], vectors: dict[
     return Snapshot(version, table, ids, index, blocked_rows, len(base_ids), len(added), len(gone))
 
 
+def catalogue_keys(fingerprint: str) -> list[str]:
+    """The Redis keys of the shared catalogue of the bundle `fingerprint`, in KEY_NAMES order."""
+    return [f"llmemb:{fingerprint}:cat:{name}" for name in KEY_NAMES]
+
+
 class Catalogue:
     def __init__(self, base_table: torch.Tensor, base_ids: list[str], fingerprint: str,
                  link: RedisLink | None, poll_s: float, metrics: Metrics):
@@ -105,8 +153,9 @@ class Catalogue:
         self.link = link
         self.poll_s = poll_s
         self.metrics = metrics
-        prefix = f"llmemb:{fingerprint}:cat:"
-        self.keys = [prefix + "vectors", prefix + "attributes", prefix + "deleted", prefix + "version"]
+        self.keys = catalogue_keys(fingerprint)
+        self.epoch: str | None = None      # the shared catalogue's epoch this replica installed
+        self.lost: str | None = None       # why the shared catalogue is refused, while it is
         # Process-local overlay (no Redis).
         self._vectors: dict[str, np.ndarray] = {}
         self._attributes: dict[str, dict[str, Any]] = {}
@@ -119,6 +168,7 @@ class Catalogue:
         if link is not None:
             self._put_script = link.client.register_script(_PUT)
             self._delete_script = link.client.register_script(_DELETE)
+            self._adopt_script = link.client.register_script(_ADOPT)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -132,7 +182,9 @@ class Catalogue:
     def state(self) -> str:
         if self.link is None:
             return "local"
-        return "shared" if self.link.up else "degraded"
+        if self.lost is not None:
+            return "lost"
+        return "shared" if self.link.up and self.epoch is not None else "degraded"
 
     async def start(self) -> None:
         if self.link is not None:
@@ -161,7 +213,7 @@ class Catalogue:
             return created, self._version
         payload = [item_id, to_bytes(vector), json.dumps(attributes, ensure_ascii=False),
                    "1" if item_id in self._base_set else "0"]
-        existed, version = await self._run_script("catalogue_put", self._put_script, payload)
+        existed, version = await self._write("catalogue_put", self._put_script, payload)
         await self._refresh_if_up()
         return not bool(existed), int(version)
 
@@ -178,7 +230,7 @@ class Catalogue:
             await self._install(dict(self._vectors), set(self._deleted), self._version)
             return self._version
         payload = [item_id, "1" if item_id in self._base_set else "0"]
-        removed, version = await self._run_script("catalogue_delete", self._delete_script, payload)
+        removed, version = await self._write("catalogue_delete", self._delete_script, payload)
         if not removed:
             raise UnknownItem(item_id)
         await self._refresh_if_up()
@@ -195,11 +247,34 @@ class Catalogue:
             raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
         return None if raw is None else json.loads(raw)
 
-    async def _run_script(self, op: str, script, args: list) -> list:
+    async def _write(self, op: str, script, args: list) -> list:
+        if self.lost is not None:
+            raise CatalogueLost(self._lost_message())
+        if self.epoch is None:
+            raise CatalogueUnavailable("the shared catalogue has not been read from Redis yet")
+        keys = self.keys[:6]
         try:
-            return await self.link.call(op, lambda r: script(keys=self.keys, args=args, client=r))
+            result = await self.link.call(op, lambda r: script(keys=keys, args=[self.epoch, *args], client=r))
         except RedisUnavailable as e:
             raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
+        if int(result[0]) == -1:
+            await self._refresh_if_up()
+            self._mark_lost(self.lost or "its epoch changed under a write")
+            raise CatalogueLost(self._lost_message())
+        return result
+
+    def _lost_message(self) -> str:
+        return (f"the shared catalogue is lost ({self.lost}); this replica serves its last good snapshot "
+                f"(version {self._snapshot.version}) and refuses changes until it is restored with "
+                "`python -m service.catalogue_io import`")
+
+    def _mark_lost(self, reason: str) -> None:
+        if self.lost is None:
+            log.error("shared catalogue lost: %s; keeping the last good snapshot (version %d, epoch %s) and "
+                      "refusing changes until `python -m service.catalogue_io import` restores it",
+                      reason, self._snapshot.version, self.epoch)
+        self.lost = reason
+        self.metrics.catalogue_lost.set(1)
 
     # ----------------------------------------------------------------- syncing
     async def _refresh_if_up(self) -> None:
@@ -211,14 +286,47 @@ class Catalogue:
 
     async def _refresh(self) -> None:
         async with self._refresh_lock:
+            if self.epoch is None:
+                adopted = await self.link.call(
+                    "catalogue_adopt", lambda r: self._adopt_script(keys=self.keys[:6], args=[uuid.uuid4().hex],
+                                                                    client=r))
+                if adopted is None:
+                    self._mark_lost("it holds changes but no epoch")
+                    return
+                self.epoch = adopted.decode() if isinstance(adopted, bytes) else str(adopted)
+
             async def read(r):
                 pipe = r.pipeline(transaction=True)
                 pipe.hgetall(self.keys[0])
                 pipe.smembers(self.keys[2])
                 pipe.get(self.keys[3])
+                pipe.get(self.keys[4])
+                pipe.get(self.keys[5])
+                pipe.get(self.keys[6])
                 return await pipe.execute()
 
-            raw_vectors, raw_deleted, raw_version = await self.link.call("catalogue_read", read)
+            raw_vectors, raw_deleted, raw_version, raw_epoch, raw_integrity, raw_restored = \
+                await self.link.call("catalogue_read", read)
+            version = int(raw_version or 0)
+            epoch = raw_epoch.decode() if raw_epoch is not None else None
+            if epoch != self.epoch:
+                restored = json.loads(raw_restored) if raw_restored else None
+                if epoch is None or not restored or restored.get("epoch") != epoch:
+                    self._mark_lost("its epoch vanished" if epoch is None else f"its epoch changed to {epoch}")
+                    return
+                log.warning("shared catalogue restored by import (epoch %s, version %d); adopting it",
+                            epoch, version)
+                self.epoch = epoch
+                self.lost = None
+                self.metrics.catalogue_lost.set(0)
+            elif version < self._snapshot.version:
+                self._mark_lost(f"its version went back from {self._snapshot.version} to {version}")
+                return
+            expected = f"{len(raw_vectors)},{len(raw_deleted)}"
+            if version > 0 and (raw_integrity or b"").decode() != expected:
+                self._mark_lost(f"its contents ({expected}) do not match the last change "
+                                f"({(raw_integrity or b'missing').decode()})")
+                return
             vectors = {}
             for k, v in raw_vectors.items():
                 vec = from_bytes(v, self.dim)
@@ -227,9 +335,11 @@ class Catalogue:
                     continue
                 vectors[k.decode()] = vec
             deleted = {d.decode() for d in raw_deleted}
-            await self._install(vectors, deleted, int(raw_version or 0))
+            await self._install(vectors, deleted, version)
 
     async def _install(self, vectors: dict[str, np.ndarray], deleted: set[str], version: int) -> None:
+        if self.lost is not None and self.link is not None:
+            return
         self._snapshot = await asyncio.to_thread(
             build_snapshot, self.base_table, self.base_ids, vectors, deleted, version)
         self._publish()
@@ -244,8 +354,19 @@ class Catalogue:
             if not self.link.up:
                 continue
             try:
-                raw = await self.link.call("catalogue_poll", lambda r: r.get(self.keys[3]))
-                if int(raw or 0) != self._snapshot.version:
+                async def poll(r):
+                    pipe = r.pipeline(transaction=True)
+                    pipe.mget(self.keys[3], self.keys[4], self.keys[5])
+                    pipe.hlen(self.keys[0])
+                    pipe.scard(self.keys[2])
+                    return await pipe.execute()
+
+                (raw_version, raw_epoch, raw_integrity), n_vectors, n_deleted = \
+                    await self.link.call("catalogue_poll", poll)
+                version = int(raw_version or 0)
+                epoch = raw_epoch.decode() if raw_epoch is not None else None
+                sealed = version == 0 or (raw_integrity or b"").decode() == f"{n_vectors},{n_deleted}"
+                if version != self._snapshot.version or epoch != self.epoch or not sealed:
                     await self._refresh()
             except RedisUnavailable:
                 pass

@@ -38,6 +38,8 @@ class Metrics:
         self.redis_up = Gauge("llmemb_redis_up", "1 while Redis answers", registry=r)
         self.catalogue_items = Gauge("llmemb_catalogue_items", "recommendable items", registry=r)
         self.catalogue_version = Gauge("llmemb_catalogue_version", "version of the catalogue snapshot", registry=r)
+        self.catalogue_lost = Gauge("llmemb_catalogue_lost", "1 while the shared catalogue went backwards or "
+                                    "vanished and the last good snapshot is served", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.batcher import Overloaded, ShuttingDown
 from service.cache import to_bytes
-from service.catalogue import CatalogueUnavailable, Snapshot, UnknownItem
+from service.catalogue import CatalogueLost, CatalogueUnavailable, Snapshot, UnknownItem
 from service.errors import ApiError
 from service.limits import check_attributes, check_count, check_id, check_ids, check_text
 from service.runtime import Runtime
@@ -167,6 +167,13 @@ async def embed_items(body: EmbedItemsRequest, rt: Runtime = Depends(ready_runti
                               data=data)
 
 
+def catalogue_error(e: CatalogueUnavailable) -> ApiError:
+    """503: Redis is down (retry soon), or the shared catalogue is lost (an operator restores it)."""
+    if isinstance(e, CatalogueLost):
+        return ApiError(503, "catalogue_lost", str(e))
+    return ApiError(503, "catalogue_unavailable", str(e), headers={"Retry-After": "1"})
+
+
 def check_path_id(request: Request, item_id: str, settings) -> None:
     """The id as it came in the path: the server decodes invalid UTF-8 to U+FFFD, which would
     silently name another item; refuse it instead."""
@@ -189,7 +196,7 @@ async def put_item(item_id: str, body: PutItemRequest, request: Request, rt: Run
         created, version = await rt.catalogue.put(item_id, rt.engine.catalogue_vector(item_id, vectors[0]),
                                                   body.attributes)
     except CatalogueUnavailable as e:
-        raise ApiError(503, "catalogue_unavailable", str(e), headers={"Retry-After": "1"}) from None
+        raise catalogue_error(e) from None
     answer = PutItemResponse(id=item_id, created=created, catalogue_version=version, dim=rt.bundle.dims["item"])
     return JSONResponse(answer.model_dump(), status_code=201 if created else 200)
 
@@ -207,7 +214,7 @@ async def get_item(item_id: str, request: Request, rt: Runtime = Depends(ready_r
     try:
         attributes = await rt.catalogue.attributes(item_id)
     except CatalogueUnavailable as e:
-        raise ApiError(503, "catalogue_unavailable", str(e), headers={"Retry-After": "1"}) from None
+        raise catalogue_error(e) from None
     if attributes is None:
         attributes = rt.bundle.item_attributes[rt.engine.bundle_rows[item_id] - 1]
     return ItemResponse(id=item_id, source="bundle" if row <= snap.n_bundle else "added", attributes=attributes,
@@ -223,7 +230,7 @@ async def delete_item(item_id: str, request: Request, rt: Runtime = Depends(read
     except UnknownItem:
         raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalogue", "path.item_id") from None
     except CatalogueUnavailable as e:
-        raise ApiError(503, "catalogue_unavailable", str(e), headers={"Retry-After": "1"}) from None
+        raise catalogue_error(e) from None
     return DeleteItemResponse(id=item_id, deleted=True, catalogue_version=version)
 
 

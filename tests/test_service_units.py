@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import threading
@@ -302,6 +303,10 @@ def test_coming_back_up_needs_consecutive_good_probes(tmp_path):
             with pytest.raises(RedisUnavailable):
                 await link.call("t", lambda r: r.ping())
             down_transitions = link.transitions
+            link._probe_task.cancel()          # probe by hand only: the background loop would race
+            with contextlib.suppress(asyncio.CancelledError):
+                await link._probe_task
+            link._probe_task = None
             server.start()
             first = await link._probe()        # one good probe is not enough after a failure
             second = await link._probe()

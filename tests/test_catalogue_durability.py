@@ -1,0 +1,174 @@
+"""A shared catalogue that went backwards or vanished is refused, not rebuilt; an export
+imported back restores it on every replica without a restart (real Redis, in process)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import redis
+import torch
+
+from service.catalogue import Catalogue, CatalogueLost, catalogue_keys
+from service.catalogue_io import CatalogueFileError, export_catalogue, import_catalogue, main as catalogue_io_main
+from service.metrics import Metrics
+from service.redis_link import RedisLink
+from tests.servers import RedisServer
+
+FP = "fp0123456789abcdef"
+
+
+def run_async(coro):
+    return asyncio.run(coro)
+
+
+async def replicas(url: str, n: int = 2):
+    out = []
+    for _ in range(n):
+        link = RedisLink(url, 0.25, 0.1, Metrics())
+        await link.start()
+        cat = Catalogue(torch.zeros(3, 2), ["a", "b"], FP, link, 0.02, Metrics())
+        await cat.start()
+        out.append((link, cat))
+    return out
+
+
+async def close(pairs):
+    for link, cat in pairs:
+        await cat.stop()
+        await link.close()
+
+
+async def until(predicate, timeout: float = 3.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = RedisServer(tmp_path / "redis").start()
+    yield s
+    if s.proc is not None:
+        s.stop()
+
+
+@pytest.mark.parametrize("loss", ["flush", "version_back", "evicted_hash", "new_epoch"])
+def test_a_lost_catalogue_is_refused_and_the_last_snapshot_kept(server, loss):
+    direct = redis.Redis(port=server.port)
+    keys = dict(zip(["vectors", "attributes", "deleted", "version", "epoch", "integrity", "restored"],
+                    catalogue_keys(FP)))
+
+    async def main():
+        pairs = await replicas(server.url)
+        (_, one), (_, two) = pairs
+        await one.put("x", np.array([1, 2], np.float32), {"title": "x"})
+        await one.delete("a")
+        await until(lambda: "x" in two.snapshot.index and "a" not in two.snapshot.index)
+        good = two.snapshot
+        if loss == "flush":                 # a restart without persistence
+            direct.flushall()
+        elif loss == "version_back":
+            direct.set(keys["version"], 1)
+        elif loss == "evicted_hash":        # eviction took one key, not the others
+            direct.delete(keys["vectors"])
+        else:                               # someone else's catalogue
+            direct.set(keys["epoch"], "another")
+        await until(lambda: one.state == "lost" and two.state == "lost")
+        with pytest.raises(CatalogueLost, match="catalogue_io import"):
+            await two.put("y", np.ones(2, np.float32), {"title": "y"})
+        with pytest.raises(CatalogueLost):
+            await one.delete("b")
+        gauge = two.metrics.catalogue_lost._value.get()
+        await asyncio.sleep(0.1)
+        kept = two.snapshot
+        await close(pairs)
+        return good, kept, gauge
+
+    good, kept, gauge = run_async(main())
+    assert kept is good and "x" in kept.index and "a" not in kept.index
+    assert gauge == 1
+    # nothing was written over the lost catalogue: no write rebuilt a version
+    if loss == "flush":
+        assert direct.get(keys["version"]) is None and direct.get(keys["epoch"]) is None
+
+
+def test_export_then_import_restores_every_replica_without_a_restart(server, tmp_path):
+    direct = redis.Redis(port=server.port)
+    out = tmp_path / "catalogue.jsonl"
+
+    async def main():
+        pairs = await replicas(server.url)
+        (_, one), (_, two) = pairs
+        await one.put("x", np.array([1.5, -2], np.float32), {"title": "x", "year": 2001})
+        await one.put("b", np.array([7, 7], np.float32), {"title": "b2"})
+        await one.delete("a")
+        await until(lambda: two.snapshot.version == 3)
+        summary = export_catalogue(direct, FP, out)
+        direct.flushall()
+        await until(lambda: one.state == "lost" and two.state == "lost")
+        restored = import_catalogue(direct, FP, 2, out)
+        await until(lambda: one.state == "shared" and two.state == "shared")
+        snap = two.snapshot
+        after = await one.put("y", np.ones(2, np.float32), {"title": "y"})
+        await until(lambda: "y" in two.snapshot.index)
+        await close(pairs)
+        return summary, restored, snap, after
+
+    summary, restored, snap, after = run_async(main())
+    assert (summary["items"], summary["deleted"], summary["version"]) == (2, 1, 3)
+    assert restored["version"] == 4 and restored["items"] == 2 and restored["deleted"] == 1
+    assert snap.index.keys() == {"b", "x"} and snap.table[snap.index["x"]].tolist() == [1.5, -2]
+    assert snap.table[snap.index["b"]].tolist() == [7, 7]
+    assert after == (True, 5)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["fingerprint"] == FP and {row["id"] for row in lines[1:]} == {"a", "b", "x"}
+
+
+def test_import_refuses_other_bundles_bad_lines_and_a_live_catalogue(server, tmp_path):
+    direct = redis.Redis(port=server.port)
+    path = tmp_path / "c.jsonl"
+    header = {"llmemb_catalogue": 1, "fingerprint": FP, "epoch": "e", "version": 2}
+    good = {"id": "x", "attributes": {}, "vector_b64": "AACAPwAAAEA="}   # [1.0, 2.0]
+    cases = {
+        "exported for bundle zzz": [{**header, "fingerprint": "zzz"}],
+        ":2: vector has 1 floats": [header, {**good, "vector_b64": "AACAPw=="}],
+        ":3: id 'x' appears twice": [header, good, good],
+        ":2: Expecting value": None,
+    }
+    for message, rows in cases.items():
+        if rows is None:
+            path.write_text(json.dumps(header) + "\nnot json\n")
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with pytest.raises(CatalogueFileError, match=message):
+            import_catalogue(direct, FP, 2, path)
+    path.write_text(json.dumps(header) + "\n" + json.dumps(good) + "\n")
+    assert import_catalogue(direct, FP, 2, path)["items"] == 1
+    with pytest.raises(CatalogueFileError, match="--replace"):
+        import_catalogue(direct, FP, 2, path)
+    assert import_catalogue(direct, FP, 2, path, replace=True)["version"] == 3
+
+
+def test_the_command_line_round_trip(server, tmp_path):
+    from tests.servers import shared_test_bundle
+    from llmemb.bundle import read_manifest
+    bundle = shared_test_bundle()
+    manifest = read_manifest(bundle)
+    fp, dim = manifest["fingerprint"], manifest["dims"]["item"]
+    direct = redis.Redis(port=server.port)
+    keys = catalogue_keys(fp)
+    direct.hset(keys[0], "new", np.arange(dim, dtype="<f4").tobytes())
+    direct.hset(keys[1], "new", json.dumps({"title": "new"}))
+    direct.set(keys[3], 1)
+    direct.set(keys[4], "epoch-1")
+    out = tmp_path / "export.jsonl"
+    assert catalogue_io_main(["export", "--bundle", str(bundle), "--redis-url", server.url, "--out", str(out)]) == 0
+    direct.flushall()
+    assert catalogue_io_main(["import", "--bundle", str(bundle), "--redis-url", server.url, "--in", str(out)]) == 0
+    assert direct.hget(keys[0], "new") == np.arange(dim, dtype="<f4").tobytes()
+    assert catalogue_io_main(["import", "--bundle", str(bundle), "--redis-url", server.url, "--in", str(out)]) == 1
