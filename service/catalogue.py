@@ -47,7 +47,9 @@ log = logging.getLogger("llmemb.service.catalogue")
 
 # Every write first checks the epoch (ARGV[1]) and ends by recording the sizes
 # the replicas check on refresh. KEYS: vectors, attributes, deleted, version, epoch, integrity.
-_GUARD = """
+# The shebang (Redis >= 7) makes Redis refuse a whole write script up front when memory is above
+# maxmemory under noeviction, instead of failing it half-way through (scripts are not rolled back).
+_GUARD = """#!lua
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {-1, 0} end
 """
 _SEAL = """
@@ -80,7 +82,7 @@ return {1, version}
 
 # A catalogue with no epoch gets one, unless it holds changes written without one
 # (then it is not new: the replica calls it lost rather than adopt it).
-_ADOPT = """
+_ADOPT = """#!lua
 local epoch = redis.call('GET', KEYS[5])
 if epoch then return epoch end
 if redis.call('EXISTS', KEYS[1], KEYS[3], KEYS[4]) > 0 then return false end
@@ -113,6 +115,7 @@ class Snapshot:
     n_bundle: int
     n_added: int
     n_deleted: int
+    attributes: dict[str, dict[str, Any]]  # what added or replaced items were put with (bundle items: the bundle's)
 
     @property
     def n_active(self) -> int:
@@ -120,7 +123,7 @@ class Snapshot:
 
 
 def build_snapshot(base_table: torch.Tensor, base_ids: list[str], vectors: dict[str, np.ndarray],
-                   deleted: set[str], version: int) -> Snapshot:
+                   deleted: set[str], version: int, attributes: dict[str, dict[str, Any]] | None = None) -> Snapshot:
     base_index = {ext: row for row, ext in enumerate(base_ids, start=1)}
     added = sorted(i for i in vectors if i not in base_index)
     n_base = base_table.shape[0]
@@ -135,7 +138,8 @@ def build_snapshot(base_table: torch.Tensor, base_ids: list[str], vectors: dict[
     gone = {ext for ext in deleted if ext in base_index and ext not in vectors}
     blocked_rows = torch.tensor(sorted([0, *(base_index[ext] for ext in gone)]), dtype=torch.long)
     index = {ext: row for row, ext in enumerate(ids) if row > 0 and ext not in gone}
-    return Snapshot(version, table, ids, index, blocked_rows, len(base_ids), len(added), len(gone))
+    attrs = {k: v for k, v in (attributes or {}).items() if k in vectors}
+    return Snapshot(version, table, ids, index, blocked_rows, len(base_ids), len(added), len(gone), attrs)
 
 
 def catalogue_keys(fingerprint: str) -> list[str]:
@@ -209,7 +213,7 @@ class Catalogue:
             self._attributes[item_id] = dict(attributes)
             self._deleted.discard(item_id)
             self._version += 1
-            await self._install(dict(self._vectors), set(self._deleted), self._version)
+            await self._install(dict(self._vectors), set(self._deleted), self._version, dict(self._attributes))
             return created, self._version
         payload = [item_id, to_bytes(vector), json.dumps(attributes, ensure_ascii=False),
                    "1" if item_id in self._base_set else "0"]
@@ -227,7 +231,7 @@ class Catalogue:
             if item_id in self._base_set:
                 self._deleted.add(item_id)
             self._version += 1
-            await self._install(dict(self._vectors), set(self._deleted), self._version)
+            await self._install(dict(self._vectors), set(self._deleted), self._version, dict(self._attributes))
             return self._version
         payload = [item_id, "1" if item_id in self._base_set else "0"]
         removed, version = await self._write("catalogue_delete", self._delete_script, payload)
@@ -235,17 +239,6 @@ class Catalogue:
             raise UnknownItem(item_id)
         await self._refresh_if_up()
         return int(version)
-
-    async def attributes(self, item_id: str) -> dict[str, Any] | None:
-        """The attributes an added or replaced item was put with; None for an item the
-        catalogue did not change (its attributes are the bundle's)."""
-        if self.link is None:
-            return self._attributes.get(item_id)
-        try:
-            raw = await self.link.call("catalogue_attributes", lambda r: r.hget(self.keys[1], item_id))
-        except RedisUnavailable as e:
-            raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
-        return None if raw is None else json.loads(raw)
 
     async def _write(self, op: str, script, args: list) -> list:
         if self.lost is not None:
@@ -298,6 +291,7 @@ class Catalogue:
             async def read(r):
                 pipe = r.pipeline(transaction=True)
                 pipe.hgetall(self.keys[0])
+                pipe.hgetall(self.keys[1])
                 pipe.smembers(self.keys[2])
                 pipe.get(self.keys[3])
                 pipe.get(self.keys[4])
@@ -305,7 +299,7 @@ class Catalogue:
                 pipe.get(self.keys[6])
                 return await pipe.execute()
 
-            raw_vectors, raw_deleted, raw_version, raw_epoch, raw_integrity, raw_restored = \
+            raw_vectors, raw_attributes, raw_deleted, raw_version, raw_epoch, raw_integrity, raw_restored = \
                 await self.link.call("catalogue_read", read)
             version = int(raw_version or 0)
             epoch = raw_epoch.decode() if raw_epoch is not None else None
@@ -335,13 +329,20 @@ class Catalogue:
                     continue
                 vectors[k.decode()] = vec
             deleted = {d.decode() for d in raw_deleted}
-            await self._install(vectors, deleted, version)
+            attributes = {}
+            for k, v in raw_attributes.items():
+                try:
+                    attributes[k.decode()] = json.loads(v)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    log.error("catalogue attributes of %r are not JSON; left out", k)
+            await self._install(vectors, deleted, version, attributes)
 
-    async def _install(self, vectors: dict[str, np.ndarray], deleted: set[str], version: int) -> None:
+    async def _install(self, vectors: dict[str, np.ndarray], deleted: set[str], version: int,
+                       attributes: dict[str, dict[str, Any]]) -> None:
         if self.lost is not None and self.link is not None:
             return
         self._snapshot = await asyncio.to_thread(
-            build_snapshot, self.base_table, self.base_ids, vectors, deleted, version)
+            build_snapshot, self.base_table, self.base_ids, vectors, deleted, version, attributes)
         self._publish()
 
     def _publish(self) -> None:

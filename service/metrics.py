@@ -35,7 +35,7 @@ class Metrics:
         self.cache_hits = Counter("llmemb_cache_hits_total", "vectors found in the cache", ["layer"], registry=r)
         self.cache_misses = Counter("llmemb_cache_misses_total", "vectors not in the cache", registry=r)
         self.cache_errors = Counter("llmemb_cache_errors_total", "failed Redis operations", ["op"], registry=r)
-        self.redis_up = Gauge("llmemb_redis_up", "1 while Redis answers", registry=r)
+        self.redis_up = Gauge("llmemb_redis_up", "1 while Redis answers", ["role"], registry=r)
         self.catalogue_items = Gauge("llmemb_catalogue_items", "recommendable items", registry=r)
         self.catalogue_version = Gauge("llmemb_catalogue_version", "version of the catalogue snapshot", registry=r)
         self.catalogue_lost = Gauge("llmemb_catalogue_lost", "1 while the shared catalogue went backwards or "

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from service.metrics import Metrics
 
@@ -35,7 +35,8 @@ class RedisUnavailable(Exception):
 
 
 class RedisLink:
-    def __init__(self, url: str, timeout_s: float, backoff_max_s: float, metrics: Metrics, up_probes: int = 2):
+    def __init__(self, url: str, timeout_s: float, backoff_max_s: float, metrics: Metrics, up_probes: int = 2,
+                 role: str = "cache"):
         self.url = url
         self.metrics = metrics
         self.backoff_min_s = min(0.05, backoff_max_s)
@@ -56,7 +57,8 @@ class RedisLink:
         self._backoff = self.backoff_min_s
         self._woken = asyncio.Event()
         self._probe_task: asyncio.Task | None = None
-        metrics.redis_up.set(0)
+        self.up_gauge = metrics.redis_up.labels(role)   # cache | catalogue (one Redis serving both: cache)
+        self.up_gauge.set(0)
 
     async def start(self) -> None:
         await self._probe()
@@ -85,6 +87,11 @@ class RedisLink:
                 log.info("redis %s failed on a pooled connection (%s); retrying on a fresh one", op, e)
                 await self.client.connection_pool.disconnect(inuse_connections=False)
                 return await fn(self.client)
+        except ResponseError as e:
+            # Redis answered, with an error (e.g. OOM under noeviction): the link is fine, the command failed.
+            self.metrics.cache_errors.labels(op).inc()
+            log.warning("redis %s refused: %s", op, e)
+            raise RedisUnavailable(f"redis refused {op}: {e}") from None
         except (RedisError, OSError, asyncio.TimeoutError) as e:
             self.metrics.cache_errors.labels(op).inc()
             self._mark_down(e)
@@ -97,7 +104,7 @@ class RedisLink:
         self.up = False
         self._good_probes = 0
         self.last_error = f"{type(error).__name__}: {error}"
-        self.metrics.redis_up.set(0)
+        self.up_gauge.set(0)
         self._woken.set()
 
     def _safe_url(self) -> str:
@@ -124,7 +131,7 @@ class RedisLink:
         self.up = True
         self.last_error = None
         self._backoff = self.backoff_min_s
-        self.metrics.redis_up.set(1)
+        self.up_gauge.set(1)
         return True
 
     async def _probe_loop(self) -> None:

@@ -135,8 +135,9 @@ async def readyz(request: Request):
     else:
         cache = "degraded" if rt.link is not None and not rt.link.up else "ok"
         backend = "redis" if rt.link is not None else "memory"
-    catalogue = rt.catalogue.state if rt.catalogue is not None else ("local" if rt.link is None else
-                                                                     "shared" if rt.link.up else "degraded")
+    link = rt.catalogue_link
+    catalogue = rt.catalogue.state if rt.catalogue is not None else ("local" if link is None else
+                                                                     "shared" if link.up else "degraded")
     body = ReadyResponse(status=rt.status, ready=rt.ready, bundle_loaded=rt.engine is not None,
                          warmed_up=rt.warmed_up, cache=cache, cache_backend=backend, catalogue=catalogue,
                          error=rt.error)
@@ -211,10 +212,7 @@ async def get_item(item_id: str, request: Request, rt: Runtime = Depends(ready_r
     row = snap.index.get(item_id)
     if row is None:
         raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalogue", "path.item_id")
-    try:
-        attributes = await rt.catalogue.attributes(item_id)
-    except CatalogueUnavailable as e:
-        raise catalogue_error(e) from None
+    attributes = snap.attributes.get(item_id)
     if attributes is None:
         attributes = rt.bundle.item_attributes[rt.engine.bundle_rows[item_id] - 1]
     return ItemResponse(id=item_id, source="bundle" if row <= snap.n_bundle else "added", attributes=attributes,

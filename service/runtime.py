@@ -45,7 +45,8 @@ class Runtime:
         self.cache: EmbeddingCache | None = None
         self.catalogue: Catalogue | None = None
         self.batcher: MicroBatcher[StageVectors] | None = None
-        self.link: RedisLink | None = None
+        self.link: RedisLink | None = None            # the vector cache's Redis
+        self.catalogue_link: RedisLink | None = None  # the catalogue's (the same link unless configured apart)
         self.warmed_up = False
         self.topk = TopK(settings.topk_chunk_rows)  # used in the scoring thread only
         self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="llmemb-infer")
@@ -60,10 +61,16 @@ class Runtime:
     async def start(self) -> None:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        if self.settings.redis_url:
-            self.link = RedisLink(self.settings.redis_url, self.settings.redis_timeout_s,
-                                  self.settings.redis_backoff_max_s, self.metrics)
+        s = self.settings
+        if s.redis_url:
+            self.link = RedisLink(s.redis_url, s.redis_timeout_s, s.redis_backoff_max_s, self.metrics)
             await self.link.start()
+        self.catalogue_link = self.link
+        if s.catalogue_redis_url and s.catalogue_redis_url != s.redis_url:
+            # The catalogue's own durable instance (AOF, noeviction); the cache may evict freely.
+            self.catalogue_link = RedisLink(s.catalogue_redis_url, s.redis_timeout_s, s.redis_backoff_max_s,
+                                            self.metrics, role="catalogue")
+            await self.catalogue_link.start()
         self._loader = asyncio.create_task(self._load(), name="llmemb-load")
 
     async def _load(self) -> None:
@@ -81,7 +88,7 @@ class Runtime:
             self.cache = EmbeddingCache(self.bundle.fingerprint, self.bundle.dims, self.link, s.lru_size,
                                         s.cache_ttl_s, s.cache_enabled, self.metrics)
             self.catalogue = Catalogue(self.bundle.item_table, self.bundle.item_ids, self.bundle.fingerprint,
-                                       self.link, s.catalogue_poll_ms / 1000, self.metrics)
+                                       self.catalogue_link, s.catalogue_poll_ms / 1000, self.metrics)
             await self.catalogue.start()
             self.batcher = MicroBatcher(self.engine.embed_batch, self.infer_pool, s.max_batch_tokens,
                                         s.max_batch_size, s.max_wait_ms / 1000, s.queue_size, self.metrics)
@@ -125,6 +132,8 @@ class Runtime:
             await self.catalogue.stop()
         if self.link is not None:
             await self.link.close()
+        if self.catalogue_link is not None and self.catalogue_link is not self.link:
+            await self.catalogue_link.close()
         self.infer_pool.shutdown(wait=True)
         self.score_pool.shutdown(wait=True)
 

@@ -198,7 +198,9 @@ class ReadyResponse(BaseModel):
     warmed_up: bool
     cache: Literal["ok", "degraded", "disabled"]
     cache_backend: Literal["redis", "memory", "none"]
-    catalogue: Literal["shared", "degraded", "local"]
+    catalogue: Literal["shared", "degraded", "lost", "local"] = Field(
+        description="lost: the shared catalogue vanished or went backwards; the last good snapshot is served "
+                    "and changes are refused until `python -m service.catalogue_io import` restores it")
     error: str | None = None
 
 

@@ -46,7 +46,11 @@ class Settings(BaseSettings):
     topk_chunk_rows: int = Field(0, ge=0, description="score the catalogue in chunks of this many rows; 0 = one pass")
 
     # --- cache and shared catalogue ---------------------------------------
-    redis_url: str | None = Field(None, description="redis://host:port/db; none -> in-process cache only")
+    redis_url: str | None = Field(None, description="redis://host:port/db of the vector cache (recomputable: "
+                                  "may evict); none -> in-process cache only")
+    catalogue_redis_url: str | None = Field(
+        None, description="redis://host:port/db of the shared catalogue, the service's only state: run it with "
+                          "AOF and noeviction (compose and k8s do); none -> the cache's Redis")
     redis_timeout_s: float = Field(0.25, gt=0, description="socket timeouts: a dead Redis never stalls requests")
     redis_backoff_max_s: float = Field(2.0, gt=0, description="longest wait between reconnection attempts")
     cache_enabled: bool = True
@@ -69,7 +73,7 @@ class Settings(BaseSettings):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("redis_url", "catalogue_redis_url", mode="before")
     @classmethod
     def _empty_is_none(cls, v):
         return None if isinstance(v, str) and not v.strip() else v

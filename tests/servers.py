@@ -55,8 +55,9 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
 
 # ----------------------------------------------------------------------- redis
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, args: list[str] | None = None):
         self.port = port or free_port()
+        self.args = list(args) if args is not None else ["--save", "", "--appendonly", "no"]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
@@ -78,7 +79,7 @@ class RedisServer:
         if redis_server is None:
             raise RuntimeError("redis-server is not installed (scripts/ensure_redis.sh installs it)")
         self.proc = subprocess.Popen(
-            [redis_server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [redis_server, *self.args, "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.ping, 10, what=f"redis-server on port {self.port}")

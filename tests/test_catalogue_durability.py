@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -172,3 +173,120 @@ def test_the_command_line_round_trip(server, tmp_path):
     assert catalogue_io_main(["import", "--bundle", str(bundle), "--redis-url", server.url, "--in", str(out)]) == 0
     assert direct.hget(keys[0], "new") == np.arange(dim, dtype="<f4").tobytes()
     assert catalogue_io_main(["import", "--bundle", str(bundle), "--redis-url", server.url, "--in", str(out)]) == 1
+
+
+# ------------------------------------------------ the shipped Redis configuration
+def shipped_redis_args(service: str) -> list[str]:
+    """The redis-server arguments docker-compose.yml gives `service`, minus the binary name."""
+    import yaml
+    from pathlib import Path
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    command = compose["services"][service]["command"]
+    return command[1:] if command[0] == "redis-server" else command
+
+
+def with_maxmemory(args: list[str], value: str) -> list[str]:
+    out = list(args)
+    out[out.index("--maxmemory") + 1] = value
+    return out
+
+
+def test_eviction_pressure_never_loses_a_catalogue_item(tmp_path):
+    """The shipped layout under memory pressure: the cache Redis (allkeys-lru) evicts vectors freely;
+    the catalogue's own Redis (AOF, noeviction) refuses the write that does not fit, loudly, and loses
+    nothing. Both servers run with the compose arguments, maxmemory cut to 2 MB."""
+    cat_args = shipped_redis_args("redis-catalogue")
+    assert {"--appendonly", "yes", "--maxmemory-policy", "noeviction", "--appendfsync", "everysec"} <= set(cat_args)
+    cache_server = RedisServer(tmp_path / "cache", args=with_maxmemory(shipped_redis_args("redis"), "2mb")).start()
+    cat_server = RedisServer(tmp_path / "catalogue", args=with_maxmemory(cat_args, "2mb")).start()
+    dim = 64
+    try:
+        async def main():
+            from service.catalogue import CatalogueUnavailable
+            link = RedisLink(cat_server.url, 0.5, 0.1, Metrics(), role="catalogue")
+            await link.start()
+            cat = Catalogue(torch.zeros(3, dim), ["a", "b"], FP, link, 0.02, Metrics())
+            await cat.start()
+            cache = redis.Redis(port=cache_server.port)
+            for i in range(3000):           # a backfill of 3,000 LLM-stage vectors (384 floats)
+                cache.set(f"llmemb:{FP}:emb:llm:{i}", np.random.rand(384).astype("<f4").tobytes())
+            put, refused = [], None
+            for i in range(5000):
+                try:
+                    await cat.put(f"item-{i}", np.full(dim, i, np.float32), {"title": "t" * 2000})
+                    put.append(f"item-{i}")
+                except CatalogueUnavailable as e:
+                    refused = str(e)
+                    break
+            await cat._refresh()
+            snap, state, up = cat.snapshot, cat.state, link.up
+            await cat.stop()
+            await link.close()
+            evicted = int(cache.info("stats")["evicted_keys"])
+            return put, refused, snap, state, up, evicted
+
+        put, refused, snap, state, up, evicted = run_async(main())
+        assert evicted > 0                                  # the cache did evict under the same pressure
+        assert refused is not None and "maxmemory" in refused   # the catalogue said no instead of dropping keys
+        assert len(put) > 100 and all(i in snap.index for i in put)
+        assert snap.table[snap.index[put[-1]]][0].item() == len(put) - 1
+        assert state == "shared" and up                     # a refused write is not a dead Redis
+        assert cat_server.workdir.joinpath("appendonlydir").is_dir()
+    finally:
+        cache_server.stop()
+        cat_server.stop()
+
+
+def test_a_service_with_its_own_catalogue_redis_survives_losing_it(tmp_path):
+    """Real process: the catalogue in its own Redis; that Redis restarted empty -> the replica keeps
+    serving the items it had, says lost, refuses writes (503 catalogue_lost); an import restores it."""
+    import httpx
+    from llmemb.bundle import read_manifest
+    from tests.servers import ServiceProcess, shared_test_bundle
+    bundle = shared_test_bundle()
+    fp = read_manifest(bundle)["fingerprint"]
+    cache_server = RedisServer(tmp_path / "cache").start()
+    cat_server = RedisServer(tmp_path / "catalogue").start()
+    service = ServiceProcess(bundle, tmp_path, env={"LLMEMB_REDIS_URL": cache_server.url,
+                                                    "LLMEMB_CATALOGUE_REDIS_URL": cat_server.url,
+                                                    "LLMEMB_CATALOGUE_POLL_MS": "50"}).start()
+    try:
+        service.wait_ready()
+        url = service.url
+        put = httpx.put(f"{url}/v1/items/kept", json={"attributes": {"title": "Kept"}}, timeout=60)
+        assert put.status_code == 201, put.text
+        keys = catalogue_keys(fp)
+        assert redis.Redis(port=cat_server.port).hexists(keys[0], "kept")
+        assert not redis.Redis(port=cache_server.port).exists(keys[0])
+        out = tmp_path / "export.jsonl"
+        assert catalogue_io_main(["export", "--bundle", str(bundle), "--redis-url", cat_server.url,
+                                  "--out", str(out)]) == 0
+        cat_server.stop()
+        cat_server.start()                                  # back, empty: no persistence in this test server
+
+        def ready():
+            return httpx.get(f"{url}/readyz", timeout=5).json()
+
+        deadline = time.monotonic() + 10
+        while ready()["catalogue"] != "lost":
+            assert time.monotonic() < deadline, ready()
+            time.sleep(0.05)
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200          # still serving
+        assert httpx.get(f"{url}/v1/items/kept", timeout=10).status_code == 200  # the last good snapshot
+        refused = httpx.put(f"{url}/v1/items/other", json={"attributes": {"title": "Other"}}, timeout=60)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "catalogue_lost"
+        assert "catalogue_io import" in refused.json()["error"]["message"]
+        assert not redis.Redis(port=cat_server.port).exists(*keys)              # nothing rebuilt
+        assert catalogue_io_main(["import", "--bundle", str(bundle), "--redis-url", cat_server.url,
+                                  "--in", str(out)]) == 0
+        deadline = time.monotonic() + 10
+        while ready()["catalogue"] != "shared":
+            assert time.monotonic() < deadline, ready()
+            time.sleep(0.05)
+        again = httpx.put(f"{url}/v1/items/other", json={"attributes": {"title": "Other"}}, timeout=60)
+        assert again.status_code == 201, again.text
+        assert httpx.get(f"{url}/v1/items/kept", timeout=10).json()["attributes"] == {"title": "Kept"}
+    finally:
+        service.stop()
+        cache_server.stop()
+        cat_server.stop()

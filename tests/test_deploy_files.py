@@ -40,3 +40,23 @@ def test_compose_check_rejects_a_broken_file(tmp_path, broken):
     bad.write_text(broken)
     r = run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(bad))
     assert r.returncode != 0
+
+
+def test_the_catalogue_ships_durable_and_apart_from_the_cache():
+    import yaml
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    catalogue = " ".join(services["redis-catalogue"]["command"])
+    for flag in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction"):
+        assert flag in catalogue
+    assert "catalogue" in compose["volumes"] and any(v.startswith("catalogue:") for v in services["redis-catalogue"]["volumes"])
+    assert "allkeys-lru" in " ".join(services["redis"]["command"])        # only the cache may evict
+    env = services["service"]["environment"]
+    assert env["LLMEMB_CATALOGUE_REDIS_URL"].startswith("redis://redis-catalogue:")
+    docs = [d for f in sorted((ROOT / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "llmemb-catalogue")
+    args = " ".join(sts["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--appendonly yes" in args and "--maxmemory-policy noeviction" in args
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert config["data"]["LLMEMB_CATALOGUE_REDIS_URL"].startswith("redis://llmemb-catalogue:")

@@ -250,7 +250,7 @@ def test_metrics_exposed(client, raw):
     for name in ('llmemb_request_duration_seconds_count{method="POST",route="/v1/items/embed",status="200"}',
                  "llmemb_queue_wait_seconds_count", "llmemb_batch_tokens_count", "llmemb_inference_seconds_count",
                  'llmemb_cache_hits_total{layer="memory"}',
-                 "llmemb_cache_misses_total", "llmemb_redis_up 1.0", "llmemb_catalogue_items"):
+                 "llmemb_cache_misses_total", 'llmemb_redis_up{role="cache"} 1.0', "llmemb_catalogue_items"):
         assert name in text, name
 
 

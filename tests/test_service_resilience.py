@@ -105,7 +105,7 @@ def test_redis_outage_degrades_then_recovers(services, flaky_redis):
             c.put_item("while-down", movie("While Down"))
         assert (err.value.status, err.value.code) == (503, "catalogue_unavailable")
         metrics = c.metrics()
-        assert "llmemb_redis_up 0.0" in metrics
+        assert 'llmemb_redis_up{role="cache"} 0.0' in metrics
         errors = sum(float(line.split()[-1]) for line in metrics.splitlines()
                      if line.startswith("llmemb_cache_errors_total{"))
         assert errors >= 1
