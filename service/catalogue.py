@@ -56,18 +56,23 @@ _SEAL = """
 redis.call('SET', KEYS[6], redis.call('HLEN', KEYS[1]) .. ',' .. redis.call('SCARD', KEYS[3]))
 """
 
+# ARGV after the epoch: 4 per item (id, vector, attributes JSON, '1' for a bundle id). One version
+# step for the whole batch: replicas see all of it or none of it.
 _PUT = _GUARD + """
-local existed
-if ARGV[5] == '1' then
-  existed = 1 - redis.call('SREM', KEYS[3], ARGV[2])
-else
-  existed = redis.call('HEXISTS', KEYS[1], ARGV[2])
+local existed = {}
+for i = 2, #ARGV, 4 do
+  local id = ARGV[i]
+  if ARGV[i + 3] == '1' then
+    existed[#existed + 1] = 1 - redis.call('SREM', KEYS[3], id)
+  else
+    existed[#existed + 1] = redis.call('HEXISTS', KEYS[1], id)
+  end
+  redis.call('HSET', KEYS[1], id, ARGV[i + 1])
+  redis.call('HSET', KEYS[2], id, ARGV[i + 2])
 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 local version = redis.call('INCR', KEYS[4])
 """ + _SEAL + """
-return {existed, version}
+return {version, existed}
 """
 
 _DELETE = _GUARD + """
@@ -206,20 +211,31 @@ class Catalogue:
     # ----------------------------------------------------------------- changes
     async def put(self, item_id: str, vector: np.ndarray, attributes: dict[str, Any]) -> tuple[bool, int]:
         """Add or replace an item; returns (created, catalogue version)."""
-        vector = np.asarray(vector, dtype=np.float32)
+        created, version = await self.put_many([(item_id, vector, attributes)])
+        return created[0], version
+
+    async def put_many(self, items: list[tuple[str, np.ndarray, dict[str, Any]]]) -> tuple[list[bool], int]:
+        """Add or replace several items in one change (one version step, all or nothing);
+        returns (created per item, catalogue version). Ids must be distinct."""
+        if len({i for i, _, _ in items}) != len(items):
+            raise ValueError("put_many: item ids must be distinct")
+        vectors = [np.asarray(v, dtype=np.float32) for _, v, _ in items]
         if self.link is None:
-            created = item_id not in self._snapshot.index
-            self._vectors[item_id] = vector.copy()
-            self._attributes[item_id] = dict(attributes)
-            self._deleted.discard(item_id)
+            created = [item_id not in self._snapshot.index for item_id, _, _ in items]
+            for (item_id, _, attributes), vector in zip(items, vectors):
+                self._vectors[item_id] = vector.copy()
+                self._attributes[item_id] = dict(attributes)
+                self._deleted.discard(item_id)
             self._version += 1
             await self._install(dict(self._vectors), set(self._deleted), self._version, dict(self._attributes))
             return created, self._version
-        payload = [item_id, to_bytes(vector), json.dumps(attributes, ensure_ascii=False),
-                   "1" if item_id in self._base_set else "0"]
-        existed, version = await self._write("catalogue_put", self._put_script, payload)
+        payload: list[Any] = []
+        for (item_id, _, attributes), vector in zip(items, vectors):
+            payload += [item_id, to_bytes(vector), json.dumps(attributes, ensure_ascii=False),
+                        "1" if item_id in self._base_set else "0"]
+        version, existed = await self._write("catalogue_put", self._put_script, payload)
         await self._refresh_if_up()
-        return not bool(existed), int(version)
+        return [not bool(e) for e in existed], int(version)
 
     async def delete(self, item_id: str) -> int:
         """Remove an item; UnknownItem when it is not in the catalogue."""
@@ -250,7 +266,7 @@ class Catalogue:
             result = await self.link.call(op, lambda r: script(keys=keys, args=[self.epoch, *args], client=r))
         except RedisUnavailable as e:
             raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
-        if int(result[0]) == -1:
+        if not isinstance(result[0], list) and int(result[0]) == -1:
             await self._refresh_if_up()
             self._mark_lost(self.lost or "its epoch changed under a write")
             raise CatalogueLost(self._lost_message())

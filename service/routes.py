@@ -31,6 +31,9 @@ from service.schemas import (
     ItemResponse,
     PutItemRequest,
     PutItemResponse,
+    PutItemsRequest,
+    PutItemsResponse,
+    PutItemsResult,
     ReadyResponse,
     RecommendRequest,
     RecommendResponse,
@@ -184,6 +187,29 @@ def check_path_id(request: Request, item_id: str, settings) -> None:
         raise ApiError(400, "invalid_path", "path.item_id: the item id is not valid UTF-8 once percent-decoded",
                        "path.item_id") from None
     check_id("path.item_id", item_id, settings)
+
+
+@v1.put("/items", response_model=PutItemsResponse, tags=["items"])
+async def put_items(body: PutItemsRequest, rt: Runtime = Depends(ready_runtime)):
+    """Add or replace several items at once (bulk import): one catalogue change, all or nothing."""
+    s = rt.settings
+    check_count("items", len(body.items), s.max_items_per_request, "max_items_per_request", "items")
+    seen: dict[str, int] = {}
+    for i, item in enumerate(body.items):
+        check_id(f"items[{i}].id", item.id, s)
+        if item.id in seen:
+            raise ApiError(422, "duplicate_id", f"items[{i}].id: {item.id!r} is also items[{seen[item.id]}].id",
+                           f"items[{i}].id")
+        seen[item.id] = i
+        check_attributes(f"items[{i}].attributes", item.attributes, s)
+    vectors, _ = await embed(rt, "item", [rt.engine.prompt(item.attributes) for item in body.items])
+    batch = [(item.id, rt.engine.catalogue_vector(item.id, v), item.attributes) for item, v in zip(body.items, vectors)]
+    try:
+        created, version = await rt.catalogue.put_many(batch)
+    except CatalogueUnavailable as e:
+        raise catalogue_error(e) from None
+    return PutItemsResponse(items=[PutItemsResult(id=item.id, created=c) for item, c in zip(body.items, created)],
+                            catalogue_version=version, dim=rt.bundle.dims["item"])
 
 
 @v1.put("/items/{item_id:path}", response_model=PutItemResponse, tags=["items"],

@@ -98,6 +98,30 @@ class PutItemRequest(Request):
     attributes: dict[str, AttributeValue]
 
 
+class CatalogueItemIn(Request):
+    id: str = Field(description="the item's id in the catalogue (a bundle id replaces that item)")
+    attributes: dict[str, AttributeValue] = Field(description="attribute name -> value; order matters (prompt)")
+
+
+class PutItemsRequest(Request):
+    model_config = ConfigDict(
+        extra="forbid", strict=True,
+        json_schema_extra={"examples": [{"items": [{"id": "new-1", "attributes": MOVIE}]}]},
+    )
+    items: list[CatalogueItemIn] = Field(min_length=1)
+
+
+class PutItemsResult(BaseModel):
+    id: str
+    created: bool
+
+
+class PutItemsResponse(BaseModel):
+    items: list[PutItemsResult]
+    catalogue_version: int = Field(description="one version step for the whole batch")
+    dim: int
+
+
 class PutItemResponse(BaseModel):
     id: str
     created: bool = Field(description="true: new id; false: replaced an existing item's vector")

@@ -120,3 +120,27 @@ def test_a_hybrid_bundle_without_its_residual_is_refused(hybrid, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="residual"):
         load_bundle(copy)
+
+
+def test_a_batch_upsert_is_one_change_with_each_vector_on_its_path(hybrid):
+    bundle, service = hybrid
+    info = httpx.get(f"{service.url}/v1/info", timeout=10).json()["catalogue"]
+    row = 5
+    items = [{"id": "batch-a", "attributes": {"title": "Batch A", "genres": ["Drama"]}},
+             {"id": bundle.item_ids[row - 1], "attributes": bundle.item_attributes[row - 1]},
+             {"id": "batch-b", "attributes": {"title": "Batch B", "year": 1999}}]
+    response = httpx.put(f"{service.url}/v1/items", json={"items": items}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["created"] for r in body["items"]] == [True, False, True]
+    assert body["catalogue_version"] == info["version"] + 1                # one step for the batch
+    assert torch.allclose(torch.tensor(item(service, "batch-a")["embedding"]),
+                          llmemb_path(bundle, items[0]["attributes"]), atol=1e-4)
+    assert torch.allclose(torch.tensor(item(service, bundle.item_ids[row - 1])["embedding"]),
+                          bundle.item_table[row], atol=1e-4)
+    assert item(service, "batch-b")["attributes"] == {"title": "Batch B", "year": 1999}
+    dup = httpx.put(f"{service.url}/v1/items", json={"items": [items[0], items[0]]}, timeout=30)
+    assert dup.status_code == 422 and dup.json()["error"]["field"] == "items[1].id"
+    bad = httpx.put(f"{service.url}/v1/items", content=b'{"items":[{"id":"x","attributes":{"t":"\\ud800"}}]}',
+                    headers={"Content-Type": "application/json"}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["error"]["field"].startswith("items[0].attributes")
