@@ -295,6 +295,11 @@ class Catalogue:
 
     async def _refresh(self) -> None:
         async with self._refresh_lock:
+            if self.epoch is not None and self._snapshot.version == 0 and self.lost is None:
+                # Nothing was ever changed here: a Redis that came back empty lost nothing; start afresh.
+                raw_epoch = await self.link.call("catalogue_epoch", lambda r: r.get(self.keys[4]))
+                if raw_epoch is None:
+                    self.epoch = None
             if self.epoch is None:
                 adopted = await self.link.call(
                     "catalogue_adopt", lambda r: self._adopt_script(keys=self.keys[:6], args=[uuid.uuid4().hex],
