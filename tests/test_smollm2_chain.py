@@ -4,8 +4,9 @@ through SCFT (LoRA on q/k/v/o/gate/up/down), export with last-token pooling and
 an appended EOS, RAT, the bundle, the service process and the backfill job.
 
 The data are the small RecBole movie catalogue of tests/movies.py, so the chain
-takes about a minute on two cores; the checks are exact: a catalogue item's vector,
-served over HTTP and written by the backfill job, equals its bundle row.
+takes about a minute on two cores; the checks are exact: an item's text-path vector,
+served over HTTP and written by the backfill job, equals its bundle row without the
+Hybrid residual, and the catalogue item itself (GET /v1/items) equals its bundle row.
 """
 from __future__ import annotations
 
@@ -73,7 +74,10 @@ def test_served_and_backfilled_vectors_equal_the_bundle_rows(chain, tmp_path):
         response = httpx.post(f"{service.url}/v1/items/embed", json={"items": items}, timeout=60)
         assert response.status_code == 200, response.text
         served = torch.tensor([row["embedding"] for row in response.json()["data"]])
-        expected = bundle.item_table[[r + 1 for r in picks]]
+        # embedding attributes gives the text path: the bundle row without its Hybrid residual
+        assert bundle.method == "hybrid"
+        text_path = bundle.item_table - bundle.residual
+        expected = text_path[[r + 1 for r in picks]]
         assert torch.allclose(served, expected, atol=1e-4), (served - expected).abs().max()
 
         catalogue = tmp_path / "catalogue.jsonl"
@@ -89,7 +93,10 @@ def test_served_and_backfilled_vectors_equal_the_bundle_rows(chain, tmp_path):
         summary = backfill(chain["out"], other, redis_server.url, BackfillConfig(), out=fresh_out)
         assert (summary.read, summary.computed) == (2, 2)
         written = torch.from_numpy(load_file(str(fresh_out))["item"])
-        assert torch.allclose(written, bundle.item_table[[2, 3]], atol=1e-4)
+        assert torch.allclose(written, text_path[[2, 3]], atol=1e-4)
+        # the catalogue item itself is its bundle row, residual included
+        got = httpx.get(f"{service.url}/v1/items/{bundle.item_ids[7]}", timeout=30).json()["embedding"]
+        assert torch.allclose(torch.tensor(got), bundle.item_table[8], atol=1e-6)
         assert torch.allclose(torch.from_numpy(load_file(str(out))["item"]), expected, atol=1e-4)
     finally:
         service.stop()
