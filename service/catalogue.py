@@ -266,7 +266,7 @@ class Catalogue:
             result = await self.link.call(op, lambda r: script(keys=keys, args=[self.epoch, *args], client=r))
         except RedisUnavailable as e:
             raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
-        if not isinstance(result[0], list) and int(result[0]) == -1:
+        if int(result[0]) == -1:   # the epoch guard refused the write
             await self._refresh_if_up()
             self._mark_lost(self.lost or "its epoch changed under a write")
             raise CatalogueLost(self._lost_message())
