@@ -202,11 +202,15 @@ class Catalogue:
 
     async def stop(self) -> None:
         if self._poller is not None:
-            self._poller.cancel()
-            try:
-                await self._poller
-            except asyncio.CancelledError:
-                pass
+            # Cancel until it ends: a cancellation that lands inside a Redis command can be
+            # absorbed by the client, and one stop must never wait forever.
+            for _ in range(50):
+                self._poller.cancel()
+                done, _ = await asyncio.wait({self._poller}, timeout=0.1)
+                if done:
+                    break
+            else:
+                log.error("catalogue poller did not stop")
 
     # ----------------------------------------------------------------- changes
     async def put(self, item_id: str, vector: np.ndarray, attributes: dict[str, Any]) -> tuple[bool, int]:
@@ -256,18 +260,21 @@ class Catalogue:
         await self._refresh_if_up()
         return int(version)
 
-    async def _write(self, op: str, script, args: list) -> list:
+    async def _write(self, op: str, script, args: list, retry: bool = True) -> list:
         if self.lost is not None:
             raise CatalogueLost(self._lost_message())
         if self.epoch is None:
             raise CatalogueUnavailable("the shared catalogue has not been read from Redis yet")
-        keys = self.keys[:6]
+        keys, epoch = self.keys[:6], self.epoch
         try:
-            result = await self.link.call(op, lambda r: script(keys=keys, args=[self.epoch, *args], client=r))
+            result = await self.link.call(op, lambda r: script(keys=keys, args=[epoch, *args], client=r))
         except RedisUnavailable as e:
             raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
         if int(result[0]) == -1:   # the epoch guard refused the write
             await self._refresh_if_up()
+            if retry and self.lost is None and self.epoch is not None and self.epoch != epoch:
+                # A replica that never saw a change started afresh on an empty Redis: write there.
+                return await self._write(op, script, args, retry=False)
             self._mark_lost(self.lost or "its epoch changed under a write")
             raise CatalogueLost(self._lost_message())
         return result
@@ -393,4 +400,7 @@ class Catalogue:
             except RedisUnavailable:
                 pass
             except Exception:  # a bad value must not end syncing for the life of the process
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():   # stopped while a command was in flight
+                    raise asyncio.CancelledError from None
                 log.exception("catalogue refresh failed")

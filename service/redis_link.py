@@ -30,6 +30,14 @@ log = logging.getLogger("llmemb.service.redis")
 T = TypeVar("T")
 
 
+def _reraise_cancellation() -> None:
+    """redis-py can turn the cancellation of a command in flight into a connection error; a task
+    being cancelled (shutdown, a poller stopped) must end, not retry or carry on as if Redis failed."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class RedisUnavailable(Exception):
     """Redis is down (or just failed); the caller falls back."""
 
@@ -66,11 +74,11 @@ class RedisLink:
 
     async def close(self) -> None:
         if self._probe_task is not None:
-            self._probe_task.cancel()
-            try:
-                await self._probe_task
-            except asyncio.CancelledError:
-                pass
+            for _ in range(50):   # cancel until it ends (see Catalogue.stop)
+                self._probe_task.cancel()
+                done, _ = await asyncio.wait({self._probe_task}, timeout=0.1)
+                if done:
+                    break
         await self.client.aclose()
 
     async def call(self, op: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
@@ -81,6 +89,7 @@ class RedisLink:
             try:
                 return await fn(self.client)
             except (RedisConnectionError, ConnectionError) as e:
+                _reraise_cancellation()
                 # Most likely a stale pooled connection (Redis restarted): drop the idle ones
                 # and try once more on a fresh connection before calling Redis down.
                 self.metrics.cache_errors.labels(op).inc()
@@ -93,6 +102,7 @@ class RedisLink:
             log.warning("redis %s refused: %s", op, e)
             raise RedisUnavailable(f"redis refused {op}: {e}") from None
         except (RedisError, OSError, asyncio.TimeoutError) as e:
+            _reraise_cancellation()
             self.metrics.cache_errors.labels(op).inc()
             self._mark_down(e)
             raise RedisUnavailable(str(e)) from None

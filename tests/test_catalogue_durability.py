@@ -41,7 +41,7 @@ async def close(pairs):
         await link.close()
 
 
-async def until(predicate, timeout: float = 3.0):
+async def until(predicate, timeout: float = 15.0):
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not predicate():
