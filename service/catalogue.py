@@ -41,7 +41,7 @@ import torch
 
 from service.cache import from_bytes, to_bytes
 from service.metrics import Metrics
-from service.redis_link import RedisLink, RedisUnavailable
+from service.redis_link import RedisLink, RedisUnavailable, stop_task
 
 log = logging.getLogger("llmemb.service.catalogue")
 
@@ -202,15 +202,7 @@ class Catalogue:
 
     async def stop(self) -> None:
         if self._poller is not None:
-            # Cancel until it ends: a cancellation that lands inside a Redis command can be
-            # absorbed by the client, and one stop must never wait forever.
-            for _ in range(50):
-                self._poller.cancel()
-                done, _ = await asyncio.wait({self._poller}, timeout=0.1)
-                if done:
-                    break
-            else:
-                log.error("catalogue poller did not stop")
+            await stop_task(self._poller, "catalogue poller")
 
     # ----------------------------------------------------------------- changes
     async def put(self, item_id: str, vector: np.ndarray, attributes: dict[str, Any]) -> tuple[bool, int]:

@@ -38,6 +38,17 @@ def _reraise_cancellation() -> None:
         raise asyncio.CancelledError
 
 
+async def stop_task(task: asyncio.Task, what: str, attempts: int = 50, wait_s: float = 0.1) -> None:
+    """Cancel `task` until it ends: a cancellation that lands inside a Redis command can be absorbed
+    by the client, and stopping must never wait forever (at most attempts x wait_s)."""
+    for _ in range(attempts):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=wait_s)
+        if done:
+            return
+    log.error("%s did not stop", what)
+
+
 class RedisUnavailable(Exception):
     """Redis is down (or just failed); the caller falls back."""
 
@@ -74,11 +85,7 @@ class RedisLink:
 
     async def close(self) -> None:
         if self._probe_task is not None:
-            for _ in range(50):   # cancel until it ends (see Catalogue.stop)
-                self._probe_task.cancel()
-                done, _ = await asyncio.wait({self._probe_task}, timeout=0.1)
-                if done:
-                    break
+            await stop_task(self._probe_task, "redis probe")
         await self.client.aclose()
 
     async def call(self, op: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
