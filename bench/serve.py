@@ -252,7 +252,7 @@ def main() -> None:
     attrs = bundle.item_attributes[: args.texts]
     prompts = [spec.prompt(a) for a in attrs]
     model_path = resolve_model_path(bundle.base_model_id)
-    # The encoder the service builds from the bundle's spec (service.engine.Engine).
+    # The encoder the service builds from the bundle's spec (service.embedder.ItemEmbedder).
     config = spec.encoder_config(model_path, token_budget=args.token_budget)
     encoder = (ItemEncoder.from_pretrained_lora(config, bundle.lora_dir) if bundle.lora_dir
                else ItemEncoder(config))

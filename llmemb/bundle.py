@@ -27,10 +27,12 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -117,6 +119,20 @@ class LoadedBundle:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @cached_property
+    def rows(self) -> dict[str, int]:
+        """Item id -> row of item_table (row 0 is padding)."""
+        return {ext: row for row, ext in enumerate(self.item_ids, start=1)}
+
+    def catalogue_vector(self, item_id: str, adapted: np.ndarray) -> np.ndarray:
+        """The catalogue vector of `item_id` from its LLM-path (adapter) vector. Hybrid bundles
+        (e_i = Adapter(PCA(E_llm))_i + r_i): a bundle item keeps its residual r_i when its
+        attributes are replaced; any other item has none (r = 0). Other bundles: unchanged."""
+        row = self.rows.get(item_id)
+        if self.residual is None or row is None:
+            return adapted
+        return (adapted + self.residual[row].numpy()).astype(np.float32)
 
 
 # --------------------------------------------------------------------- hashing

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from llmemb.bundle import BundleError, verify_bundle
 from service.app import create_app
+from service.protocol import JsonErrorsH11Protocol
 from service.settings import Settings
 
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
+        http=JsonErrorsH11Protocol,
     )
 
 

@@ -26,11 +26,11 @@ are there with the right size; only the others are computed. A re-run after a cr
 catalogue, computes only what is missing, and does not even load the model when nothing is.
 
 Engines:
-- local (default): one process, one Engine. The missing prompts of a chunk go to Engine.embed_batch,
+- local (default): one process, one ItemEmbedder. The missing prompts of a chunk go to its embed_batch,
   which sorts them by token length and packs forward passes under --token-budget padded tokens.
 - ray: for catalogues that outgrow one machine. The driver cuts the file into byte ranges of
   --batch-size lines (one pass over the bytes, no parsing); Ray Data `from_items` over the ranges ->
-  `map_batches` on a pool of --actors actors, one Engine each (--gpus-per-actor for GPU replicas).
+  `map_batches` on a pool of --actors actors, one ItemEmbedder each (--gpus-per-actor for GPU replicas).
   Each actor reads its ranges, checks Redis, computes and writes the vectors itself; only counts come
   back to the driver. The bundle and the input must be at the same path on every node (a shared
   filesystem) and Redis reachable from every node. Ray is imported only on this path
@@ -276,8 +276,8 @@ class RedisVectors:
 
 
 # --------------------------------------------------------------------- work
-class LazyEngine:
-    """Builds the Engine on the first text to embed: a run with everything cached never loads the model."""
+class LazyEmbedder:
+    """Builds the ItemEmbedder on the first text to embed: a run with everything cached never loads the model."""
 
     def __init__(self, bundle: LoadedBundle, config: BackfillConfig):
         self.bundle = bundle
@@ -286,10 +286,10 @@ class LazyEngine:
 
     def embed_batch(self, prompts: list[str]):
         if self.engine is None:
-            from service.engine import Engine
+            from service.embedder import ItemEmbedder
 
             started = time.perf_counter()
-            self.engine = Engine(self.bundle, self.config.device, self.config.dtype, self.config.token_budget,
+            self.engine = ItemEmbedder(self.bundle, self.config.device, self.config.dtype, self.config.token_budget,
                                  self.config.base_model_path)
             log.info("model loaded in %.1fs (%s)", time.perf_counter() - started, self.config.device)
         return self.engine.embed_batch(prompts)
@@ -315,10 +315,10 @@ def process_chunk(items: list[CatalogueItem], target: RedisVectors, embedder, pr
 
 def run_local(bundle: LoadedBundle, input_path: str | Path, client: redis.Redis, config: BackfillConfig,
               embedder=None, progress_every_s: float = 10.0) -> Counts:
-    """The whole file in this process; `embedder` (anything with embed_batch) defaults to a LazyEngine."""
+    """The whole file in this process; `embedder` (anything with embed_batch) defaults to a LazyEmbedder."""
     _check_stages(bundle.dims, config.stages)
     target = RedisVectors(client, bundle.fingerprint, bundle.dims, config.ttl_s)
-    embedder = embedder if embedder is not None else LazyEngine(bundle, config)
+    embedder = embedder if embedder is not None else LazyEmbedder(bundle, config)
     prompt_of = bundle.encoder.prompt
     counts = Counts()
     started = last = time.perf_counter()
@@ -350,7 +350,7 @@ def _import_ray():
 
 
 class RangeWorker:
-    """One Ray actor: its own verified bundle, Redis client and (lazily) Engine; processes line ranges."""
+    """One Ray actor: its own verified bundle, Redis client and (lazily) ItemEmbedder; processes line ranges."""
 
     def __init__(self, bundle_path: str, fingerprint: str, input_path: str, redis_url: str,
                  config: BackfillConfig):
@@ -361,7 +361,7 @@ class RangeWorker:
         self.input_path = input_path
         self.config = config
         self.target = RedisVectors(connect(redis_url), fingerprint, bundle.dims, config.ttl_s)
-        self.embedder = LazyEngine(bundle, config)
+        self.embedder = LazyEmbedder(bundle, config)
         self.prompt_of = bundle.encoder.prompt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -397,7 +397,7 @@ def run_ray(bundle_path: str | Path, manifest: Mapping[str, Any], input_path: st
     results = dataset.map_batches(
         RangeWorker,
         batch_size=1,
-        # One call at a time per actor (Ray Data's default, kept): the Engine is not thread-safe.
+        # One call at a time per actor (Ray Data's default, kept): the ItemEmbedder is not thread-safe.
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor or None,
@@ -543,7 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base-model-path", help="load the base model from here instead of the bundle's base_model.id")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--ray-address", help="Ray cluster to join, e.g. auto (default: start a local one)")
-    p.add_argument("--actors", type=int, default=1, help="Ray actors, one Engine each (default 1)")
+    p.add_argument("--actors", type=int, default=1, help="Ray actors, one ItemEmbedder each (default 1)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per Ray actor (default 0)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
     p.add_argument("--log-level", default="info")

@@ -3,8 +3,8 @@
 Requests put texts in a bounded queue and await one future per text. A single
 worker task takes the oldest texts up to a padded-token budget and a batch size,
 waiting at most `max_wait_s` (counted from the oldest text) for a batch to fill,
-sorts them by length (less padding), and runs `run_batch` in the one inference
-thread that owns the model. While that forward runs, the next batch gathers.
+sorts them by length (less padding), and awaits `run_batch` on them (the model
+process, service/model_process.py). While that forward runs, the next batch gathers.
 """
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import asyncio
 import math
 import time
 from collections import deque
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
 from service.metrics import Metrics
 
@@ -42,8 +41,7 @@ class _Job:
 class MicroBatcher(Generic[R]):
     def __init__(
         self,
-        run_batch: Callable[[list[str]], Sequence[R]],
-        executor: Executor,
+        run_batch: Callable[[list[str]], Awaitable[Sequence[R]]],
         max_batch_tokens: int,
         max_batch_size: int,
         max_wait_s: float,
@@ -51,7 +49,6 @@ class MicroBatcher(Generic[R]):
         metrics: Metrics,
     ):
         self.run_batch = run_batch
-        self.executor = executor
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -155,7 +152,7 @@ class MicroBatcher(Generic[R]):
             self.metrics.batch_tokens.observe(len(batch) * batch[0].tokens)
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, [j.text for j in batch])
+                results = await self.run_batch([j.text for j in batch])
             except Exception as e:  # the model failed: every request of the batch gets the error
                 for j in batch:
                     if not j.future.done():

@@ -30,6 +30,8 @@ class Metrics:
         self.inference_seconds = Histogram(
             "llmemb_inference_seconds", "duration of one forward pass (LLM, PCA, adapter)",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.model_restarts = Counter("llmemb_model_restarts_total", "times the model process ended and was "
+                                      "started again", registry=r)
         self.queue_depth = Gauge("llmemb_queue_depth", "texts waiting for the model", registry=r)
         self.rejected = Counter("llmemb_rejected_total", "requests refused before work", ["reason"], registry=r)
         self.cache_hits = Counter("llmemb_cache_hits_total", "vectors found in the cache", ["layer"], registry=r)

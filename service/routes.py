@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.batcher import Overloaded, ShuttingDown
+from service.model_process import ModelUnavailable
 from service.cache import to_bytes
 from service.catalogue import CatalogueLost, CatalogueUnavailable, Snapshot, UnknownItem
 from service.errors import ApiError
@@ -79,6 +80,8 @@ async def embed(rt: Runtime, stage: str, prompts: list[str]):
         raise ApiError(429, "overloaded", str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
     except ShuttingDown as e:
         raise ApiError(503, "shutting_down", str(e), headers={"Retry-After": "1"}) from None
+    except ModelUnavailable as e:
+        raise ApiError(503, "model_unavailable", str(e), headers={"Retry-After": "2"}) from None
 
 
 def resolve(snap: Snapshot, ids: list[str]) -> tuple[list[int], list[str]]:
@@ -143,7 +146,7 @@ async def readyz(request: Request):
                                                                      "shared" if link.up else "degraded")
     body = ReadyResponse(status=rt.status, ready=rt.ready, bundle_loaded=rt.engine is not None,
                          warmed_up=rt.warmed_up, cache=cache, cache_backend=backend, catalogue=catalogue,
-                         error=rt.error)
+                         model=rt.model.state if rt.model is not None else "stopped", error=rt.error)
     return JSONResponse(body.model_dump(), status_code=200 if rt.ready else 503)
 
 
@@ -203,7 +206,7 @@ async def put_items(body: PutItemsRequest, rt: Runtime = Depends(ready_runtime))
         seen[item.id] = i
         check_attributes(f"items[{i}].attributes", item.attributes, s)
     vectors, _ = await embed(rt, "item", [rt.engine.prompt(item.attributes) for item in body.items])
-    batch = [(item.id, rt.engine.catalogue_vector(item.id, v), item.attributes) for item, v in zip(body.items, vectors)]
+    batch = [(item.id, rt.bundle.catalogue_vector(item.id, v), item.attributes) for item, v in zip(body.items, vectors)]
     try:
         created, version = await rt.catalogue.put_many(batch)
     except CatalogueUnavailable as e:
@@ -220,7 +223,7 @@ async def put_item(item_id: str, body: PutItemRequest, request: Request, rt: Run
     check_attributes("attributes", body.attributes, rt.settings)
     vectors, _ = await embed(rt, "item", [rt.engine.prompt(body.attributes)])
     try:
-        created, version = await rt.catalogue.put(item_id, rt.engine.catalogue_vector(item_id, vectors[0]),
+        created, version = await rt.catalogue.put(item_id, rt.bundle.catalogue_vector(item_id, vectors[0]),
                                                   body.attributes)
     except CatalogueUnavailable as e:
         raise catalogue_error(e) from None
@@ -240,7 +243,7 @@ async def get_item(item_id: str, request: Request, rt: Runtime = Depends(ready_r
         raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalogue", "path.item_id")
     attributes = snap.attributes.get(item_id)
     if attributes is None:
-        attributes = rt.bundle.item_attributes[rt.engine.bundle_rows[item_id] - 1]
+        attributes = rt.bundle.item_attributes[rt.bundle.rows[item_id] - 1]
     return ItemResponse(id=item_id, source="bundle" if row <= snap.n_bundle else "added", attributes=attributes,
                         embedding=snap.table[row].tolist(), catalogue_version=snap.version)
 

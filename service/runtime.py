@@ -5,9 +5,10 @@ until the bundle is verified and loaded, the model warmed up and the catalogue
 synced. Shutdown (uvicorn lifespan, after in-flight requests finished): refuse
 new texts, finish the queued ones, stop syncing, close Redis.
 
-Two threads run torch: the inference thread (the encoder, fed by the
-micro-batcher) and the scoring thread (backbone and top-k), so a long embedding
-batch never delays a recommendation behind it.
+The encoder runs in a process of its own (service/model_process.py), fed by the
+micro-batcher; the backbone and top-k run in one scoring thread here. So a long
+embedding batch never delays a cache hit, a recommendation or a score: they
+share no queue, no thread and no interpreter lock with the model.
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from llmemb.bundle import LoadedBundle, load_bundle
 from service.batcher import MicroBatcher
 from service.cache import EmbeddingCache
 from service.catalogue import Catalogue
-from service.engine import Engine, StageVectors
+from service.embedder import StageVectors
+from service.engine import Engine
 from service.metrics import Metrics
+from service.model_process import ModelOptions, ModelProcess
 from service.redis_link import RedisLink
 from service.scoring import TopK
 from service.settings import Settings
@@ -49,7 +52,7 @@ class Runtime:
         self.catalogue_link: RedisLink | None = None  # the catalogue's (the same link unless configured apart)
         self.warmed_up = False
         self.topk = TopK(settings.topk_chunk_rows)  # used in the scoring thread only
-        self.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="llmemb-infer")
+        self.model: ModelProcess | None = None
         self.score_pool = ThreadPoolExecutor(1, thread_name_prefix="llmemb-score")
         self._loader: asyncio.Task | None = None
 
@@ -82,15 +85,16 @@ class Runtime:
             if s.max_batch_tokens < self.bundle.encoder.max_tokens:
                 raise ValueError(f"LLMEMB_MAX_BATCH_TOKENS={s.max_batch_tokens} is below the bundle's "
                                  f"max_tokens={self.bundle.encoder.max_tokens}: one text would not fit")
-            self.engine = await loop.run_in_executor(
-                self.infer_pool, lambda: Engine(self.bundle, s.device, s.dtype, s.max_batch_tokens,
-                                                  s.base_model_path))
+            self.model = ModelProcess(ModelOptions(str(s.bundle_path), s.device, s.dtype, s.max_batch_tokens,
+                                                   s.base_model_path, s.torch_threads), self.metrics)
+            await self.model.start()
+            self.engine = await loop.run_in_executor(self.score_pool, lambda: Engine(self.bundle, s.base_model_path))
             self.cache = EmbeddingCache(self.bundle.fingerprint, self.bundle.dims, self.link, s.lru_size,
                                         s.cache_ttl_s, s.cache_enabled, self.metrics)
             self.catalogue = Catalogue(self.bundle.item_table, self.bundle.item_ids, self.bundle.fingerprint,
                                        self.catalogue_link, s.catalogue_poll_ms / 1000, self.metrics)
             await self.catalogue.start()
-            self.batcher = MicroBatcher(self.engine.embed_batch, self.infer_pool, s.max_batch_tokens,
+            self.batcher = MicroBatcher(self.model.embed, s.max_batch_tokens,
                                         s.max_batch_size, s.max_wait_ms / 1000, s.queue_size, self.metrics)
             self.batcher.start()
             await self._warm_up()
@@ -134,7 +138,8 @@ class Runtime:
             await self.link.close()
         if self.catalogue_link is not None and self.catalogue_link is not self.link:
             await self.catalogue_link.close()
-        self.infer_pool.shutdown(wait=True)
+        if self.model is not None:
+            await self.model.stop()
         self.score_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------- work

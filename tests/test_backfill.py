@@ -1,6 +1,6 @@
 """The backfill job against a private Redis and a small real bundle (MiniLM + LoRA, PCA, adapter, SASRec).
 
-The vectors must land under the keys the service's cache reads, equal the Engine's vectors (and, for
+The vectors must land under the keys the service's cache reads, equal the ItemEmbedder's vectors (and, for
 bundle items, the bundle's item table), and a second run must find everything and compute nothing.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from service.backfill import (
     BackfillConfig,
     CatalogueError,
     Counts,
-    LazyEngine,
+    LazyEmbedder,
     ids_path,
     line_ranges,
     main,
@@ -29,7 +29,7 @@ from service.backfill import (
     run_ray,
 )
 from service.cache import EmbeddingCache, cache_key
-from service.engine import Engine
+from service.embedder import ItemEmbedder
 from service.metrics import Metrics
 from service.redis_link import RedisLink
 from tests.servers import RedisServer, shared_test_bundle
@@ -50,7 +50,7 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def engine(bundle):
-    return Engine(bundle)
+    return ItemEmbedder(bundle)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,9 @@ def client(redis_server):
 
 
 class CountingEmbedder:
-    """The real Engine, counting the prompts it is asked to embed."""
+    """The real ItemEmbedder, counting the prompts it is asked to embed."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: ItemEmbedder):
         self.engine = engine
         self.prompts: list[str] = []
 
@@ -107,7 +107,7 @@ def test_backfill_writes_what_the_service_reads_then_resumes(bundle, engine, cli
 
     n = len(rows)
     assert counts == Counts(read=n, skipped_existing=0, computed=n - 1, duplicates=1, keys_written=3 * (n - 1))
-    prompts = [engine.prompt(r["attributes"]) for r in rows]  # the service's own prompt function
+    prompts = [bundle.encoder.prompt(r["attributes"]) for r in rows]  # the service's own prompt function
     assert len(spy.prompts) == len(set(spy.prompts)) == n - 1 and set(spy.prompts) == set(prompts)
 
     expected = engine.embed_batch(prompts)
@@ -134,7 +134,7 @@ def test_backfill_writes_what_the_service_reads_then_resumes(bundle, engine, cli
         np.testing.assert_allclose(got, e.item, rtol=1e-5, atol=1e-6)
 
     # Again: everything is found, nothing computed or written, and the model is never even loaded.
-    lazy = LazyEngine(bundle, config)
+    lazy = LazyEmbedder(bundle, config)
     again = run_local(bundle, path, client, config, embedder=lazy)
     assert again == Counts(read=n, skipped_existing=n)
     assert lazy.engine is None
@@ -147,7 +147,7 @@ def test_backfill_writes_what_the_service_reads_then_resumes(bundle, engine, cli
     spy.prompts.clear()
     grown = run_local(bundle, path, client, BackfillConfig(stages=("item", "llm"), batch_size=8), embedder=spy)
     assert grown == Counts(read=n + 1, skipped_existing=n - 2, computed=3, keys_written=4)
-    assert sorted(spy.prompts) == sorted([prompts[3], prompts[5], engine.prompt(more["attributes"])])
+    assert sorted(spy.prompts) == sorted([prompts[3], prompts[5], bundle.encoder.prompt(more["attributes"])])
     np.testing.assert_allclose(stored(client, bundle, "item", prompts[3]), expected[3].item, rtol=1e-5, atol=1e-6)
 
 
@@ -181,7 +181,7 @@ def test_malformed_lines_raise_with_file_and_line_or_are_counted(bundle, engine,
 
     counts = run_local(bundle, path, client, BackfillConfig(on_error="skip"), embedder=spy)
     assert counts == Counts(read=2, computed=2, keys_written=2, errors=8)
-    assert stored(client, bundle, "item", engine.prompt({"title": "Also Fine"})) is not None
+    assert stored(client, bundle, "item", bundle.encoder.prompt({"title": "Also Fine"})) is not None
 
 
 def test_cli_exports_the_stored_vectors_in_input_order(bundle, engine, client, redis_server, tmp_path, capsys):
@@ -201,7 +201,7 @@ def test_cli_exports_the_stored_vectors_in_input_order(bundle, engine, client, r
     tensors = load_file(str(out))
     ids = [json.loads(line) for line in ids_path(out).read_text(encoding="utf-8").splitlines()]
     assert ids == [str(r["id"]) for r in rows]
-    expected = engine.embed_batch([engine.prompt(r["attributes"]) for r in rows])
+    expected = engine.embed_batch([bundle.encoder.prompt(r["attributes"]) for r in rows])
     np.testing.assert_allclose(tensors["item"], np.stack([e.item for e in expected]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(tensors["llm"], np.stack([e.llm for e in expected]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(tensors["item"][:N_BUNDLE], bundle.item_table[1:N_BUNDLE + 1].numpy(),
@@ -234,7 +234,7 @@ def test_ray_engine_actors_write_to_redis(bundle, engine, client, redis_server, 
         n = len(rows)
         counts = run_ray(bundle.path, bundle.manifest, path, redis_server.url, config, actors=1)
         assert counts == Counts(read=n, computed=n - 1, duplicates=1, keys_written=2 * (n - 1), errors=1)
-        prompts = [engine.prompt(r["attributes"]) for r in rows]
+        prompts = [bundle.encoder.prompt(r["attributes"]) for r in rows]
         for p, e in zip(prompts, engine.embed_batch(prompts)):
             np.testing.assert_allclose(stored(client, bundle, "item", p), e.item, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(stored(client, bundle, "pca", p), e.pca, rtol=1e-5, atol=1e-6)

@@ -22,7 +22,7 @@ import torch
 from llmemb.bundle import MANIFEST, BundleError, load_bundle, manifest_fingerprint
 from llmemb.spec import EncoderSpec
 from llmemb.prompts import instruction_for
-from service.engine import Engine
+from service.embedder import ItemEmbedder
 from tests.fixtures_models import build_tiny_llama
 from tests.servers import build_test_bundle
 
@@ -43,8 +43,7 @@ HONOURED = {
 def served_rows(bundle_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(vectors the service's engine computes for the catalogue items, their bundle rows)."""
     bundle = load_bundle(bundle_dir)
-    engine = Engine(bundle)
-    vectors = engine.embed_batch([engine.prompt(a) for a in bundle.item_attributes])
+    vectors = ItemEmbedder(bundle).embed_batch([bundle.encoder.prompt(a) for a in bundle.item_attributes])
     return torch.from_numpy(np.stack([v.item for v in vectors])), bundle.item_table[1:]
 
 
@@ -110,10 +109,10 @@ REFUSED = {
 def test_a_contract_the_service_cannot_honour_is_refused_naming_the_field(field, base_bundle, tmp_path):
     edited = edit_manifest(base_bundle, tmp_path / "edited", REFUSED[field])
     with pytest.raises(BundleError, match=f"^{MANIFEST}: {field}"):
-        Engine(load_bundle(edited))
+        ItemEmbedder(load_bundle(edited))
 
 
 def test_append_eos_on_a_tokenizer_without_eos_is_refused(base_bundle, tmp_path):
     edited = edit_manifest(base_bundle, tmp_path / "edited", lambda m: m["encoder"].__setitem__("append_eos", True))
     with pytest.raises(BundleError, match=f"^{MANIFEST}: encoder.append_eos"):
-        Engine(load_bundle(edited))
+        ItemEmbedder(load_bundle(edited))

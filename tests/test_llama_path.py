@@ -42,6 +42,7 @@ from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
 from llmemb.models import model_identity
 from llmemb.projection import PCA, Adapter
 from llmemb.prompts import build_prompt, instruction_for
+from service.embedder import ItemEmbedder
 from service.engine import Engine
 from tests.fixtures_models import ml100k_like_items, tiny_llama_dir  # noqa: F401  (fixture)
 from trainer.scft import SCFTConfig, run_scft
@@ -146,13 +147,15 @@ def case(request, tiny_llama_dir, workdir) -> Case:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def engines() -> dict[str, Engine]:
+def engines() -> dict[str, tuple[ItemEmbedder, Engine]]:
     return {}
 
 
-def engine_for(case: Case, engines: dict[str, Engine]) -> Engine:
+def engine_for(case: Case, engines: dict[str, tuple[ItemEmbedder, Engine]]) -> tuple[ItemEmbedder, Engine]:
+    """The service's two halves over the case's bundle: the model process's embedder, the scoring engine."""
     if case.dtype not in engines:
-        engines[case.dtype] = Engine(load_bundle(case.bundle_dir), device="cpu")
+        bundle = load_bundle(case.bundle_dir)
+        engines[case.dtype] = ItemEmbedder(bundle, device="cpu"), Engine(bundle)
     return engines[case.dtype]
 
 
@@ -192,17 +195,17 @@ def test_bundle_records_the_llama_encoder(case):
 
 # ---------------------------------------------------------------------- engine
 def test_engine_item_vectors_equal_the_bundle_table(case, engines):
-    engine = engine_for(case, engines)
+    embedder, engine = engine_for(case, engines)
     bundle = engine.bundle
-    assert next(engine.encoder.model.parameters()).dtype == DTYPES[case.dtype]
-    assert not isinstance(engine.encoder.model, PeftModel)  # the LoRA is merged
+    assert next(embedder.encoder.model.parameters()).dtype == DTYPES[case.dtype]
+    assert not isinstance(embedder.encoder.model, PeftModel)  # the LoRA is merged
     table = bundle.item_table
     assert torch.equal(table[0], torch.zeros(D_ITEM))
     prompts = [engine.prompt(a) for a in bundle.item_attributes]
     assert prompts == case.prompts
 
     # The whole catalogue in one batch, as the trainer exported it.
-    stages = engine.embed_batch(prompts)
+    stages = embedder.embed_batch(prompts)
     llm = torch.from_numpy(np.stack([s.llm for s in stages]))
     item = torch.from_numpy(np.stack([s.item for s in stages]))
     assert_same_vectors(llm, case.e_llm, case.dtype)
@@ -216,7 +219,7 @@ def test_engine_item_vectors_equal_the_bundle_table(case, engines):
     rows, start, sizes = {}, 0, [1, 3, 7]
     while start < len(order):
         chunk = order[start:start + sizes[start % 3]]
-        for i, s in zip(chunk, engine.embed_batch([prompts[i] for i in chunk])):
+        for i, s in zip(chunk, embedder.embed_batch([prompts[i] for i in chunk])):
             rows[i] = torch.from_numpy(s.item)
         start += len(chunk)
     rebatched = torch.stack([rows[i] for i in range(len(prompts))])
@@ -225,7 +228,7 @@ def test_engine_item_vectors_equal_the_bundle_table(case, engines):
     # Some items are only a few 1e-3 apart (titles outside the tiny vocabulary all become <unk>),
     # closer than the bf16 tolerance: every served vector must still be nearest to its own row
     # (ties only between items whose token ids are identical).
-    tokens = engine.encoder.tokenize(prompts)
+    tokens = embedder.encoder.tokenize(prompts)
     for served in (item, rebatched):
         nearest = torch.cdist(served, table[1:]).argmin(dim=1).tolist()
         assert all(tokens[j] == tokens[i] for i, j in enumerate(nearest))
@@ -239,12 +242,12 @@ def test_engine_item_vectors_equal_the_bundle_table(case, engines):
 
 
 def test_engine_pools_the_final_non_pad_token(case, engines):
-    engine = engine_for(case, engines)
+    embedder, engine = engine_for(case, engines)
     short = engine.prompt({"movie_title": "Babe", "class": ["Comedy"]})
     long = engine.prompt(case.parts.item_attributes[0])
     n_short, n_long = engine.token_lengths([short, long])
     assert n_short < n_long  # in one batch the short text is right-padded
-    llm = [torch.from_numpy(s.llm) for s in engine.embed_batch([short, long])]
+    llm = [torch.from_numpy(s.llm) for s in embedder.embed_batch([short, long])]
 
     model = merged_reference(case)
     tokenizer = AutoTokenizer.from_pretrained(case.model_dir, local_files_only=True)
@@ -289,7 +292,7 @@ def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkey
     bundle = load_bundle(case.bundle_dir)
     expected = bundle.manifest["base_model"]["config_sha256"][:12]
     with pytest.raises(BundleError, match="refusing to serve it with a different model") as info:
-        Engine(bundle, device="cpu", base_model_path=str(other))
+        ItemEmbedder(bundle, device="cpu", base_model_path=str(other))
     message = str(info.value)
     assert info.value.file == "manifest.json"
     assert message.startswith("manifest.json: base_model.config_sha256: ")
@@ -307,8 +310,8 @@ def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkey
     try:
         asyncio.run(runtime._load())
     finally:
-        runtime.infer_pool.shutdown()
         runtime.score_pool.shutdown()
+    assert runtime.model is not None and runtime.model.state == "failed"  # the model process said why
     assert runtime.status == "failed" and runtime.engine is None
     assert "BundleError" in runtime.error and "base_model.config_sha256:" in runtime.error
     assert str(other) in runtime.error
@@ -326,7 +329,7 @@ def bundle_on_copy(case, workdir: Path, name: str) -> tuple[Path, Path]:
 def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):  # noqa: F811
     case = build_case("fp32", tiny_llama_dir, workdir)
     model, bundle_dir = bundle_on_copy(case, workdir, "edited-llama")
-    Engine(load_bundle(bundle_dir), device="cpu")  # the untouched copy serves
+    ItemEmbedder(load_bundle(bundle_dir), device="cpu")  # the untouched copy serves
 
     # Same shapes, different numerics: the weights would load and silently give other vectors.
     config = json.loads((model / "config.json").read_text())
@@ -335,7 +338,7 @@ def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):  # noq
     (model / "config.json").write_text(json.dumps(config, indent=2))
     bundle = load_bundle(bundle_dir)  # the bundle itself is intact
     with pytest.raises(BundleError, match="base_model.config_sha256:") as info:
-        Engine(bundle, device="cpu")
+        ItemEmbedder(bundle, device="cpu")
     assert info.value.file == "manifest.json"
     assert str(info.value).startswith("manifest.json: base_model.config_sha256: ")
     assert str(model) in str(info.value) and trained_sha in str(info.value) and sha_prefix(model) in str(info.value)
@@ -353,7 +356,7 @@ def test_a_base_model_with_the_same_config_and_other_weights_is_refused(tiny_lla
     save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
     assert config_sha256(model) == trained.config_sha256
     with pytest.raises(BundleError, match="refusing to serve it with a different model") as info:
-        Engine(load_bundle(bundle_dir), device="cpu")
+        ItemEmbedder(load_bundle(bundle_dir), device="cpu")
     message = str(info.value)
     assert info.value.file == "manifest.json"
     assert message.startswith("manifest.json: base_model.weights_sha256: ")

@@ -6,6 +6,8 @@ through A are seen by B within a second (and the other way round).
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 
 import httpx
@@ -375,6 +377,27 @@ def test_invalid_json_and_oversized_bodies(raw):
     wrong_method = raw.get("/v1/recommend")
     assert wrong_method.status_code == 405 and error_of(wrong_method)["code"] == "method_not_allowed"
 
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n{}",
+    b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"GARBAGE\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+])
+def test_requests_that_are_not_http_get_a_json_400(replicas, request_bytes):
+    """Errors the server answers before the application (uvicorn's parser) have the service's format too."""
+    host, port = replicas[0].url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request_bytes)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_http" and "not valid HTTP" in error["message"]
 
 # ------------------------------------------ catalogue changes (run last: they mutate)
 def test_put_delete_single_replica(client, bundle):

@@ -95,12 +95,20 @@ def run_async(coro):
     return asyncio.run(coro)
 
 
+def in_pool(fn, pool):
+    """`fn` as the batcher's async run_batch, run in `pool` (as the model process runs it apart)."""
+    async def run(texts):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, texts)
+
+    return run
+
+
 def test_batcher_batches_under_the_token_budget_sorted_by_length():
     rec = Recorder(delay=0.01)
 
     async def main():
         with ThreadPoolExecutor(1, thread_name_prefix="infer") as pool:
-            b = MicroBatcher(rec, pool, max_batch_tokens=40, max_batch_size=6, max_wait_s=0.02, queue_size=100,
+            b = MicroBatcher(in_pool(rec, pool), max_batch_tokens=40, max_batch_size=6, max_wait_s=0.02, queue_size=100,
                              metrics=Metrics())
             b.start()
             texts = [f"t{i}-" + "x" * (i % 7) for i in range(40)]
@@ -126,7 +134,7 @@ def test_batcher_refuses_when_the_queue_is_full_and_drains_on_stop():
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            b = MicroBatcher(rec, pool, max_batch_tokens=1000, max_batch_size=2, max_wait_s=0.0, queue_size=4,
+            b = MicroBatcher(in_pool(rec, pool), max_batch_tokens=1000, max_batch_size=2, max_wait_s=0.0, queue_size=4,
                              metrics=Metrics())
             b.start()
             first = asyncio.create_task(b.submit(["a", "b"], [1, 1]))
@@ -152,7 +160,7 @@ def test_batcher_failure_reaches_the_callers_and_the_worker_survives():
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            b = MicroBatcher(rec, pool, 1000, 8, 0.0, 100, Metrics())
+            b = MicroBatcher(in_pool(rec, pool), 1000, 8, 0.0, 100, Metrics())
             b.start()
             with pytest.raises(RuntimeError, match="model failed"):
                 await b.submit(["boom", "x"], [1, 1])
@@ -168,7 +176,7 @@ def test_cancelled_requests_are_skipped():
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            b = MicroBatcher(rec, pool, 1000, 1, 0.0, 100, Metrics())
+            b = MicroBatcher(in_pool(rec, pool), 1000, 1, 0.0, 100, Metrics())
             b.start()
             busy = asyncio.create_task(b.submit(["busy"], [1]))
             await asyncio.sleep(0.02)
