@@ -136,7 +136,6 @@ class MicroBatcher(Generic[R]):
                 return
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
                 if self._stopping:

@@ -58,7 +58,7 @@ redis.call('SET', KEYS[6], redis.call('HLEN', KEYS[1]) .. ',' .. redis.call('SCA
 
 # ARGV after the epoch: 4 per item (id, vector, attributes JSON, '1' for a bundle id). One version
 # step for the whole batch: replicas see all of it or none of it.
-_PUT = _GUARD + """
+PUT_SCRIPT = _GUARD + """
 local existed = {}
 for i = 2, #ARGV, 4 do
   local id = ARGV[i]
@@ -75,7 +75,7 @@ local version = redis.call('INCR', KEYS[4])
 return {version, existed}
 """
 
-_DELETE = _GUARD + """
+DELETE_SCRIPT = _GUARD + """
 local removed = redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[2])
 if ARGV[3] == '1' then removed = redis.call('SADD', KEYS[3], ARGV[2]) end
@@ -87,7 +87,7 @@ return {1, version}
 
 # A catalogue with no epoch gets one, unless it holds changes written without one
 # (then it is not new: the replica calls it lost rather than adopt it).
-_ADOPT = """#!lua
+ADOPT_SCRIPT = """#!lua
 local epoch = redis.call('GET', KEYS[5])
 if epoch then return epoch end
 if redis.call('EXISTS', KEYS[1], KEYS[3], KEYS[4]) > 0 then return false end
@@ -147,6 +147,20 @@ def build_snapshot(base_table: torch.Tensor, base_ids: list[str], vectors: dict[
     return Snapshot(version, table, ids, index, blocked_rows, len(base_ids), len(added), len(gone), attrs)
 
 
+def attributes_json(attributes: dict[str, Any]) -> str:
+    """Attributes as the catalogue stores them (and compares them: the same dict, the same string)."""
+    return json.dumps(attributes, ensure_ascii=False)
+
+
+def put_arguments(items: list[tuple[str, np.ndarray, dict[str, Any]]], bundle_ids: set[str]) -> list[Any]:
+    """PUT_SCRIPT's arguments after the epoch for (id, vector, attributes) items."""
+    payload: list[Any] = []
+    for item_id, vector, attributes in items:
+        payload += [item_id, to_bytes(np.asarray(vector, dtype=np.float32)), attributes_json(attributes),
+                    "1" if item_id in bundle_ids else "0"]
+    return payload
+
+
 def catalogue_keys(fingerprint: str) -> list[str]:
     """The Redis keys of the shared catalogue of the bundle `fingerprint`, in KEY_NAMES order."""
     return [f"llmemb:{fingerprint}:cat:{name}" for name in KEY_NAMES]
@@ -175,9 +189,9 @@ class Catalogue:
         self._poller: asyncio.Task | None = None
         self._publish()
         if link is not None:
-            self._put_script = link.client.register_script(_PUT)
-            self._delete_script = link.client.register_script(_DELETE)
-            self._adopt_script = link.client.register_script(_ADOPT)
+            self._put_script = link.client.register_script(PUT_SCRIPT)
+            self._delete_script = link.client.register_script(DELETE_SCRIPT)
+            self._adopt_script = link.client.register_script(ADOPT_SCRIPT)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -225,10 +239,7 @@ class Catalogue:
             self._version += 1
             await self._install(dict(self._vectors), set(self._deleted), self._version, dict(self._attributes))
             return created, self._version
-        payload: list[Any] = []
-        for (item_id, _, attributes), vector in zip(items, vectors):
-            payload += [item_id, to_bytes(vector), json.dumps(attributes, ensure_ascii=False),
-                        "1" if item_id in self._base_set else "0"]
+        payload = put_arguments([(i, v, a) for (i, _, a), v in zip(items, vectors)], self._base_set)
         version, existed = await self._write("catalogue_put", self._put_script, payload)
         await self._refresh_if_up()
         return [not bool(e) for e in existed], int(version)
@@ -295,10 +306,10 @@ class Catalogue:
     async def _refresh(self) -> None:
         async with self._refresh_lock:
             if self.epoch is not None and self._snapshot.version == 0 and self.lost is None:
-                # Nothing was ever changed here: a Redis that came back empty lost nothing; start afresh.
+                # Nothing was ever installed here: a Redis that came back empty or anew lost nothing; start afresh.
                 raw_epoch = await self.link.call("catalogue_epoch", lambda r: r.get(self.keys[4]))
-                if raw_epoch is None:
-                    self.epoch = None
+                if raw_epoch is None or raw_epoch.decode() != self.epoch:
+                    self.epoch = None   # adopt what is there now (a backfill may have created it)
             if self.epoch is None:
                 adopted = await self.link.call(
                     "catalogue_adopt", lambda r: self._adopt_script(keys=self.keys[:6], args=[uuid.uuid4().hex],

@@ -49,6 +49,14 @@ async def stop_task(task: asyncio.Task, what: str, attempts: int = 50, wait_s: f
     log.error("%s did not stop", what)
 
 
+
+def safe_url(url: str) -> str:
+    """A Redis URL fit for logs and messages: never a password embedded in it."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
 class RedisUnavailable(Exception):
     """Redis is down (or just failed); the caller falls back."""
 
@@ -116,20 +124,13 @@ class RedisLink:
 
     def _mark_down(self, error: BaseException) -> None:
         if self.up:
-            log.warning("redis at %s is unavailable (%s); serving without it", self._safe_url(), error)
+            log.warning("redis at %s is unavailable (%s); serving without it", safe_url(self.url), error)
             self.transitions += 1
         self.up = False
         self._good_probes = 0
         self.last_error = f"{type(error).__name__}: {error}"
         self.up_gauge.set(0)
         self._woken.set()
-
-    def _safe_url(self) -> str:
-        # Never log a password embedded in the URL.
-        if "@" in self.url:
-            scheme, _, rest = self.url.partition("://")
-            return f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return self.url
 
     async def _probe(self) -> bool:
         try:
@@ -142,7 +143,7 @@ class RedisLink:
         self._good_probes += 1
         if self._good_probes < self.up_probes and self.transitions > 0:
             return False   # back, but not yet trusted: probe again after the shortest backoff
-        log.info("redis at %s is available", self._safe_url())
+        log.info("redis at %s is available", safe_url(self.url))
         if self.transitions:
             self.transitions += 1
         self.up = True

@@ -85,6 +85,12 @@ class RedisServer:
         wait_for(self.ping, 10, what=f"redis-server on port {self.port}")
         return self
 
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -95,8 +101,10 @@ class RedisServer:
 
 # --------------------------------------------------------------------- service
 class ServiceProcess:
-    def __init__(self, bundle: Path, logdir: Path, port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(self, bundle: Path, logdir: Path, port: int | None = None, env: dict[str, str] | None = None,
+                 command_prefix: list[str] | None = None):
         self.bundle = Path(bundle)
+        self.command_prefix = list(command_prefix or [])  # e.g. ["taskset", "-c", "1"]
         self.port = port or free_port()
         self.extra_env = env or {}
         self.log_path = Path(logdir) / f"service-{self.port}.log"
@@ -114,7 +122,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--bundle", str(self.bundle), "--host", "127.0.0.1",
+            [*self.command_prefix, sys.executable, "-m", "service", "--bundle", str(self.bundle), "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "info"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         return self
@@ -133,6 +141,22 @@ class ServiceProcess:
                 except TimeoutError:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"service not ready after {timeout}s:\n{self.log()}") from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def __enter__(self) -> "ServiceProcess":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

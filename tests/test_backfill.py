@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +20,19 @@ import redis
 from safetensors.numpy import load_file
 
 from llmemb.bundle import load_bundle
-from service.backfill import (
-    BackfillConfig,
-    CatalogueError,
-    Counts,
-    LazyEmbedder,
-    ids_path,
-    line_ranges,
-    main,
-    read_items,
-    run_local,
-    run_ray,
-)
+from service.backfill.cli import main
+from service.backfill.config import BackfillConfig, BackfillError, CatalogueError, Counts
+from service.backfill.items import CatalogueItem, line_ranges, read_items
+from service.backfill.local import LazyEmbedder, process_chunk, run_local
+from service.backfill.store import RedisVectors
+from service.backfill.on_ray import run_ray
+from service.backfill.export import ids_path
 from service.cache import EmbeddingCache, cache_key
+from service.catalogue import Catalogue, catalogue_keys
 from service.embedder import ItemEmbedder
 from service.metrics import Metrics
 from service.redis_link import RedisLink
-from tests.servers import RedisServer, shared_test_bundle
+from tests.servers import RedisServer, shared_test_bundle, wait_for
 
 N_BUNDLE = 22
 NEW_ITEMS = [
@@ -150,6 +150,109 @@ def test_backfill_writes_what_the_service_reads_then_resumes(bundle, engine, cli
     assert sorted(spy.prompts) == sorted([prompts[3], prompts[5], bundle.encoder.prompt(more["attributes"])])
     np.testing.assert_allclose(stored(client, bundle, "item", prompts[3]), expected[3].item, rtol=1e-5, atol=1e-6)
 
+
+
+async def catalogue_snapshot(bundle, url: str):
+    """What a service replica installs from the shared catalogue in Redis."""
+    metrics = Metrics()
+    link = RedisLink(url, 1.0, 1.0, metrics)
+    await link.start()
+    try:
+        cat = Catalogue(bundle.item_table, bundle.item_ids, bundle.fingerprint, link, 0.2, metrics)
+        await cat.start()
+        await cat.stop()
+        return cat.snapshot, cat.state
+    finally:
+        await link.close()
+
+
+def test_backfill_into_the_catalogue_lists_new_items_for_every_replica(bundle, engine, client, redis_server,
+                                                                       tmp_path):
+    path, rows = catalogue(bundle, tmp_path)
+    new_ids = [str(r["id"]) for r in NEW_ITEMS]
+    config = BackfillConfig(batch_size=8, catalogue=True)
+    spy = CountingEmbedder(engine)
+    counts = run_local(bundle, path, client, config, embedder=spy)
+    n = len(rows)
+    # The bundle's own items, with the bundle's attributes, are already in the catalogue: not written.
+    assert counts == Counts(read=n, computed=n - 1, duplicates=1, keys_written=n - 1, catalogued=len(NEW_ITEMS))
+    keys = catalogue_keys(bundle.fingerprint)
+    assert sorted(k.decode() for k in client.hkeys(keys[0])) == sorted(new_ids)
+    version = int(client.get(keys[3]))
+    assert version == len({i // 8 for i in range(N_BUNDLE, n)})  # one catalogue change per chunk with new items
+
+    snap, state = asyncio.run(catalogue_snapshot(bundle, redis_server.url))
+    assert state == "shared" and snap.version == version and snap.n_added == len(NEW_ITEMS)
+    expected = {str(r["id"]): e.item for r, e in zip(NEW_ITEMS, engine.embed_batch(
+        [bundle.encoder.prompt(r["attributes"]) for r in NEW_ITEMS]))}
+    for item_id in new_ids:
+        np.testing.assert_allclose(snap.table[snap.index[item_id]].numpy(), expected[item_id], rtol=1e-5, atol=1e-6)
+        assert snap.attributes[item_id] == next(r["attributes"] for r in NEW_ITEMS if str(r["id"]) == item_id)
+
+    # Again: nothing computed, nothing written, the catalogue untouched.
+    again = run_local(bundle, path, client, config, embedder=spy)
+    assert again == Counts(read=n, skipped_existing=n)
+    assert int(client.get(keys[3])) == version
+
+    # Changed attributes of a bundle item replace it (its vector from the model, the catalogue's new row).
+    changed = dict(rows[0], attributes={**rows[0]["attributes"], "title": "Retitled"})
+    write_jsonl(path, [changed] + rows[1:])
+    spy.prompts.clear()
+    third = run_local(bundle, path, client, config, embedder=spy)
+    assert (third.computed, third.catalogued) == (1, 1) and len(spy.prompts) == 1
+    snap, _ = asyncio.run(catalogue_snapshot(bundle, redis_server.url))
+    assert snap.version == version + 1 and snap.attributes[str(rows[0]["id"])]["title"] == "Retitled"
+
+    # A catalogue whose epoch changed under the job (lost, or restored elsewhere) stops it.
+    client.set(keys[4], "another-epoch")
+    write_jsonl(path, rows + [{"id": "late", "attributes": {"title": "Too Late"}}])
+    with pytest.raises(BackfillError, match="epoch changed during the backfill"):
+        from service.backfill.store import CatalogueTarget
+
+        target = CatalogueTarget(client, bundle)
+        client.set(keys[4], "yet-another-epoch")
+        process_chunk([CatalogueItem(1, "late", {"title": "Too Late"})], RedisVectors(
+            client, bundle.fingerprint, bundle.dims), spy, bundle.encoder.prompt, ("item",), target)
+    assert client.hget(keys[0], "late") is None
+
+
+def test_backfill_killed_with_sigkill_resumes_with_nothing_lost_or_duplicated(bundle, engine, client, redis_server,
+                                                                              tmp_path):
+    rows = [{"id": f"bulk-{i}", "attributes": {"title": f"Bulk Film {i}", "year": 2000 + i % 30,
+                                               "genres": ["Drama"]}} for i in range(600)]
+    path = write_jsonl(tmp_path / "bulk.jsonl", rows)
+    keys = catalogue_keys(bundle.fingerprint)
+    command = [sys.executable, "-m", "service.backfill", "--bundle", str(bundle.path), "--input", str(path),
+               "--redis-url", redis_server.url, "--catalogue", "--batch-size", "16", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: int(client.get(keys[3]) or 0) >= 3 or first.poll() is not None, 120, 0.02,
+                 "three catalogue chunks written")
+    finally:
+        first.kill()  # SIGKILL: no clean-up of any kind
+        first.wait(10)
+    assert first.returncode == -signal.SIGKILL, "the job ended before it could be killed; grow the input"
+    cached_before = len(client.keys(f"llmemb:{bundle.fingerprint}:emb:item:*"))
+    listed_before = client.hlen(keys[0])
+    assert 0 < listed_before < len(rows) and listed_before <= cached_before
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    # Nothing duplicated: the model ran only for the vectors that were not cached, and only the
+    # items not yet in the catalogue were written into it.
+    assert summary["computed"] == len(rows) - cached_before
+    assert summary["skipped_existing"] == cached_before
+    assert summary["catalogued"] == len(rows) - listed_before
+    # Nothing lost: every item is in the catalogue with the model's vector and its attributes.
+    assert client.hlen(keys[0]) == len(rows) == len(client.keys(f"llmemb:{bundle.fingerprint}:emb:item:*"))
+    snap, state = asyncio.run(catalogue_snapshot(bundle, redis_server.url))
+    assert state == "shared" and snap.n_added == len(rows)
+    sample = rows[::50]
+    for r, e in zip(sample, engine.embed_batch([bundle.encoder.prompt(r["attributes"]) for r in sample])):
+        np.testing.assert_allclose(snap.table[snap.index[r["id"]]].numpy(), e.item, rtol=1e-5, atol=1e-6)
+        assert snap.attributes[r["id"]] == r["attributes"]
 
 BAD_LINES = [
     ('{"id": "a", "attributes": {"title": "Fine"}}', None),

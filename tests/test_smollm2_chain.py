@@ -20,7 +20,8 @@ from safetensors.numpy import load_file
 from llmemb.bundle import load_bundle
 from llmemb.encoder import LLAMA_TARGETS, ItemEncoder
 from llmemb.models import model_identity, resolve_model_path
-from service.backfill import BackfillConfig, backfill
+from service.backfill.cli import backfill
+from service.backfill.config import BackfillConfig
 from tests.movies import Q_ITEMS, movie_config
 from tests.servers import RedisServer, ServiceProcess
 from trainer.quick import run_quick

@@ -1,0 +1,96 @@
+"""The Ray engine: line ranges of the file over a pool of actors, one ItemEmbedder each."""
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from llmemb.bundle import BundleError, load_bundle
+from service.backfill.config import BackfillConfig, BackfillError, CatalogueError, Counts
+from service.backfill.items import chunked, line_ranges, read_items
+from service.backfill.local import LazyEmbedder, check_stages, process_chunk
+from service.backfill.store import CatalogueTarget, RedisVectors, connect
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise BackfillError("the ray engine needs Ray Data, which is not installed: "
+                            "pip install -e '.[distributed]' (ray[data]), or use --engine local") from None
+    return ray
+
+
+class RangeWorker:
+    """One Ray actor: its own verified bundle, Redis client and (lazily) ItemEmbedder; processes line ranges."""
+
+    def __init__(self, bundle_path: str, fingerprint: str, input_path: str, redis_url: str,
+                 config: BackfillConfig, catalogue_redis_url: str | None = None):
+        bundle = load_bundle(bundle_path)
+        if bundle.fingerprint != fingerprint:
+            raise BundleError(f"this node's bundle at {bundle_path} has fingerprint {bundle.fingerprint[:12]}..., "
+                              f"the driver's has {fingerprint[:12]}...; every node must see the same bundle")
+        self.input_path = input_path
+        self.config = config
+        self.target = RedisVectors(connect(redis_url), fingerprint, bundle.dims, config.ttl_s)
+        self.catalogue = (CatalogueTarget(connect(catalogue_redis_url or redis_url), bundle)
+                          if config.catalogue else None)
+        self.embedder = LazyEmbedder(bundle, config)
+        self.prompt_of = bundle.encoder.prompt
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        counts, error = Counts(), ""
+        for start, end, first in zip(batch["start"], batch["end"], batch["first_line"]):
+            items = read_items(self.input_path, self.config.on_error, counts, int(start), int(end), int(first))
+            try:
+                for chunk in chunked(items, self.config.batch_size):
+                    counts.add(process_chunk(chunk, self.target, self.embedder, self.prompt_of, self.config.stages,
+                                             self.catalogue))
+            except CatalogueError as e:
+                # Returned, not raised: Ray would wrap it in its own exception and lose the file:line message.
+                error = str(e)
+                break
+        row = {name: np.array([value], dtype=np.int64) for name, value in asdict(counts).items()}
+        row["error"] = np.array([error], dtype=object)
+        return row
+
+
+def run_ray(bundle_path: str | Path, manifest: Mapping[str, Any], input_path: str | Path, redis_url: str,
+            config: BackfillConfig, address: str | None = None, actors: int = 1, gpus_per_actor: float = 0.0,
+            cpus_per_actor: float = 1.0, catalogue_redis_url: str | None = None) -> Counts:
+    """Ray Data over line ranges of the file; an already initialised Ray (e.g. in tests) is used as it is."""
+    check_stages(manifest["dims"], config.stages)
+    if actors < 1:
+        raise BackfillError(f"actors must be at least 1, got {actors}")
+    ray = _import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address)
+    ranges = line_ranges(input_path, config.batch_size)
+    if not ranges:
+        return Counts()
+    dataset = ray.data.from_items([{"start": s, "end": e, "first_line": f} for s, e, f in ranges])
+    results = dataset.map_batches(
+        RangeWorker,
+        batch_size=1,
+        # One call at a time per actor (Ray Data's default, kept): the ItemEmbedder is not thread-safe.
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor or None,
+        fn_constructor_kwargs={
+            "bundle_path": str(Path(bundle_path).resolve()),
+            "fingerprint": manifest["fingerprint"],
+            "input_path": str(Path(input_path).resolve()),
+            "redis_url": redis_url,
+            "config": config,
+            "catalogue_redis_url": catalogue_redis_url,
+        },
+    )
+    counts = Counts()
+    for row in results.iter_rows():
+        if row["error"]:
+            raise CatalogueError(row["error"])
+        counts.add(Counts(**{f.name: int(row[f.name]) for f in fields(Counts)}))
+    return counts
