@@ -54,6 +54,11 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
 
 
 # ----------------------------------------------------------------------- redis
+# The shipped catalogue Redis (docker-compose.yml, k8s): AOF fsync'd every second, no eviction.
+SHIPPED_CATALOGUE_REDIS = ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                           "--maxmemory-policy", "noeviction"]
+
+
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None, args: list[str] | None = None):
         self.port = port or free_port()
@@ -90,6 +95,13 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind (what persistence wrote so far is all there is)."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+        wait_for(lambda: not self.ping(), 5, what="redis-server killed")
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -15,7 +15,7 @@ import redis
 
 from service.cache import cache_key
 from service.client import LLMEmbClient, LLMEmbError
-from tests.servers import RedisServer, ServiceProcess, shared_test_bundle, wait_for
+from tests.servers import SHIPPED_CATALOGUE_REDIS, RedisServer, ServiceProcess, shared_test_bundle, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -174,22 +174,85 @@ def test_a_bundle_failing_verification_exits_non_zero(name, damage, named, tmp_p
         service.stop()
 
 
-def test_sigterm_finishes_requests_in_flight(services):
-    """Run last: it stops the local service. Requests waiting in the batch queue still get answers."""
-    proc = services["local"]
+def test_sigterm_finishes_requests_in_flight(logs):
+    """32 requests waiting in the batch queue when SIGTERM arrives all get their answers."""
+    proc = ServiceProcess(shared_test_bundle(), logs, env={
+        "LLMEMB_MAX_WAIT_MS": "1500", "LLMEMB_MAX_BATCH_SIZE": "64", "LLMEMB_QUEUE_SIZE": "64"}).start()
+    proc.wait_ready()
     results: list[int] = []
 
     def request(i: int):
-        r = httpx.post(f"{proc.url}/v1/items/embed", timeout=30,
+        r = httpx.post(f"{proc.url}/v1/items/embed", timeout=60,
                        json={"items": [{"attributes": movie(f"In Flight {i}")}]})
         results.append(r.status_code)
 
-    threads = [threading.Thread(target=request, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(32)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # all three are waiting for the batch (max wait 1 s)
+    wait_for(lambda: "llmemb_queue_depth 32.0" in httpx.get(f"{proc.url}/metrics").text, 10, 0.01,
+             "32 texts waiting for the batch (max wait 1.5 s)")
     code = proc.stop()
     for t in threads:
         t.join()
-    assert results == [200, 200, 200]
+    assert results == [200] * 32
     assert code == -15 and proc.shut_down_cleanly()
+
+
+def test_redis_killed_under_load_loses_no_item_and_answers_no_5xx(tmp_path, logs):
+    """The shipped catalogue Redis (AOF every second, noeviction) is SIGKILLed while 8 clients read:
+    no 5xx, /readyz degraded then ok, and every catalogue change made before is still there."""
+    server = RedisServer(tmp_path / "redis", args=SHIPPED_CATALOGUE_REDIS).start()
+    service = ServiceProcess(shared_test_bundle(), logs, env={
+        "LLMEMB_REDIS_URL": server.url, "LLMEMB_REDIS_BACKOFF_MAX_S": "0.3", "LLMEMB_CATALOGUE_POLL_MS": "100"})
+    service.start()
+    try:
+        service.wait_ready()
+        url = service.url
+        with LLMEmbClient(url) as c:
+            added = [f"kept-{i}" for i in range(20)]
+            for item_id in added:
+                c.put_item(item_id, movie(item_id))
+            c.delete_item("3")
+            version = c.info().catalogue.version
+            c.embed_items([{"attributes": movie("Cached")}])
+        time.sleep(1.5)  # appendfsync everysec: what was acknowledged a second ago is on disk
+
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def reader(i: int) -> None:
+            bodies = [("/v1/items/embed", {"items": [{"attributes": movie("Cached")}]}),
+                      ("/v1/recommend", {"history": ["1", "2", added[i]], "k": 5}),
+                      ("/v1/score", {"history": ["1", added[i]], "candidates": ["4", added[-1 - i]]})]
+            with httpx.Client(base_url=url, timeout=30) as h:
+                n = 0
+                while not stop.is_set():
+                    path, body = bodies[n % 3]
+                    statuses.append(h.post(path, json=body).status_code)
+                    statuses.append(h.get(f"/v1/items/{added[i]}").status_code)
+                    n += 1
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        server.kill()
+        with LLMEmbClient(url) as c:
+            wait_for(lambda: c.ready().cache == "degraded", 10, what="/readyz degraded")
+            time.sleep(1.0)
+            server.start()  # same port, same directory: the AOF is replayed
+            wait_for(lambda: (c.ready().cache, c.ready().catalogue) == ("ok", "shared"), 15, what="/readyz ok")
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join()
+            assert len(statuses) > 100 and not [s for s in statuses if s >= 500]
+            assert set(statuses) == {200}
+            info = c.info().catalogue
+            assert (info.version, info.added, info.deleted) == (version, 20, 1)
+            ids = {item.id for item in c.recommend(["1"], k=100, exclude_seen=False).items}
+            assert set(added) <= ids and "3" not in ids
+            assert c.put_item("after-kill", movie("After Kill")).created
+    finally:
+        service.stop()
+        server.stop()
