@@ -24,7 +24,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install models data test run quality quality-sparse regimes quality-ml1m encoders baselines bench lint redis backfill clean
+.PHONY: install models data test run quality quality-sparse regimes quality-ml1m encoders baselines bench bench-load lint redis backfill clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,11 @@ baselines: install
 bench: install
 	$(PY) bench/train_speed.py
 	$(PY) bench/serve.py --bundle $(BUNDLE)
+
+# 64 clients over the four request kinds against a real service (bench/results/load.{json,md});
+# `reports/reliability.md` gives the figures and the comparison with the service before its model process.
+bench-load: install
+	$(PY) bench/load.py --bundle $(BUNDLE)
 
 lint: install
 	$(VENV)/bin/hadolint docker/*.Dockerfile

@@ -35,6 +35,7 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -69,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-cpus", default="0", help="taskset CPU list of this generator (with --pin)")
     p.add_argument("--torch-threads", type=int, default=1, help="LLMEMB_TORCH_THREADS of the service")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--service-root", type=Path, default=ROOT,
+                   help="checkout whose service is measured (e.g. a git worktree of an older commit)")
+    p.add_argument("--label", default="", help="suffix of the result files: load<label>.json / .md")
     return p.parse_args(argv)
 
 
@@ -190,17 +194,27 @@ def rss_mb(pid: int) -> dict[str, float]:
     out = {"service": proc.memory_info().rss / 2**20}
     for child in proc.children(recursive=True):
         try:
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue  # multiprocessing's bookkeeping process, not the model
             out[f"child {child.pid}"] = child.memory_info().rss / 2**20
         except psutil.NoSuchProcess:
             pass
     return out
 
 
+def service_version(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s"], capture_output=True,
+                              text=True, check=True).stdout.strip()[:100]
+    except (OSError, subprocess.CalledProcessError):
+        return str(root)
+
+
 def markdown(result: dict) -> str:
     r = result
     lines = [
         "# Load benchmark (bench/load.py)", "",
-        f"{r['when']}, {r['machine']}. Command: `{r['command']}`.", "",
+        f"{r['when']}, {r['machine']}. Command: `{r['command']}`. Service: {r['service']}.", "",
         f"CPU split: {r['cpu_split']}. Other load on the machine during the run: {r['other_load']}.", "",
         f"{r['clients']} clients for {r['duration_s']:.0f} s after {r['warmup_s']:.0f} s of warm-up; "
         f"uncached requests embed {r['uncached_items']} new items each.", "",
@@ -237,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {"LLMEMB_REDIS_URL": redis_server.url, "LLMEMB_TORCH_THREADS": str(args.torch_threads),
                "OMP_NUM_THREADS": str(args.torch_threads)}
         prefix = ["taskset", "-c", args.service_cpus] if pin else []
-        with ServiceProcess(args.bundle, logdir, env=env, command_prefix=prefix) as service:
+        with ServiceProcess(args.bundle, logdir, env=env, command_prefix=prefix, root=args.service_root) as service:
             print(f"service ready at {service.url} (pid {service.pid})", flush=True)
             idle = asyncio.run(idle_baseline(service.url, work, args.idle_requests))
             marks: dict[str, dict[str, float]] = {}
@@ -266,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "command": "python bench/load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "service": service_version(args.service_root),
         "cpu_split": (f"service and its model process on CPU {args.service_cpus}, load generator on CPU "
                       f"{args.load_cpus} (taskset); service torch threads {args.torch_threads}") if pin
         else f"not pinned (service torch threads {args.torch_threads})",
@@ -274,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         "uncached_items": args.uncached_items, "idle": idle, "load": result_load, "rss": rss, "goals": goals,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "load.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out_dir / "load.md").write_text(markdown(result))
+    (args.out_dir / f"load{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out_dir / f"load{args.label}.md").write_text(markdown(result))
     print(markdown(result))
     shutil.rmtree(logdir, ignore_errors=True)
     return 0 if all(g["met"] for g in goals) else 1

@@ -53,12 +53,15 @@ class HybridItemEmbedding(AdaptedItemEmbedding):
     `r` is a trainable per-item residual, zero at the start. Only items marked in
     `trained` (those with training interactions) carry one; for every other item
     (cold start, or added later through the API) r_i is exactly 0 and the vector is
-    LLMEmb's. `residual_dropout` drops entries of r while training; the weight
+    LLMEmb's. `residual_dropout` drops entries of r while training;
+    `residual_item_drop` zeroes the whole r_i of each item with that probability in
+    each training forward pass (no rescaling), so that the model also learns to rank
+    items that have only their text path, as cold items do at test time. The weight
     decay on r is `residual_penalty`, added to the loss by the trainer.
     """
 
     def __init__(self, source: torch.Tensor, adapter: nn.Module, trained: torch.Tensor,
-                 residual_dropout: float = 0.0):
+                 residual_dropout: float = 0.0, residual_item_drop: float = 0.0):
         super().__init__(source, adapter, freeze=True)
         if trained.shape != (source.shape[0],):
             raise ValueError(f"trained mask has shape {tuple(trained.shape)}, expected ({source.shape[0]},)")
@@ -67,12 +70,17 @@ class HybridItemEmbedding(AdaptedItemEmbedding):
         mask = trained.detach().clone().bool()
         mask[0] = False
         self.register_buffer("trained", mask)
+        if not 0.0 <= residual_item_drop < 1.0:
+            raise ValueError(f"residual_item_drop must be in [0, 1), got {residual_item_drop}")
         self.residual = nn.Parameter(torch.zeros(source.shape[0], self.dim))
         self.residual_dropout = residual_dropout
+        self.residual_item_drop = residual_item_drop
 
     def residual_rows(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         r = self.residual if ids is None else self.residual[ids]
         keep = self.trained if ids is None else self.trained[ids]
+        if self.training and self.residual_item_drop > 0:
+            keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.residual_item_drop)
         r = r * keep.unsqueeze(-1).to(r.dtype)
         if self.training and self.residual_dropout > 0:
             r = nn.functional.dropout(r, self.residual_dropout)

@@ -114,8 +114,9 @@ class RedisServer:
 # --------------------------------------------------------------------- service
 class ServiceProcess:
     def __init__(self, bundle: Path, logdir: Path, port: int | None = None, env: dict[str, str] | None = None,
-                 command_prefix: list[str] | None = None):
+                 command_prefix: list[str] | None = None, root: Path = ROOT):
         self.bundle = Path(bundle)
+        self.root = Path(root)  # the checkout whose service runs (bench/load.py compares two)
         self.command_prefix = list(command_prefix or [])  # e.g. ["taskset", "-c", "1"]
         self.port = port or free_port()
         self.extra_env = env or {}
@@ -129,14 +130,14 @@ class ServiceProcess:
     def start(self) -> "ServiceProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMEMB_")}
         env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "LLMEMB_TORCH_THREADS": "1", "PYTHONPATH": str(ROOT)})
+                    "LLMEMB_TORCH_THREADS": "1", "PYTHONPATH": str(self.root)})
         env.update(self.extra_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [*self.command_prefix, sys.executable, "-m", "service", "--bundle", str(self.bundle), "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "info"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:

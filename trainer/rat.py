@@ -56,10 +56,12 @@ class RATConfig:
     # does not whiten, so off by default). Also folded into the saved PCA: the adapter is
     # linear, so this preconditions its optimisation without changing what it can express.
     whiten: bool = False
-    # Hybrid only: L2 weight on the residual (mean squared norm of r over the batch's items)
-    # and dropout on r while training.
+    # Hybrid only: L2 weight on the residual (mean squared norm of r over the batch's items),
+    # dropout on r's entries while training, and the probability that an item's whole r is
+    # zeroed in a training pass (it is then scored by its text path alone, as a cold item is).
     residual_l2: float = 0.0
     residual_dropout: float = 0.0
+    residual_item_drop: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "RATConfig":
@@ -79,6 +81,8 @@ class RATConfig:
             raise ValueError(f"rat.residual_l2 must be >= 0, got {cfg.residual_l2!r}")
         if not 0 <= cfg.residual_dropout < 1:
             raise ValueError(f"rat.residual_dropout must be in [0, 1), got {cfg.residual_dropout!r}")
+        if not 0 <= cfg.residual_item_drop < 1:
+            raise ValueError(f"rat.residual_item_drop must be in [0, 1), got {cfg.residual_item_drop!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,7 +164,7 @@ def build_model(
     source = pca_source(table, pca)
     if method == "hybrid":
         trained = torch.ones(n_items + 1, dtype=torch.bool) if trained_items is None else torch.as_tensor(trained_items)
-        layer = HybridItemEmbedding(source, adapter, trained, rat.residual_dropout)
+        layer = HybridItemEmbedding(source, adapter, trained, rat.residual_dropout, rat.residual_item_drop)
     else:
         layer = AdaptedItemEmbedding(source, adapter, freeze=(method != "wo_freeze"))
     return build_backbone(backbone, layer), pca
