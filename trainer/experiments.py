@@ -53,6 +53,15 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+# RAT settings added after runs were recorded: left out of a run's settings while at their default
+# (which is the behaviour before they existed), so the runs recorded before stay reusable.
+ADDED_LATER = {"residual_item_drop": 0.0}
+
+
+def rat_settings(rat: RATConfig) -> dict[str, Any]:
+    return {k: v for k, v in rat.to_dict().items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
+
+
 def run_settings(
     config: Config,
     method: str,
@@ -74,7 +83,7 @@ def run_settings(
     source = getattr(tables, table) if table is not None else None
     return {"config": {"dataset": whole["dataset"], "backbone": whole["backbone"], "train": train,
                        "eval": whole["eval"]},
-            "method": method, "rat": None if method == "none" else rat.to_dict(),
+            "method": method, "rat": None if method == "none" else rat_settings(rat),
             "table": None if source is None else {table: _tensor_digest(source)},
             "loss_items": None if loss_items is None else _digest(np.flatnonzero(loss_items).tolist()),
             "fit_rows": None if fit_rows is None else _digest(np.asarray(fit_rows).tolist()),
