@@ -97,9 +97,6 @@ class PCA:
         components = self.components.to(x.device)
         return (x.float() - mean) @ components.T
 
-    def inverse_transform(self, z: torch.Tensor) -> torch.Tensor:
-        return z.float() @ self.components.to(z.device) + self.mean.to(z.device)
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean.clone(), "components": self.components.clone()}
 

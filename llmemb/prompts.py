@@ -38,6 +38,16 @@ def format_value(value: Any, max_value_chars: int) -> str:
     return text[:max_value_chars]
 
 
+def is_empty_value(value: Any) -> bool:
+    """An attribute value the prompt leaves out: null, the empty string or the empty list."""
+    return value is None or value == "" or value == []
+
+
+def has_content(attributes: Mapping[str, Any]) -> bool:
+    """Whether any attribute would appear in the prompt (otherwise it is the instruction alone)."""
+    return any(not is_empty_value(v) for v in attributes.values())
+
+
 def build_prompt(
     attributes: Mapping[str, Any],
     instruction: str,
@@ -50,7 +60,7 @@ def build_prompt(
     parts = []
     for key in order:
         value = attributes[key]
-        if value is None or value == "" or value == []:
+        if is_empty_value(value):
             continue
         parts.append(f"{key} is {format_value(value, max_value_chars)}")
     return instruction + "\n" + "; ".join(parts)
@@ -76,7 +86,7 @@ class ViewSampler:
         self.rng = random.Random(seed)
 
     def view(self, attributes: Mapping[str, Any]) -> str:
-        keys = [k for k, v in attributes.items() if v is not None and v != "" and v != []]
+        keys = [k for k, v in attributes.items() if not is_empty_value(v)]
         chosen = drop_view_keys(keys, self.rng, self.drop_ratio)
         return build_prompt(attributes, self.instruction, self.max_value_chars, keys=chosen)
 

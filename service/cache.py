@@ -37,6 +37,13 @@ def from_bytes(data: bytes, dim: int) -> np.ndarray | None:
     return np.frombuffer(data, dtype=FLOAT32_LE).astype(np.float32)
 
 
+
+def queue_sets(pipe, pairs: list[tuple[str, bytes]], ttl_s: int | None):
+    """Queue a SET of each (key, vector bytes) on a Redis pipeline (sync or async), expiring after ttl_s."""
+    for key, data in pairs:
+        pipe.set(key, data, ex=ttl_s)
+    return pipe
+
 class LRU:
     def __init__(self, size: int):
         self.size = size
@@ -136,10 +143,7 @@ class EmbeddingCache:
             return
 
         async def write(r):
-            pipe = r.pipeline(transaction=False)
-            for key, data in pairs:
-                pipe.set(key, data, ex=self.ttl_s)
-            return await pipe.execute()
+            return await queue_sets(r.pipeline(transaction=False), pairs, self.ttl_s).execute()
 
         try:
             await self.link.call("set", write)

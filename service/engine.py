@@ -17,25 +17,10 @@ from typing import Any, Mapping
 import torch
 
 from llmemb.backbones import build_backbone
-from llmemb.backbones.base import ItemEmbedding, left_pad
+from llmemb.backbones.base import FixedItemEmbedding, left_pad
 from llmemb.bundle import BundleError, LoadedBundle
 from llmemb.encoder import load_tokenizer, tokenize
 from llmemb.models import ModelError, resolve_model_path
-
-class CatalogueEmbedding(ItemEmbedding):
-    """An item-embedding layer that reads the current catalogue table without copying it."""
-
-    def __init__(self, table: torch.Tensor):
-        super().__init__()
-        self.dim = int(table.shape[1])
-        self.current = table
-
-    def table(self) -> torch.Tensor:
-        return self.current
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.current[ids]
-
 
 class Engine:
     def __init__(self, bundle: LoadedBundle, base_model_path: str | None = None):
@@ -47,7 +32,7 @@ class Engine:
         except ModelError as e:
             raise BundleError(f"base_model.id: {e}", "manifest.json") from None
         self.length_tokenizer = load_tokenizer(model_path)
-        self.item_embedding = CatalogueEmbedding(bundle.item_table)
+        self.item_embedding = FixedItemEmbedding(bundle.item_table)
         self.method = bundle.method
         self.backbone = build_backbone(bundle.backbone_config, self.item_embedding)
         self.backbone.load_backbone_state_dict(bundle.backbone_state)
@@ -64,6 +49,6 @@ class Engine:
     @torch.inference_mode()
     def user_vectors(self, histories: list[list[int]], table: torch.Tensor) -> torch.Tensor:
         """Histories of catalogue rows (oldest first) -> [B, d] user vectors over `table`."""
-        self.item_embedding.current = table
+        self.item_embedding.use(table)
         inputs = left_pad(histories, self.bundle.backbone_config.max_len)
         return self.backbone.encode(inputs)

@@ -8,6 +8,7 @@ import math
 import unicodedata
 from typing import Any
 
+from llmemb.prompts import has_content
 from service.errors import ApiError
 from service.settings import Settings
 
@@ -58,7 +59,6 @@ def check_attributes(field: str, attributes: dict[str, Any], settings: Settings)
     if not attributes:
         raise ApiError(422, "empty_attributes", f"{field}: at least one attribute is needed", field)
     check_count(field, len(attributes), settings.max_attributes_per_item, "max_attributes_per_item", "attributes")
-    meaningful = False
     for key, value in attributes.items():
         if not key.strip():
             raise ApiError(422, "invalid_attribute", f"{field}: attribute names must not be blank", field)
@@ -66,22 +66,20 @@ def check_attributes(field: str, attributes: dict[str, Any], settings: Settings)
         if bad:  # the name cannot be part of the error's field: it would not encode either
             raise ApiError(422, "invalid_attribute", f"{field}: an attribute name contains {bad}", field)
         where = f"{field}.{key}"
-        if len(key) > settings.max_value_chars:
-            raise _too_many(f"{field} (a key)", "characters", len(key), settings.max_value_chars, "max_value_chars")
+        if len(key) > settings.max_attribute_chars:
+            raise _too_many(f"{field} (a key)", "characters", len(key), settings.max_attribute_chars, "max_attribute_chars")
         values = value if isinstance(value, list) else [value]
         if isinstance(value, list):
             check_count(where, len(value), settings.max_list_values, "max_list_values", "values")
         for v in values:
-            if isinstance(v, str) and len(v) > settings.max_value_chars:
-                raise _too_many(where, "characters", len(v), settings.max_value_chars, "max_value_chars")
+            if isinstance(v, str) and len(v) > settings.max_attribute_chars:
+                raise _too_many(where, "characters", len(v), settings.max_attribute_chars, "max_attribute_chars")
             if isinstance(v, float) and not math.isfinite(v):
                 raise ApiError(422, "invalid_attribute", f"{where}: {v} is not a finite number", where)
             bad = _surrogate(v) if isinstance(v, str) else None
             if bad:
                 raise ApiError(422, "invalid_attribute", f"{where}: the value contains {bad}", where)
-        if value is not None and value != "" and value != []:
-            meaningful = True
-    if not meaningful:
+    if not has_content(attributes):
         raise ApiError(422, "empty_attributes", f"{field}: every attribute is empty or null", field)
 
 

@@ -43,7 +43,7 @@ from service.schemas import (
     ScoreResponse,
     Usage,
 )
-from service.scoring import NEG_INF, score_rows
+from service.scoring import best_items, score_rows
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 
@@ -134,19 +134,7 @@ async def healthz(request: Request):
 @ops.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def readyz(request: Request):
     rt = runtime_of(request)
-    if rt.cache is not None:
-        cache, backend = rt.cache.state, rt.cache.backend
-    elif not rt.settings.cache_enabled:
-        cache, backend = "disabled", "none"
-    else:
-        cache = "degraded" if rt.link is not None and not rt.link.up else "ok"
-        backend = "redis" if rt.link is not None else "memory"
-    link = rt.catalogue_link
-    catalogue = rt.catalogue.state if rt.catalogue is not None else ("local" if link is None else
-                                                                     "shared" if link.up else "degraded")
-    body = ReadyResponse(status=rt.status, ready=rt.ready, bundle_loaded=rt.engine is not None,
-                         warmed_up=rt.warmed_up, cache=cache, cache_backend=backend, catalogue=catalogue,
-                         model=rt.model.state if rt.model is not None else "stopped", error=rt.error)
+    body = ReadyResponse(**rt.readiness())
     return JSONResponse(body.model_dump(), status_code=200 if rt.ready else 503)
 
 
@@ -273,17 +261,9 @@ async def recommend(body: RecommendRequest, rt: Runtime = Depends(ready_runtime)
 
     def work():
         user = rt.engine.user_vectors([rows], snap.table)[0]
-        seen = torch.tensor(rows, dtype=torch.long) if body.exclude_seen else None
-        if body.candidates is None:
-            drop = snap.blocked_rows if seen is None else torch.cat([snap.blocked_rows, seen])
-            return rt.topk(user, snap.table, body.k, drop)
-        cand = torch.tensor(list(dict.fromkeys(cand_rows)), dtype=torch.long)
-        scores = score_rows(user, snap.table, cand)
-        if seen is not None:
-            scores = scores.masked_fill(torch.isin(cand, seen), NEG_INF)
-        values, order = torch.topk(scores, min(body.k, scores.shape[0]))
-        keep = values > NEG_INF
-        return values[keep], cand[order][keep]
+        return best_items(user, snap.table, body.k, snap.blocked_rows, rt.topk,
+                          history=rows if body.exclude_seen else None,
+                          candidates=cand_rows if body.candidates is not None else None)
 
     values, best = await rt.run_scoring(work)
     items = [ScoredItem(id=snap.ids[r], score=v) for v, r in zip(values.tolist(), best.tolist())]

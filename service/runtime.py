@@ -142,6 +142,24 @@ class Runtime:
             await self.model.stop()
         self.score_pool.shutdown(wait=True)
 
+    def readiness(self) -> dict:
+        """/readyz: the process, its cache, its catalogue and its model process, each in one word."""
+        if self.cache is not None:
+            cache, backend = self.cache.state, self.cache.backend
+        elif not self.settings.cache_enabled:
+            cache, backend = "disabled", "none"
+        else:
+            cache = "degraded" if self.link is not None and not self.link.up else "ok"
+            backend = "redis" if self.link is not None else "memory"
+        link = self.catalogue_link
+        if self.catalogue is not None:
+            catalogue = self.catalogue.state
+        else:
+            catalogue = "local" if link is None else "shared" if link.up else "degraded"
+        return {"status": self.status, "ready": self.ready, "bundle_loaded": self.engine is not None,
+                "warmed_up": self.warmed_up, "cache": cache, "cache_backend": backend, "catalogue": catalogue,
+                "model": self.model.state if self.model is not None else "stopped", "error": self.error}
+
     # ------------------------------------------------------------------- work
     async def run_scoring(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.score_pool, fn)

@@ -71,3 +71,21 @@ def score_rows(user: torch.Tensor, table: torch.Tensor, rows: torch.Tensor) -> t
     candidate asked for twice gets the same score (a matmul's rounding depends on the row's position)."""
     unique, inverse = torch.unique(rows, return_inverse=True)
     return (table[unique] @ user)[inverse]
+
+
+def best_items(user: torch.Tensor, table: torch.Tensor, k: int, blocked_rows: torch.Tensor, topk: TopK,
+               history: list[int] | None = None, candidates: list[int] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best rows for `user`, best first: over the whole table less `blocked_rows` (and less
+    `history` when given), or over the distinct `candidates` (less `history`)."""
+    seen = torch.tensor(history, dtype=torch.long) if history is not None else None
+    if candidates is None:
+        drop = blocked_rows if seen is None else torch.cat([blocked_rows, seen])
+        return topk(user, table, k, drop)
+    cand = torch.tensor(list(dict.fromkeys(candidates)), dtype=torch.long)
+    scores = score_rows(user, table, cand)
+    if seen is not None:
+        scores = scores.masked_fill(torch.isin(cand, seen), NEG_INF)
+    values, order = torch.topk(scores, min(k, scores.shape[0]))
+    keep = values > NEG_INF
+    return values[keep], cand[order][keep]

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     # --- request limits --------------------------------------------------
     max_items_per_request: int = Field(64, ge=1, description="items of /v1/items/embed, inputs of /v1/embeddings")
     max_attributes_per_item: int = Field(32, ge=1)
-    max_value_chars: int = Field(2000, ge=1, description="length of one attribute value or key")
+    max_attribute_chars: int = Field(2000, ge=1, description="length of one attribute value or key in a request "
+                                     "(the prompt itself cuts values at the bundle's encoder.max_value_chars)")
     max_list_values: int = Field(64, ge=1, description="elements of a list-valued attribute")
     max_text_chars: int = Field(8000, ge=1, description="length of one /v1/embeddings input")
     max_id_chars: int = Field(256, ge=1)

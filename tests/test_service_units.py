@@ -406,7 +406,7 @@ def test_two_catalogues_share_changes_through_redis(tmp_path):
 
 # ------------------------------------------------- limits, settings, security
 def limited_settings(**kw) -> Settings:
-    return Settings(bundle_path="/nonexistent", max_attributes_per_item=3, max_value_chars=10,
+    return Settings(bundle_path="/nonexistent", max_attributes_per_item=3, max_attribute_chars=10,
                     max_list_values=2, max_history=3, **kw)
 
 

@@ -82,12 +82,16 @@ class IdItemEmbedding(ItemEmbedding):
 
 
 class FixedItemEmbedding(ItemEmbedding):
-    """A frozen precomputed table (serving: bundle table plus items added later)."""
+    """A precomputed table used as it is: no copy, no gradient. The service swaps in each
+    catalogue snapshot (the bundle's table plus the items added since) with `use`."""
 
     def __init__(self, table: torch.Tensor):
         super().__init__()
-        self.dim = table.shape[1]
-        self.register_buffer("weight", table.detach().clone(), persistent=False)
+        self.dim = int(table.shape[1])
+        self.register_buffer("weight", table.detach(), persistent=False)
+
+    def use(self, table: torch.Tensor) -> None:
+        self.weight = table.detach()
 
     def table(self) -> torch.Tensor:
         return self.weight

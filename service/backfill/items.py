@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from llmemb.prompts import has_content
 from service.backfill.config import CatalogueError, Counts
 
 log = logging.getLogger("llmemb.backfill")
@@ -39,7 +40,7 @@ def parse_item(text: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(attributes, dict):
         raise ValueError(f"attributes must be an object, got a JSON {type(attributes).__name__}")
     # The service refuses such an item (422 empty_attributes): its prompt would be the instruction alone.
-    if not any(v is not None and v != "" and v != [] for v in attributes.values()):
+    if not has_content(attributes):
         raise ValueError("attributes are empty (every value is null, empty or missing)")
     return str(item_id), attributes
 

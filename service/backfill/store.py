@@ -10,7 +10,7 @@ import redis
 from llmemb.bundle import LoadedBundle
 from service.backfill.config import BackfillError
 from service.backfill.items import CatalogueItem
-from service.cache import cache_key, from_bytes
+from service.cache import cache_key, from_bytes, queue_sets
 from service.catalogue import ADOPT_SCRIPT, PUT_SCRIPT, attributes_json, catalogue_keys, put_arguments
 from service.redis_link import safe_url
 
@@ -46,10 +46,7 @@ class RedisVectors:
         return {p: [s for s in stages if next(lengths) != 4 * self.dims[s]] for p in prompts}
 
     def write(self, pairs: list[tuple[str, bytes]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for key, data in pairs:
-            pipe.set(key, data, ex=self.ttl_s)
-        pipe.execute()
+        queue_sets(self.client.pipeline(transaction=False), pairs, self.ttl_s).execute()
 
     def read(self, stage: str, prompts: list[str]) -> list[np.ndarray | None]:
         values = self.client.mget([self.key(stage, p) for p in prompts])
