@@ -16,7 +16,6 @@ from llmemb.encoder import (
     lora_targets,
     pool,
 )
-from tests.fixtures_models import minilm_dir, tiny_llama_dir  # noqa: F401  (fixtures)
 
 TEXTS = [
     "The movie has the following attributes: \nmovie_title is Toy Story; release_year is 1995; class is Animation, Children's, Comedy",

@@ -23,7 +23,7 @@ from llmemb.bundle import MANIFEST, BundleError, load_bundle, manifest_fingerpri
 from llmemb.spec import EncoderSpec
 from llmemb.prompts import instruction_for
 from service.embedder import ItemEmbedder
-from tests.fixtures_models import build_tiny_llama
+from tests.tiny_models import build_tiny_llama
 from tests.servers import build_test_bundle
 
 BASE = EncoderSpec(instruction=instruction_for("movie"), pooling="mean", max_tokens=64)

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from llmemb.encoder import ItemEncoder
 from llmemb.spec import EncoderSpec
 from llmemb.prompts import build_prompt, instruction_for
-from tests.fixtures_models import ml100k_like_items, tiny_llama_dir  # noqa: F401  (fixtures)
+from tests.tiny_models import ml100k_like_items
 from trainer.export import EMBEDDINGS_KEY, export_embeddings, load_embeddings, summary_path
 
 MOVIE = EncoderSpec(instruction=instruction_for("movie"), pooling="last", max_value_chars=100)
@@ -41,6 +41,10 @@ def test_export_writes_the_catalogue_in_order(tiny_llama_dir, tmp_path):
 def test_max_value_chars_reaches_the_prompts(tiny_llama_dir, tmp_path):
     items = [{"movie_title": "Toy Story Goldeneye Babe", "class": "Drama"}]
     encoder = ItemEncoder(MOVIE.encoder_config(str(tiny_llama_dir)))
-    short = export_embeddings(encoder, items, replace(MOVIE, max_value_chars=3), tmp_path / "a.safetensors")
+    cut = replace(MOVIE, max_value_chars=3)
+    short = export_embeddings(encoder, items, cut, tmp_path / "a.safetensors")
     full = export_embeddings(encoder, items, MOVIE, tmp_path / "b.safetensors")
-    assert not torch.allclose(short, full)
+    assert cut.prompt(items[0]) != MOVIE.prompt(items[0])
+    # each export holds exactly the vector of its own prompt
+    assert torch.allclose(short, encoder.embed([cut.prompt(items[0])]).float(), atol=1e-6)
+    assert torch.allclose(full, encoder.embed([MOVIE.prompt(items[0])]).float(), atol=1e-6)

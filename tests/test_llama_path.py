@@ -44,7 +44,7 @@ from llmemb.projection import PCA, Adapter
 from llmemb.prompts import build_prompt, instruction_for
 from service.embedder import ItemEmbedder
 from service.engine import Engine
-from tests.fixtures_models import ml100k_like_items, tiny_llama_dir  # noqa: F401  (fixture)
+from tests.tiny_models import ml100k_like_items
 from trainer.scft import SCFTConfig, run_scft
 
 DOMAIN = "movie"
@@ -142,7 +142,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", params=["fp32", "bf16"])
-def case(request, tiny_llama_dir, workdir) -> Case:  # noqa: F811
+def case(request, tiny_llama_dir, workdir) -> Case:
     return build_case(request.param, tiny_llama_dir, workdir)
 
 
@@ -286,7 +286,7 @@ def sha_prefix(model_dir: Path) -> str:
     return config_sha256(model_dir)[:12]
 
 
-def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkeypatch):  # noqa: F811
+def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkeypatch):
     case = build_case("fp32", tiny_llama_dir, workdir)
     other = build_other_llama(workdir / "other-llama", case.model_dir, hidden=48)
     bundle = load_bundle(case.bundle_dir)
@@ -326,7 +326,7 @@ def bundle_on_copy(case, workdir: Path, name: str) -> tuple[Path, Path]:
     return model, bundle_dir
 
 
-def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):  # noqa: F811
+def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):
     case = build_case("fp32", tiny_llama_dir, workdir)
     model, bundle_dir = bundle_on_copy(case, workdir, "edited-llama")
     ItemEmbedder(load_bundle(bundle_dir), device="cpu")  # the untouched copy serves
@@ -344,7 +344,7 @@ def test_an_edited_base_model_config_is_refused(tiny_llama_dir, workdir):  # noq
     assert str(model) in str(info.value) and trained_sha in str(info.value) and sha_prefix(model) in str(info.value)
 
 
-def test_a_base_model_with_the_same_config_and_other_weights_is_refused(tiny_llama_dir, workdir):  # noqa: F811
+def test_a_base_model_with_the_same_config_and_other_weights_is_refused(tiny_llama_dir, workdir):
     case = build_case("fp32", tiny_llama_dir, workdir)
     model, bundle_dir = bundle_on_copy(case, workdir, "finetuned-llama")
     trained = model_identity(str(model))

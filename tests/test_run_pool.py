@@ -8,11 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llmemb.metrics import Evaluator
-from trainer.experiments import Tables
+from trainer.experiments import Tables, _digest, load_item_table, run_settings
 from trainer.rat import RATConfig
 from trainer.run_pool import MethodTask, Split, prepare_negatives, run_chains
-from tests.test_pipeline import N_ITEMS, cyclic_dataset, tiny_config
+from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 
 
 def grid(tmp_path, root_name):
@@ -66,4 +65,9 @@ def test_split_tables_can_be_overridden_per_task(tmp_path):
     first = run_chains(splits, [chains[0]], workers=1, log=lambda _: None)[0][1]
     moved = [chains[0][0], replace(chains[0][1], tables=other, directory=tmp_path / "override" / "other")]
     second = run_chains(splits, [moved], workers=1, log=lambda _: None)[0][1]
-    assert first["settings_digest"] != second["settings_digest"]   # the run saw the other table
+    # The run saw the other table: its recorded settings are exactly those of that table.
+    id_table = load_item_table(chains[0][0].directory)
+    task = moved[1]
+    assert second["settings_digest"] == _digest(run_settings(task.config, task.method, task.rat, other, id_table))
+    assert first["settings_digest"] == _digest(run_settings(task.config, task.method, task.rat,
+                                                            splits["main"].tables, id_table))

@@ -15,7 +15,7 @@ from llmemb.contrastive import symmetric_contrastive_loss
 from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
 from llmemb.spec import EncoderSpec
 from llmemb.prompts import ViewSampler, instruction_for
-from tests.fixtures_models import minilm_dir, ml100k_like_items, tiny_llama_dir  # noqa: F401  (fixtures)
+from tests.tiny_models import ml100k_like_items
 from trainer.scft import (
     BatchStream,
     SCFTConfig,

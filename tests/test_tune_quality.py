@@ -4,7 +4,6 @@ report and the tuning table are written from them."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -1,6 +1,6 @@
-"""Tiny offline models for the encoder and SCFT tests; import the fixtures explicitly.
+"""Tiny offline models for the encoder and SCFT tests (tests/conftest.py makes them fixtures).
 
-`tiny_llama_dir`: a random 2-layer LlamaConfig model with a word-level tokenizer
+`build_tiny_llama`: a random 2-layer LlamaConfig model with a word-level tokenizer
 built here (no LLaMA tokenizer can be downloaded). Like LLaMA's, the tokenizer
 adds a BOS token and has no pad token, so the encoder's pad fallback is exercised.
 """
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -68,15 +66,3 @@ def build_tiny_llama(directory: Path) -> Path:
     torch.manual_seed(0)
     LlamaModel(config).save_pretrained(directory)
     return directory
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="session")
-def minilm_dir() -> str:
-    from llmemb.encoder import default_model_path
-
-    return default_model_path()
