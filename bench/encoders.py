@@ -167,9 +167,9 @@ def command_line() -> str:
 # ------------------------------------------------------------ child: inputs
 def model_inputs(name: str, args: argparse.Namespace):
     """(config, spec, model id, model path, dataset, token budget) of one model."""
-    from llmemb.config import load_config
     from llmemb.data import load_dataset
     from llmemb.models import resolve_model_path
+    from trainer.config import load_config
     from trainer.llm_stages import base_model_id, encoder_section, encoder_spec
 
     config = load_config(MODELS[name])
@@ -333,8 +333,8 @@ def child_argv(name: str, model_path: str, args: argparse.Namespace) -> list[str
 
 def run_child(name: str, args: argparse.Namespace) -> dict:
     """One model in its own process (its peak RSS is its own); stderr passes through."""
-    from llmemb.config import load_config
     from llmemb.models import resolve_model_path
+    from trainer.config import load_config
     from trainer.llm_stages import base_model_id
 
     # Resolved here: a first-time conversion (mpnet's five parts) is neither timed nor in the child's RSS.

@@ -43,8 +43,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from llmemb.backbones import build_id_backbone  # noqa: E402
-from llmemb.config import load_config  # noqa: E402
 from llmemb.metrics import Evaluator  # noqa: E402
+from trainer.config import load_config  # noqa: E402
 from trainer.prepare import prepared_dataset  # noqa: E402
 from trainer.train import fit, seed_everything, training_rows  # noqa: E402
 
@@ -141,7 +141,12 @@ def llm_stages(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     from llmemb.encoder import ItemEncoder, load_tokenizer, pool, tokenize
     from trainer.export import embed_catalogue
-    from trainer.llm_stages import encoder_config, encoder_spec, lora_settings, scft_config
+    from trainer.llm_stages import (
+        encoder_config,
+        encoder_spec,
+        lora_settings,
+        scft_config,
+    )
     from trainer.scft import run_scft
 
     config = load_config(args.config)

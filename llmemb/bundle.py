@@ -27,8 +27,8 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmemb.backbones.base import BackboneConfig
-from llmemb.spec import EncoderSpec
 from llmemb.models import ModelIdentity, model_identity, sha256_file
+from llmemb.spec import EncoderSpec
 
 IDENTITY_FIELDS = tuple(ModelIdentity.__dataclass_fields__)
 
@@ -341,6 +341,13 @@ def _load_items(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return ids, attrs
 
 
+def _backbone_config(manifest: dict[str, Any]) -> BackboneConfig:
+    try:
+        return BackboneConfig.from_dict(manifest["backbone"])
+    except ValueError as e:  # written by code that knows other backbone settings: refused, not misread
+        raise BundleError(str(e), MANIFEST) from None
+
+
 def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
     """Load a bundle; with verify (the default) every hash is checked first."""
     root = Path(bundle_dir)
@@ -382,7 +389,7 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
         encoder=spec,
         pca_state=pca,
         adapter_state=_load_tensors(root, ADAPTER_FILE),
-        backbone_config=BackboneConfig.from_dict(manifest["backbone"]),
+        backbone_config=_backbone_config(manifest),
         backbone_state=_load_tensors(root, BACKBONE_FILE),
         item_table=table,
         item_ids=ids,

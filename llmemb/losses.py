@@ -32,7 +32,7 @@ def full_softmax_ce(
     return F.cross_entropy(logits, y)
 
 
-def sample_negatives(
+def training_negatives(
     targets: torch.Tensor, n_items: int, generator: torch.Generator | None = None, allowed: torch.Tensor | None = None
 ) -> torch.Tensor:
     """One item per target, uniform over 1..N (or the `allowed` items) without the target itself."""
@@ -66,7 +66,7 @@ def sampled_bce(
     h, y = _positions(states, targets)
     if y.numel() == 0:
         return states.sum() * 0.0
-    negatives = sample_negatives(y, table.shape[0] - 1, generator, allowed)
+    negatives = training_negatives(y, table.shape[0] - 1, generator, allowed)
     positive = (h * table[y]).sum(-1)
     negative = (h * table[negatives]).sum(-1)
     return (F.softplus(-positive) + F.softplus(negative)).mean()

@@ -15,7 +15,7 @@ ranks every target last. A NaN target score also ranks last.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from llmemb.backbones.base import SequentialBackbone, left_pad
-from llmemb.config import EvalConfig
 from llmemb.data.dataset import Dataset
 
 PROTOCOLS = ("full", "sampled")
@@ -35,6 +34,23 @@ def rank_against(target_scores: torch.Tensor, other_scores: torch.Tensor, valid:
     t = target_scores.unsqueeze(1)
     ranks = ((other_scores >= t) & valid).sum(1)
     return torch.where(torch.isnan(target_scores), valid.sum(1), ranks)
+
+
+@dataclass
+class EvalConfig:
+    protocols: list[str] = field(default_factory=lambda: ["full", "sampled"])
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    select_protocol: str = "full"    # early stopping on valid <select_metric> under this protocol
+    select_metric: str = "ndcg@10"
+    n_negatives: int = 100
+    negatives_seed: int = 2025
+    head_fraction: float = 0.2       # head = the 20% most popular items by training interactions
+    tail_count: int | None = None    # the reference's fixed-count rule: an item with at most this many
+                                     # training interactions is "rare" (4 Beauty/Fashion, 13 Yelp); None = off
+    length_threshold: float | None = None  # short history: train length <= this; None = median
+    pop_buckets: int = 5
+    batch_size: int = 512
+
 
 
 def full_ranks(scores: torch.Tensor, targets: torch.Tensor, histories: Sequence[np.ndarray]) -> torch.Tensor:
@@ -133,7 +149,7 @@ _NEGATIVES: dict[tuple[str, str, int, int], np.ndarray] = {}
 SPLIT_STREAMS = {"valid": 0, "test": 1}
 
 
-def sampled_negatives(
+def evaluation_negatives(
     dataset: Dataset, which: str, n: int = 100, seed: int = 2025, cache_dir: str | Path | None = None
 ) -> np.ndarray:
     """The fixed negatives of split `which` (valid | test): drawn once, then reused."""
@@ -228,6 +244,12 @@ def group_metrics(ranks: torch.Tensor, select: np.ndarray, ks: Sequence[int]) ->
     return out
 
 
+# The groups `summarize` reports for every run: all targets, tail and head target items,
+# short and long user histories ("rare" and "frequent" too when a fixed-count rule is set).
+GROUPS = ("overall", "tail", "head", "short", "long")
+ITEM_GROUPS = ("overall", "tail", "head")  # the item-popularity view the reports lead with
+
+
 def summarize(ranks: torch.Tensor, targets: np.ndarray, groups: EvalGroups, ks: Sequence[int] = (10,)) -> dict[str, Any]:
     """HR/NDCG@k overall, on tail and head targets, short and long histories, per popularity bucket."""
     tail = groups.tail[targets]
@@ -277,7 +299,7 @@ class Evaluator:
 
     def negatives(self, which: str) -> np.ndarray:
         c = self.config
-        return sampled_negatives(self.dataset, which, c.n_negatives, c.negatives_seed, self.cache_dir)
+        return evaluation_negatives(self.dataset, which, c.n_negatives, c.negatives_seed, self.cache_dir)
 
     def ranks(self, model: SequentialBackbone, which: str, protocol: str) -> torch.Tensor:
         histories, targets = self.cases(which)

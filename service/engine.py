@@ -22,6 +22,7 @@ from llmemb.bundle import BundleError, LoadedBundle
 from llmemb.encoder import load_tokenizer, tokenize
 from llmemb.models import ModelError, resolve_model_path
 
+
 class Engine:
     def __init__(self, bundle: LoadedBundle, base_model_path: str | None = None):
         self.bundle = bundle

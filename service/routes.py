@@ -10,11 +10,17 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.batcher import Overloaded, ShuttingDown
-from service.model_process import ModelUnavailable
 from service.cache import to_bytes
 from service.catalogue import CatalogueLost, CatalogueUnavailable, Snapshot, UnknownItem
 from service.errors import ApiError
-from service.limits import check_attributes, check_count, check_id, check_ids, check_text
+from service.limits import (
+    check_attributes,
+    check_count,
+    check_id,
+    check_ids,
+    check_text,
+)
+from service.model_process import ModelUnavailable
 from service.runtime import Runtime
 from service.schemas import (
     BaseModelInfo,

@@ -25,11 +25,15 @@ import torch
 from llmemb.backbones import BackboneConfig, build_backbone
 from llmemb.bundle import BundleParts, write_bundle
 from llmemb.encoder import ItemEncoder, LoraSettings
-from llmemb.spec import EncoderSpec
+from llmemb.item_tables import (
+    AdaptedItemEmbedding,
+    HybridItemEmbedding,
+    with_padding_row,
+)
 from llmemb.models import resolve_model_path
-from llmemb.item_tables import AdaptedItemEmbedding, HybridItemEmbedding, with_padding_row
 from llmemb.projection import PCA, Adapter
 from llmemb.prompts import instruction_for
+from llmemb.spec import EncoderSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K_ITEMS = ROOT / "data" / "ml-100k" / "ml-100k.item"

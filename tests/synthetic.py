@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from llmemb.backbones import BackboneConfig
-from llmemb.config import Config, EvalConfig, TrainConfig
 from llmemb.data.dataset import Dataset
+from llmemb.metrics import EvalConfig
+from trainer.config import Config, TrainConfig
 
 N_ITEMS = 24
 

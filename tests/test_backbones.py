@@ -187,3 +187,9 @@ def test_build_backbone_rejects_unknown_names_and_mismatched_tables():
         build_backbone(BackboneConfig(name="transformer4rec"), IdItemEmbedding(5, 64))
     with pytest.raises(ValueError, match="hidden"):
         build_backbone(BackboneConfig(name="sasrec", hidden=32), IdItemEmbedding(5, 64))
+
+
+def test_a_backbone_section_with_an_unknown_key_is_refused_naming_it():
+    assert BackboneConfig.from_dict({"name": "gru4rec", "hidden": 8}).hidden == 8
+    with pytest.raises(ValueError, match=r"^backbone: unknown key\(s\) hiden; known: .*hidden"):
+        BackboneConfig.from_dict({"name": "sasrec", "hiden": 8})

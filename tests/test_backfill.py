@@ -21,12 +21,17 @@ from safetensors.numpy import load_file
 
 from llmemb.bundle import load_bundle
 from service.backfill.cli import main
-from service.backfill.config import BackfillConfig, BackfillError, CatalogueError, Counts
+from service.backfill.config import (
+    BackfillConfig,
+    BackfillError,
+    CatalogueError,
+    Counts,
+)
+from service.backfill.export import ids_path
 from service.backfill.items import CatalogueItem, line_ranges, read_items
 from service.backfill.local import LazyEmbedder, process_chunk, run_local
-from service.backfill.store import RedisVectors
 from service.backfill.on_ray import run_ray
-from service.backfill.export import ids_path
+from service.backfill.store import RedisVectors
 from service.cache import EmbeddingCache, cache_key
 from service.catalogue import Catalogue, catalogue_keys
 from service.embedder import ItemEmbedder

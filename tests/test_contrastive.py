@@ -10,7 +10,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llmemb.contrastive import gather_with_grad, similarity_matrix, symmetric_contrastive_loss
+from llmemb.contrastive import (
+    gather_with_grad,
+    similarity_matrix,
+    symmetric_contrastive_loss,
+)
 
 A = [[1.0, 0.0], [0.6, 0.8], [0.0, 2.0]]
 B = [[0.8, 0.6], [1.0, 1.0], [-1.0, 3.0]]

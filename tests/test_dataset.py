@@ -176,8 +176,9 @@ def test_keep_last_cuts_each_sequence_and_renumbers_the_items_left(ten_items):
 
 
 def test_last_items_in_the_dataset_spec(tmp_path):
-    from llmemb.data import load_dataset
     from pathlib import Path
+
+    from llmemb.data import load_dataset
     ml100k = Path(__file__).resolve().parents[1] / "data" / "ml-100k"
     spec = {"name": "ml", "format": "movielens", "path": str(ml100k), "domain": "movie",
             "user_core": 5, "item_core": 5}

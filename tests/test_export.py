@@ -8,10 +8,15 @@ import torch
 from safetensors import safe_open
 
 from llmemb.encoder import ItemEncoder
-from llmemb.spec import EncoderSpec
 from llmemb.prompts import build_prompt, instruction_for
+from llmemb.spec import EncoderSpec
 from tests.tiny_models import ml100k_like_items
-from trainer.export import EMBEDDINGS_KEY, export_embeddings, load_embeddings, summary_path
+from trainer.export import (
+    EMBEDDINGS_KEY,
+    export_embeddings,
+    load_embeddings,
+    summary_path,
+)
 
 MOVIE = EncoderSpec(instruction=instruction_for("movie"), pooling="last", max_value_chars=100)
 

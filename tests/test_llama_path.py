@@ -37,11 +37,11 @@ from llmemb.backbones import BackboneConfig, build_backbone
 from llmemb.backbones.base import left_pad
 from llmemb.bundle import BundleError, BundleParts, load_bundle, write_bundle
 from llmemb.encoder import DTYPES, ItemEncoder, LoraSettings
-from llmemb.spec import EncoderSpec
 from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
 from llmemb.models import model_identity
 from llmemb.projection import PCA, Adapter
 from llmemb.prompts import build_prompt, instruction_for
+from llmemb.spec import EncoderSpec
 from service.embedder import ItemEmbedder
 from service.engine import Engine
 from tests.tiny_models import ml100k_like_items

@@ -8,17 +8,23 @@ import pytest
 import torch
 
 from llmemb import metrics
-from llmemb.backbones import BackboneConfig, FixedItemEmbedding, build_backbone, build_id_backbone, left_pad
-from llmemb.config import EvalConfig
+from llmemb.backbones import (
+    BackboneConfig,
+    FixedItemEmbedding,
+    build_backbone,
+    build_id_backbone,
+    left_pad,
+)
 from llmemb.data.dataset import Dataset
 from llmemb.metrics import (
+    EvalConfig,
     EvalGroups,
     Evaluator,
     compute_ranks,
     draw_negatives,
+    evaluation_negatives,
     full_ranks,
     hit_ndcg,
-    sampled_negatives,
     sampled_ranks,
     summarize,
 )
@@ -95,10 +101,10 @@ def test_compute_ranks_matches_a_direct_computation():
 
 
 # ---------------------------------------------------------------- negatives
-def test_sampled_negatives_avoid_every_item_of_the_user_and_are_fixed(tmp_path):
+def test_evaluation_negatives_avoid_every_item_of_the_user_and_are_fixed(tmp_path):
     ds = random_dataset()
     metrics._NEGATIVES.clear()
-    neg = sampled_negatives(ds, "test", n=20, seed=3, cache_dir=tmp_path)
+    neg = evaluation_negatives(ds, "test", n=20, seed=3, cache_dir=tmp_path)
     assert neg.shape == (ds.n_users, 20)
     assert (neg[0] == 0).all()  # user 0 interacted with every item: nothing to sample
     for u, seq in enumerate(ds.sequences[1:], start=1):
@@ -106,15 +112,15 @@ def test_sampled_negatives_avoid_every_item_of_the_user_and_are_fixed(tmp_path):
         assert not set(row.tolist()) & set(seq.tolist())             # never a user's item, target included
         assert len(set(row.tolist())) == len(row)                    # distinct
         assert row.min() >= 1 and row.max() <= ds.n_items
-    assert sampled_negatives(ds, "test", n=20, seed=3, cache_dir=tmp_path) is neg  # cached in memory
+    assert evaluation_negatives(ds, "test", n=20, seed=3, cache_dir=tmp_path) is neg  # cached in memory
     metrics._NEGATIVES.clear()
-    from_disk = sampled_negatives(ds, "test", n=20, seed=3, cache_dir=tmp_path)
+    from_disk = evaluation_negatives(ds, "test", n=20, seed=3, cache_dir=tmp_path)
     assert np.array_equal(from_disk, neg)
     metrics._NEGATIVES.clear()
-    assert np.array_equal(sampled_negatives(ds, "test", n=20, seed=3), neg)  # and the draw itself is seeded
-    valid = sampled_negatives(ds, "valid", n=20, seed=3)
+    assert np.array_equal(evaluation_negatives(ds, "test", n=20, seed=3), neg)  # and the draw itself is seeded
+    valid = evaluation_negatives(ds, "valid", n=20, seed=3)
     assert not np.array_equal(valid, neg)                            # separate draws for valid and test
-    assert not np.array_equal(sampled_negatives(ds, "test", n=20, seed=4), neg)
+    assert not np.array_equal(evaluation_negatives(ds, "test", n=20, seed=4), neg)
 
 
 def test_negatives_are_padded_when_a_user_saw_almost_everything():
@@ -126,10 +132,10 @@ def test_negatives_are_padded_when_a_user_saw_almost_everything():
 
 def test_stale_disk_cache_is_not_reused(tmp_path):
     metrics._NEGATIVES.clear()
-    a = sampled_negatives(random_dataset(seed=0), "valid", n=10, seed=1, cache_dir=tmp_path)
+    a = evaluation_negatives(random_dataset(seed=0), "valid", n=10, seed=1, cache_dir=tmp_path)
     metrics._NEGATIVES.clear()
     other = random_dataset(seed=5)
-    b = sampled_negatives(other, "valid", n=10, seed=1, cache_dir=tmp_path)
+    b = evaluation_negatives(other, "valid", n=10, seed=1, cache_dir=tmp_path)
     for u, seq in enumerate(other.sequences):
         assert not set(b[u].tolist()) & set(seq.tolist())
     assert a.shape[0] == b.shape[0] and not np.array_equal(a, b)

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from llmemb.backbones import BackboneConfig, IdItemEmbedding
-from llmemb.config import EvalConfig, TrainConfig
 from llmemb.contrastive import symmetric_contrastive_loss
 from llmemb.data.dataset import Dataset
 from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
-from llmemb.losses import full_softmax_ce, recommendation_loss, sample_negatives
-from llmemb.metrics import Evaluator
+from llmemb.losses import full_softmax_ce, recommendation_loss, training_negatives
+from llmemb.metrics import EvalConfig, Evaluator
 from llmemb.projection import PCA, Adapter
+from trainer.config import TrainConfig
 from trainer.rat import METHODS, RATConfig, build_model, rat_extra_loss, uses_alignment
 from trainer.train import fit, seed_everything
 
@@ -372,7 +372,7 @@ def test_negatives_with_allowed_stay_in_the_pool_without_the_target():
     n = 30000
     for target, others in [(4, [2, 5, 7, 10]), (2, [4, 5, 7, 10]), (10, [2, 4, 5, 7]),
                            (3, pool), (1, pool), (8, pool)]:
-        neg = sample_negatives(torch.full((n,), target), 10, torch.Generator().manual_seed(target), allowed)
+        neg = training_negatives(torch.full((n,), target), 10, torch.Generator().manual_seed(target), allowed)
         assert set(neg.unique().tolist()) == set(others), target
         freq = torch.bincount(neg, minlength=11)[others].double() / n
         assert torch.allclose(freq, torch.full_like(freq, 1 / len(others)), atol=0.015), (target, freq)
@@ -380,13 +380,13 @@ def test_negatives_with_allowed_stay_in_the_pool_without_the_target():
     small = torch.zeros(11, dtype=torch.bool)
     small[[1, 3, 4]] = True
     for target, others in [(9, [1, 3, 4]), (10, [1, 3, 4]), (1, [3, 4]), (4, [1, 3])]:
-        neg = sample_negatives(torch.full((n,), target), 10, torch.Generator().manual_seed(0), small)
+        neg = training_negatives(torch.full((n,), target), 10, torch.Generator().manual_seed(0), small)
         assert set(neg.unique().tolist()) == set(others), target
         freq = torch.bincount(neg, minlength=11)[others].double() / n
         assert torch.allclose(freq, torch.full_like(freq, 1 / len(others)), atol=0.015), (target, freq)
     # a batch of mixed targets: per position, never itself, never outside the pool
     targets = torch.randint(1, 11, (4, 5000), generator=torch.Generator().manual_seed(1))
-    neg = sample_negatives(targets, 10, torch.Generator().manual_seed(2), allowed)
+    neg = training_negatives(targets, 10, torch.Generator().manual_seed(2), allowed)
     assert neg.shape == targets.shape
     assert not (neg == targets).any() and allowed[neg].all()
 
@@ -395,10 +395,10 @@ def test_negatives_with_allowed_need_two_items():
     allowed = torch.zeros(6, dtype=torch.bool)
     allowed[3] = True
     with pytest.raises(ValueError, match="two allowed items"):
-        sample_negatives(torch.tensor([1, 2]), 5, None, allowed)
+        training_negatives(torch.tensor([1, 2]), 5, None, allowed)
     allowed[0] = True   # padding never counts
     with pytest.raises(ValueError, match="two allowed items"):
-        sample_negatives(torch.tensor([1, 2]), 5, None, allowed)
+        training_negatives(torch.tensor([1, 2]), 5, None, allowed)
 
 
 # ---------------------------------------------------------------- fit + loss_items

@@ -8,15 +8,15 @@ from dataclasses import replace
 import pytest
 import torch
 
+from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 from trainer.experiments import Tables, _digest, load_item_table, run_settings
 from trainer.rat import RATConfig
-from trainer.run_pool import MethodTask, Split, prepare_negatives, run_chains
-from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
+from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
 
 
 def grid(tmp_path, root_name):
     ds = cyclic_dataset()
-    splits = {"main": Split(ds, Tables(scft=torch.randn(N_ITEMS, 20, generator=torch.Generator().manual_seed(0))),
+    splits = {"main": RunSplit(ds, Tables(scft=torch.randn(N_ITEMS, 20, generator=torch.Generator().manual_seed(0))),
                             tmp_path / "cache")}
     rat = RATConfig(d_pca=6)
     root = tmp_path / root_name

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from llmemb.contrastive import symmetric_contrastive_loss
 from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
-from llmemb.spec import EncoderSpec
 from llmemb.prompts import ViewSampler, instruction_for
+from llmemb.spec import EncoderSpec
 from tests.tiny_models import ml100k_like_items
 from trainer.scft import (
     BatchStream,

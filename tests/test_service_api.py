@@ -21,7 +21,12 @@ from llmemb.bundle import load_bundle
 from llmemb.models import model_identity
 from llmemb.prompts import instruction_for
 from service.cache import cache_key
-from service.client import AsyncLLMEmbClient, LLMEmbClient, LLMEmbError, decode_base64_embedding
+from service.client import (
+    AsyncLLMEmbClient,
+    LLMEmbClient,
+    LLMEmbError,
+    decode_base64_embedding,
+)
 from tests.servers import RedisServer, ServiceProcess, shared_test_bundle
 
 KEYS = ("key-one", "key-two")

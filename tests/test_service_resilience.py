@@ -15,7 +15,13 @@ import redis
 
 from service.cache import cache_key
 from service.client import LLMEmbClient, LLMEmbError
-from tests.servers import SHIPPED_CATALOGUE_REDIS, RedisServer, ServiceProcess, shared_test_bundle, wait_for
+from tests.servers import (
+    SHIPPED_CATALOGUE_REDIS,
+    RedisServer,
+    ServiceProcess,
+    shared_test_bundle,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,15 @@ import pytest
 import torch
 
 from llmemb.backbones import BackboneConfig, build_id_backbone
-from llmemb.config import EvalConfig, TrainConfig
 from llmemb.data.dataset import Dataset
-from llmemb.losses import full_softmax_ce, recommendation_loss, sample_negatives, sampled_bce
-from llmemb.metrics import Evaluator
+from llmemb.losses import (
+    full_softmax_ce,
+    recommendation_loss,
+    sampled_bce,
+    training_negatives,
+)
+from llmemb.metrics import EvalConfig, Evaluator
+from trainer.config import TrainConfig
 from trainer.train import fit, seed_everything, training_rows
 
 N_ITEMS = 60
@@ -59,7 +64,7 @@ def test_sampled_bce_matches_a_hand_computation_with_the_same_negatives():
     targets = torch.tensor([[0, 3, 7], [1, 0, 2]])
     loss = sampled_bce(states, targets, table, torch.Generator().manual_seed(5))
     y = targets[targets > 0]
-    negatives = sample_negatives(y, 7, torch.Generator().manual_seed(5))
+    negatives = training_negatives(y, 7, torch.Generator().manual_seed(5))
     h = states[targets > 0]
     sig = torch.sigmoid
     expected = -(torch.log(sig((h * table[y]).sum(-1))) + torch.log(1 - sig((h * table[negatives]).sum(-1)))).mean()
@@ -69,7 +74,7 @@ def test_sampled_bce_matches_a_hand_computation_with_the_same_negatives():
 
 def test_negatives_are_uniform_and_never_the_target():
     targets = torch.full((20000,), 3)
-    neg = sample_negatives(targets, 5, torch.Generator().manual_seed(0))
+    neg = training_negatives(targets, 5, torch.Generator().manual_seed(0))
     assert not (neg == targets).any() and neg.min() >= 1 and neg.max() <= 5
     counts = torch.bincount(neg, minlength=6)[[1, 2, 4, 5]].double() / len(neg)
     assert torch.allclose(counts, torch.full((4,), 0.25, dtype=torch.double), atol=0.02)

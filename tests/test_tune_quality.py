@@ -8,10 +8,10 @@ import json
 import pytest
 import yaml
 
+from tests.movies import movie_config
 from trainer.encoders import run_encoders
 from trainer.quality import run_quality
 from trainer.tune import load_grid, run_tuning
-from tests.movies import movie_config
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_grid_files_are_checked(tmp_path):
 
 @pytest.mark.slow
 def test_scft_is_reused_unless_a_trained_setting_changes(tmp_path):
-    from llmemb.config import load_config
+    from trainer.config import load_config
     from trainer.llm_stages import ensure_scft
     from trainer.prepare import prepared_dataset
 

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import yaml
 
-from llmemb.config import Config, load_config
+from llmemb.metrics import ITEM_GROUPS
+from trainer.config import Config, load_config
 from trainer.prepare import prepared_dataset
-from trainer.report import pm
+from trainer.report import mean_std, pm
 from trainer.runs import CONFIG_FILE, METRICS_FILE, read_json, run_dir
 from trainer.train import train_run
 
 BACKBONES = ("sasrec", "gru4rec", "bert4rec")
-GROUPS = ("overall", "tail", "head")
 METRICS = ("hr@10", "ndcg@10")
 
 
@@ -34,15 +33,6 @@ def _reusable(directory: Path, config: Config) -> bool:
     # Only the sections an ID-only run reads: LLM stage settings never invalidate it.
     wanted = config.to_dict()
     return all(saved.get(k) == wanted.get(k) for k in ("dataset", "backbone", "train", "eval"))
-
-
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (n-1); std 0 for a single value."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": list(values),
-    }
 
 
 def command_line(config_path: Path, backbone: str, seed: int, overrides: Sequence[str]) -> str:
@@ -80,7 +70,7 @@ def run_baselines(
             "test": {
                 protocol: {
                     g: {m: mean_std([r["test"][protocol][g][m] for r in rs]) for m in METRICS}
-                    for g in GROUPS
+                    for g in ITEM_GROUPS
                 }
                 for protocol in config.eval.protocols
             },
@@ -132,10 +122,10 @@ def baselines_markdown(report: dict[str, Any]) -> str:
         what = ("all items ranked, history masked" if protocol == "full"
                 else "target vs 100 fixed negatives the user never interacted with")
         lines += [f"## Protocol: {protocol} ({what})", ""]
-        head = "| backbone | " + " | ".join(f"{g} HR@10 | {g} N@10" for g in GROUPS) + " |"
-        lines += [head, "|" + "---|" * (1 + 2 * len(GROUPS))]
+        head = "| backbone | " + " | ".join(f"{g} HR@10 | {g} N@10" for g in ITEM_GROUPS) + " |"
+        lines += [head, "|" + "---|" * (1 + 2 * len(ITEM_GROUPS))]
         for backbone, s in report["summary"].items():
-            cells = [pm(s["test"][protocol][g][m]) for g in GROUPS for m in METRICS]
+            cells = [pm(s["test"][protocol][g][m]) for g in ITEM_GROUPS for m in METRICS]
             lines.append(f"| {backbone} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Training", "", "| backbone | best epoch | seconds to best | seconds in total |", "|---|---|---|---|"]

@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from llmemb.backbones import BACKBONES
-from llmemb.config import Config, load_config
 from trainer import prepare as prepare_stage
 from trainer.baselines import run_baselines
+from trainer.config import Config, load_config
 from trainer.evaluate import evaluate_run, metrics_table
 from trainer.prepare import prepared_dataset
 from trainer.runs import run_dir
@@ -45,7 +45,7 @@ def resolve(config: Path, overrides: list[str] | None, backbone: str | None = No
 
 @app.command()
 def prepare(config: ConfigPath, overrides: Overrides = None) -> None:
-    """Load the raw dataset, print its statistics, save it under runs/<dataset>/data."""
+    """Load the raw dataset, print its statistics, save it under <runs_dir>/<dataset>/data."""
     dataset, directory = prepare_stage.prepare(resolve(config, overrides))
     typer.echo(json.dumps(dataset.stats(), indent=2))
     typer.echo(f"saved to {directory}")
@@ -59,7 +59,7 @@ def train(
     run_name: Annotated[Optional[str], typer.Option(help="Run directory name (default <backbone>-seed<seed>).")] = None,
     overrides: Overrides = None,
 ) -> None:
-    """Train an ID-only backbone; write runs/<dataset>/<run name>/ and print its test metrics."""
+    """Train an ID-only backbone; write <runs_dir>/<dataset>/<run name>/ and print its test metrics."""
     cfg = resolve(config, overrides, backbone, seed)
     dataset, data_dir = prepared_dataset(cfg)
     directory = run_dir(cfg, run_name)
@@ -96,7 +96,7 @@ def baselines(
 # ------------------------------------------------------------ LLMEmb stages
 @app.command()
 def scft(config: ConfigPath, steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: the config's).")] = None,
-         tag: Annotated[str, typer.Option(help="Output name: runs/<dataset>/llm/<model>/<tag>-<settings digest>/.")] = "scft",
+         tag: Annotated[str, typer.Option(help="Output name: <runs_dir>/<dataset>/llm/<model>/<tag>-<settings digest>/.")] = "scft",
          overrides: Overrides = None) -> None:
     """Supervised contrastive fine-tuning (LoRA) on the catalogue's attribute-drop views."""
     from trainer.llm_stages import ensure_scft
@@ -110,7 +110,7 @@ def scft(config: ConfigPath, steps: Annotated[Optional[int], typer.Option(help="
 @app.command()
 def export(config: ConfigPath,
            lora: Annotated[Optional[Path], typer.Option(help="LoRA directory from `scft`; omit for the base LLM.")] = None,
-           tag: Annotated[str, typer.Option(help="Output name: runs/<dataset>/llm/<model>/export-<tag>-<settings digest>/.")] = "scft",
+           tag: Annotated[str, typer.Option(help="Output name: <runs_dir>/<dataset>/llm/<model>/export-<tag>-<settings digest>/.")] = "scft",
            overrides: Overrides = None) -> None:
     """Embed every catalogue item from its full prompt (fp32, safetensors)."""
     from trainer.llm_stages import ensure_export, export_dir
@@ -128,11 +128,11 @@ def rat(config: ConfigPath,
         bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (llmemb or hybrid).")] = None,
         overrides: Overrides = None) -> None:
     """PCA + ID pretraining + RAT for one method; prints its test metrics."""
+    from llmemb.metrics import Evaluator
     from trainer.experiments import Tables, load_item_table, run_method
     from trainer.llm_stages import ensure_export, ensure_scft
     from trainer.make_bundle import bundle_from_model
     from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
-    from llmemb.metrics import Evaluator
 
     cfg = resolve(config, overrides, backbone, seed)
     dataset, data_dir = prepared_dataset(cfg)

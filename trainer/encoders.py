@@ -29,13 +29,14 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from llmemb.config import Config, load_config
+from llmemb.sections import checked
+from trainer.config import Config, load_config
 from trainer.experiments import Tables
 from trainer.llm_stages import base_model_id, ensure_export, ensure_scft, export_summary
 from trainer.prepare import prepared_dataset
 from trainer.rat import METHODS, RATConfig
 from trainer.report import LABELS, aggregate, mean_std, pm, separation
-from trainer.run_pool import MethodTask, Split, prepare_negatives, run_chains
+from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
 
 COMPARISON_KEYS = {"encoders", "backbone", "seeds", "methods", "workers"}
 ENCODER_SECTIONS = {"encoder", "scft", "quick"}
@@ -43,9 +44,7 @@ ENCODER_SECTIONS = {"encoder", "scft", "quick"}
 
 def load_comparison(path: Path) -> dict[str, Any]:
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    unknown = sorted(set(raw) - COMPARISON_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(COMPARISON_KEYS))}")
+    raw = checked(raw, COMPARISON_KEYS, str(path))
     if not isinstance(raw.get("encoders"), dict) or not raw["encoders"]:
         raise ValueError(f"{path}: 'encoders' must map names to config files")
     out = {"backbone": "sasrec", "seeds": [0, 1, 2], "methods": ["llm2x", "wo_scft", "llmemb"], "workers": 2, **raw}
@@ -93,7 +92,7 @@ def run_encoders(comparison_path: Path, log: Callable[[str], None] = print) -> d
                      "llm_stage_seconds": time.perf_counter() - t}
         log(f"encoder {name}: SCFT MRR {scft['val_before']['mrr']:.3f} -> {scft['val_after']['mrr']:.3f}")
 
-    splits = {"main": Split(dataset, Tables(), data_dir)}
+    splits = {"main": RunSplit(dataset, Tables(), data_dir)}
     prepare_negatives(splits, reference.eval)
     rat = {name: RATConfig.from_dict(by_seed[seeds[0]].sections.get("rat")) for name, by_seed in configs.items()}
     id_dirs = {s: root / f"none-{backbone}-seed{s}" for s in seeds}

@@ -4,11 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmemb.metrics import Evaluator
+from llmemb.metrics import GROUPS, Evaluator
 from trainer.prepare import prepared_dataset
 from trainer.runs import load_run
-
-GROUPS = ("overall", "tail", "head", "short", "long")
 
 
 def evaluate_run(directory: Path) -> dict[str, Any]:

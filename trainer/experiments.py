@@ -17,11 +17,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmemb.backbones import SequentialBackbone
-from llmemb.config import Config
 from llmemb.data.dataset import Dataset
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA
-from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig, build_model, rat_extra_loss
+from trainer.config import Config
+from trainer.rat import (
+    USES_BASE_TABLE,
+    USES_SCFT_TABLE,
+    RATConfig,
+    build_model,
+    rat_extra_loss,
+)
 from trainer.train import fit, seed_everything
 
 TABLE_FILE = "item_table.safetensors"

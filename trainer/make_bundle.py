@@ -6,12 +6,12 @@ from typing import Any
 
 import torch
 
+from llmemb.backbones import SequentialBackbone
 from llmemb.bundle import BundleParts, write_bundle
-from llmemb.config import Config
 from llmemb.data.dataset import Dataset
 from llmemb.item_tables import AdaptedItemEmbedding, HybridItemEmbedding
 from llmemb.projection import PCA
-from llmemb.backbones import SequentialBackbone
+from trainer.config import Config
 from trainer.llm_stages import base_model_id, encoder_spec
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmemb.config import Config
 from llmemb.data import load_dataset
 from llmemb.data.dataset import Dataset
+from trainer.config import Config
 from trainer.runs import dataset_dir, read_json, write_json
 
 SPEC_FILE = "spec.json"

@@ -27,14 +27,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from llmemb.config import Config, load_config
 from llmemb.data.coldstart import cold_start_split
+from llmemb.sections import checked
+from trainer.config import Config, load_config
 from trainer.experiments import Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
-from trainer.run_pool import MethodTask, Split, prepare_negatives, run_chains
 from trainer.report import write_report
+from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
 
 DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
@@ -53,11 +54,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def quality_settings(config: Config) -> dict[str, Any]:
-    section = dict(config.sections.get("quality") or {})
-    unknown = sorted(set(section) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"quality: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
-    return {**DEFAULTS, **section}
+    return {**DEFAULTS, **checked(config.sections.get("quality"), DEFAULTS, "quality")}
 
 
 def _config(path: Path, overrides: Sequence[str], backbone: str, seed: int) -> Config:
@@ -87,7 +84,7 @@ def run_quality(
     root = Path(base.runs_dir) / base.name / "quality" / report
 
     main_keep = {"none", "llm2x", "llmemb", "hybrid"}
-    splits = {"main": Split(dataset, tables, data_dir)}
+    splits = {"main": RunSplit(dataset, tables, data_dir)}
     chains: list[list[MethodTask]] = []
     for backbone in q["backbones"]:
         methods = list(q["methods"]) + (list(q["ablations"]) if backbone == q["ablation_backbone"] else [])
@@ -116,7 +113,7 @@ def run_quality(
         loss_items[0] = False
         cold_info = {"scft_steps": int(q["cold_scft_steps"]), "items": int(cold.cold.sum()), "test_users_with_cold_target": int(cold_users.sum()),
                      "users": cold.dataset.n_users, "fraction": q["cold_fraction"], "seed": q["cold_seed"]}
-        splits["cold"] = Split(cold.dataset, cold_tables, data_dir / "cold", loss_items=loss_items,
+        splits["cold"] = RunSplit(cold.dataset, cold_tables, data_dir / "cold", loss_items=loss_items,
                                fit_rows=warm_rows, user_groups={"cold_targets": cold_users})
         backbone = q["cold_backbone"]
         for seed in q["seeds"]:

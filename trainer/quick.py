@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from llmemb.config import load_config
 from llmemb.metrics import Evaluator
+from llmemb.sections import checked
+from trainer.config import load_config
 from trainer.experiments import Tables, load_item_table, run_method
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.make_bundle import bundle_from_model
@@ -30,10 +31,7 @@ def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
               log: Callable[[str], None] = print) -> dict[str, Any]:
     started = time.perf_counter()
     first = load_config(config_path, list(overrides))
-    q = {**DEFAULTS, **(first.sections.get("quick") or {})}
-    unknown = sorted(set(q) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"quick: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
+    q = {**DEFAULTS, **checked(first.sections.get("quick"), DEFAULTS, "quick")}
     method = q["method"]
     if method not in BUNDLE_METHODS:
         raise ValueError(f"quick.method must be one of {', '.join(BUNDLE_METHODS)}, got {method!r}")

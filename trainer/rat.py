@@ -19,16 +19,26 @@ the same Evaluator, so the rows differ only in the item layer and the loss.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from llmemb.backbones import BackboneConfig, IdItemEmbedding, SequentialBackbone, build_backbone
+from llmemb.backbones import (
+    BackboneConfig,
+    IdItemEmbedding,
+    SequentialBackbone,
+    build_backbone,
+)
 from llmemb.contrastive import soft_target_alignment_loss, symmetric_contrastive_loss
-from llmemb.item_tables import AdaptedItemEmbedding, HybridItemEmbedding, with_padding_row
+from llmemb.item_tables import (
+    AdaptedItemEmbedding,
+    HybridItemEmbedding,
+    with_padding_row,
+)
 from llmemb.projection import PCA, Adapter, default_n_components
+from llmemb.sections import dataclass_from
 
 METHODS = ("none", "llm2x", "llmemb", "hybrid", "wo_scft", "wo_adapter", "wo_freeze", "wo_align")
 # Which exported table each method reads: the SCFT-tuned LLM or the base LLM.
@@ -65,12 +75,7 @@ class RATConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "RATConfig":
-        values = values or {}
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"rat: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        cfg = cls(**values)
+        cfg = dataclass_from(cls, values, "rat")
         for name in ("source_std", "llm2x_init_std"):
             value = getattr(cfg, name)
             if value is not None and not value > 0:

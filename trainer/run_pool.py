@@ -19,15 +19,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from llmemb.config import Config
 from llmemb.data.dataset import Dataset
 from llmemb.metrics import Evaluator
+from trainer.config import Config
 from trainer.experiments import Tables, load_item_table, run_method
 from trainer.rat import RATConfig
 
 
 @dataclass
-class Split:
+class RunSplit:
     """What the runs of one data split share."""
 
     dataset: Dataset
@@ -51,15 +51,15 @@ class MethodTask:
     label: str = ""
 
 
-_SPLITS: dict[str, Split] = {}
+_SPLITS: dict[str, RunSplit] = {}
 
 
-def _init_worker(splits: dict[str, Split]) -> None:
+def _init_worker(splits: dict[str, RunSplit]) -> None:
     _SPLITS.clear()
     _SPLITS.update(splits)
 
 
-def run_task(task: MethodTask, splits: dict[str, Split] | None = None) -> dict[str, Any]:
+def run_task(task: MethodTask, splits: dict[str, RunSplit] | None = None) -> dict[str, Any]:
     split = (splits or _SPLITS)[task.split]
     evaluator = Evaluator(split.dataset, task.config.eval, cache_dir=split.cache_dir)
     run = run_method(task.config, split.dataset, evaluator, task.method, task.rat, task.tables or split.tables,
@@ -73,7 +73,7 @@ def _run_chain(chain: list[MethodTask]) -> list[dict[str, Any]]:
     return [run_task(task) for task in chain]
 
 
-def prepare_negatives(splits: dict[str, Split], eval_config: Any) -> None:
+def prepare_negatives(splits: dict[str, RunSplit], eval_config: Any) -> None:
     """Draw and store every split's sampled negatives before workers read them."""
     for split in splits.values():
         evaluator = Evaluator(split.dataset, eval_config, cache_dir=split.cache_dir)
@@ -83,7 +83,7 @@ def prepare_negatives(splits: dict[str, Split], eval_config: Any) -> None:
 
 
 def run_chains(
-    splits: dict[str, Split],
+    splits: dict[str, RunSplit],
     chains: Sequence[list[MethodTask]],
     workers: int = 1,
     log: Callable[[str], None] = print,

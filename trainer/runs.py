@@ -18,8 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from llmemb.backbones import BackboneConfig, SequentialBackbone, build_id_backbone
-from llmemb.config import Config, load_config, save_config
 from llmemb.data.dataset import Dataset
+from trainer.config import Config, load_config, save_config
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "model.safetensors"

@@ -24,7 +24,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,15 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from llmemb.contrastive import gather_with_grad, similarity_matrix, symmetric_contrastive_loss
+from llmemb.contrastive import (
+    gather_with_grad,
+    similarity_matrix,
+    symmetric_contrastive_loss,
+)
 from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
-from llmemb.spec import EncoderSpec
 from llmemb.prompts import ViewSampler
+from llmemb.sections import dataclass_from
+from llmemb.spec import EncoderSpec
 
 LOSS_VARIANTS = ("paper", "infonce")
 # The validation loss always uses this temperature and the InfoNCE form, so
@@ -79,11 +84,7 @@ class SCFTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SCFTConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"scft: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**values)
+        return dataclass_from(cls, values, "scft")
 
 
 # ------------------------------------------------------------------ distributed

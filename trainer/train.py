@@ -35,10 +35,10 @@ import torch
 from tqdm import tqdm
 
 from llmemb.backbones import SequentialBackbone, build_id_backbone
-from llmemb.config import Config, EvalConfig, TrainConfig
 from llmemb.data.dataset import Dataset
 from llmemb.losses import recommendation_loss
-from llmemb.metrics import Evaluator
+from llmemb.metrics import EvalConfig, Evaluator
+from trainer.config import Config, TrainConfig
 from trainer.runs import write_run
 
 ExtraLoss = Callable[[SequentialBackbone, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -31,13 +31,14 @@ from typing import Any, Callable
 
 import yaml
 
-from llmemb.config import Config, load_config
+from llmemb.sections import checked
+from trainer.config import Config, load_config
 from trainer.experiments import Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.prepare import prepared_dataset
 from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
 from trainer.report import mean_std
-from trainer.run_pool import MethodTask, Split, prepare_negatives, run_chains
+from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
 
 GRID_KEYS = {"method", "backbone", "seeds", "workers", "overrides", "variants"}
 LLM_SECTIONS = ("encoder", "scft")
@@ -45,9 +46,7 @@ LLM_SECTIONS = ("encoder", "scft")
 
 def load_grid(path: Path) -> dict[str, Any]:
     grid = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    unknown = sorted(set(grid) - GRID_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(GRID_KEYS))}")
+    grid = checked(grid, GRID_KEYS, str(path))
     variants = grid.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise ValueError(f"{path}: 'variants' must map names to lists of overrides")
@@ -107,7 +106,7 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
                               "steps_per_s": summary["steps_per_s"]}
         log(f"variant {name}: LLM tables ready ({scft_tag if lora is not None else base_tag})")
 
-    splits = {"main": Split(dataset, Tables(), data_dir)}
+    splits = {"main": RunSplit(dataset, Tables(), data_dir)}
     prepare_negatives(splits, reference.eval)
     ref_rat = RATConfig.from_dict(reference.sections.get("rat"))
     id_dirs = {s: root / f"none-{grid['backbone']}-seed{s}" for s in grid["seeds"]}

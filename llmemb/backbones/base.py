@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmemb.sections import dataclass_from
+
 
 @dataclass
 class BackboneConfig:
@@ -37,8 +39,8 @@ class BackboneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BackboneConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        """Unknown keys are errors (a bundle or checkpoint written by other code is refused, not misread)."""
+        return dataclass_from(cls, d, "backbone")
 
 
 class ItemEmbedding(nn.Module):

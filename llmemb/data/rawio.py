@@ -18,8 +18,13 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from ..packages import (
+    PACKAGE_PREFIX,
+    PackageFileError,
+    installed_path,
+    split_package_ref,
+)
 from .dataset import Dataset, Interaction
-from ..packages import PACKAGE_PREFIX, PackageFileError, installed_path, split_package_ref
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from .rawio import (
     to_float,
 )
 
-
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 
 

@@ -15,7 +15,14 @@ import redis
 import service.backfill
 from llmemb.bundle import BundleError, load_bundle, verify_bundle
 from llmemb.spec import EncoderSpec
-from service.backfill.config import ENGINES, ON_ERROR, STAGES, BackfillConfig, BackfillError, Summary
+from service.backfill.config import (
+    ENGINES,
+    ON_ERROR,
+    STAGES,
+    BackfillConfig,
+    BackfillError,
+    Summary,
+)
 from service.backfill.export import check_out, export_vectors
 from service.backfill.local import run_local
 from service.backfill.on_ray import run_ray

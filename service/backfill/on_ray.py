@@ -8,7 +8,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from llmemb.bundle import BundleError, load_bundle
-from service.backfill.config import BackfillConfig, BackfillError, CatalogueError, Counts
+from service.backfill.config import (
+    BackfillConfig,
+    BackfillError,
+    CatalogueError,
+    Counts,
+)
 from service.backfill.items import chunked, line_ranges, read_items
 from service.backfill.local import LazyEmbedder, check_stages, process_chunk
 from service.backfill.store import CatalogueTarget, RedisVectors, connect

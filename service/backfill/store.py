@@ -11,7 +11,13 @@ from llmemb.bundle import LoadedBundle
 from service.backfill.config import BackfillError
 from service.backfill.items import CatalogueItem
 from service.cache import cache_key, from_bytes, queue_sets
-from service.catalogue import ADOPT_SCRIPT, PUT_SCRIPT, attributes_json, catalogue_keys, put_arguments
+from service.catalogue import (
+    ADOPT_SCRIPT,
+    PUT_SCRIPT,
+    attributes_json,
+    catalogue_keys,
+    put_arguments,
+)
 from service.redis_link import safe_url
 
 

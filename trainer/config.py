@@ -1,4 +1,4 @@
-"""YAML experiment configs -> dataclasses, with `section.key=value` overrides.
+"""The trainer's YAML experiment configs -> dataclasses, with `section.key=value` overrides.
 
 A config file has these sections (all but `dataset` optional):
 
@@ -23,13 +23,15 @@ known sections are errors, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llmemb.backbones.base import BackboneConfig
+from llmemb.metrics import EvalConfig
+from llmemb.sections import dataclass_from
 
 
 @dataclass
@@ -47,22 +49,6 @@ class TrainConfig:
     max_seconds: float = 0.0         # stop after this much training time; 0 = no limit
     threads: int = 0                 # torch.set_num_threads; 0 = leave as is
     progress: bool = True            # tqdm bar per epoch
-
-
-@dataclass
-class EvalConfig:
-    protocols: list[str] = field(default_factory=lambda: ["full", "sampled"])
-    ks: list[int] = field(default_factory=lambda: [10, 20])
-    select_protocol: str = "full"    # early stopping on valid <select_metric> under this protocol
-    select_metric: str = "ndcg@10"
-    n_negatives: int = 100
-    negatives_seed: int = 2025
-    head_fraction: float = 0.2       # head = the 20% most popular items by training interactions
-    tail_count: int | None = None    # the reference's fixed-count rule: an item with at most this many
-                                     # training interactions is "rare" (4 Beauty/Fashion, 13 Yelp); None = off
-    length_threshold: float | None = None  # short history: train length <= this; None = median
-    pop_buckets: int = 5
-    batch_size: int = 512
 
 
 @dataclass
@@ -97,13 +83,7 @@ PER_BACKBONE_SECTIONS = {"backbone", "train"}
 
 
 def _merge(obj: Any, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, found {type(values).__name__}")
-    names = {f.name for f in fields(obj)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return replace(obj, **values)
+    return dataclass_from(type(obj), values, where, base=obj)
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
