@@ -61,6 +61,21 @@ def _config(path: Path, overrides: Sequence[str], backbone: str, seed: int) -> C
     return load_config(path, [*overrides, f"train.seed={seed}"], backbone=backbone)
 
 
+def _chains(split: str, root: Path, backbone: str, methods: Sequence[str], seeds: Sequence[int], config_path: Path,
+            overrides: Sequence[str], rat: RATConfig, keep: Callable[[str], bool]) -> list[list[MethodTask]]:
+    """One chain per seed: the ID run first (the others align to its table), then the other methods."""
+    chains = []
+    for seed in seeds:
+        cfg = _config(config_path, overrides, backbone, seed)
+        id_dir = root / split / f"none-{backbone}-seed{seed}"
+        chains.append([
+            MethodTask(split, cfg, method, rat, root / split / f"{method}-{backbone}-seed{seed}",
+                       id_dir=id_dir if method != "none" else None, keep_table=keep(method))
+            for method in ["none"] + [m for m in methods if m != "none"]
+        ])
+    return chains
+
+
 def run_quality(
     config_path: Path,
     overrides: Sequence[str] = (),
@@ -83,20 +98,15 @@ def run_quality(
     report = str(q["report"] or base.name)
     root = Path(base.runs_dir) / base.name / "quality" / report
 
-    main_keep = {"none", "llm2x", "llmemb", "hybrid"}
     splits = {"main": RunSplit(dataset, tables, data_dir)}
+    # Item tables are kept for the ID runs (alignment targets) and for the figure's methods on the
+    # ablation backbone (the report draws their tables).
+    figure = {"none", "llm2x", "llmemb", "hybrid"}
     chains: list[list[MethodTask]] = []
     for backbone in q["backbones"]:
         methods = list(q["methods"]) + (list(q["ablations"]) if backbone == q["ablation_backbone"] else [])
-        for seed in q["seeds"]:
-            cfg = _config(config_path, overrides, backbone, seed)
-            id_dir = root / "main" / f"none-{backbone}-seed{seed}"
-            chains.append([
-                MethodTask("main", cfg, method, rat, root / "main" / f"{method}-{backbone}-seed{seed}",
-                           id_dir=id_dir if method != "none" else None,
-                           keep_table=method == "none" or (method in main_keep and backbone == q["ablation_backbone"]))
-                for method in ["none"] + [m for m in methods if m != "none"]
-            ])
+        chains += _chains("main", root, backbone, methods, q["seeds"], config_path, overrides, rat,
+                          keep=lambda m, b=backbone: m == "none" or (m in figure and b == q["ablation_backbone"]))
 
     cold_info: dict[str, Any] | None = None
     if q["cold_fraction"] > 0:
@@ -115,15 +125,8 @@ def run_quality(
                      "users": cold.dataset.n_users, "fraction": q["cold_fraction"], "seed": q["cold_seed"]}
         splits["cold"] = RunSplit(cold.dataset, cold_tables, data_dir / "cold", loss_items=loss_items,
                                fit_rows=warm_rows, user_groups={"cold_targets": cold_users})
-        backbone = q["cold_backbone"]
-        for seed in q["seeds"]:
-            cfg = _config(config_path, overrides, backbone, seed)
-            id_dir = root / "cold" / f"none-{backbone}-seed{seed}"
-            chains.append([
-                MethodTask("cold", cfg, method, rat, root / "cold" / f"{method}-{backbone}-seed{seed}",
-                           id_dir=id_dir if method != "none" else None, keep_table=method == "none")
-                for method in ["none"] + [m for m in q["cold_methods"] if m != "none"]
-            ])
+        chains += _chains("cold", root, q["cold_backbone"], q["cold_methods"], q["seeds"], config_path, overrides,
+                          rat, keep=lambda m: m == "none")
 
     t = time.perf_counter()
     prepare_negatives(splits, base.eval)

@@ -38,7 +38,7 @@ from llmemb.contrastive import (
     symmetric_contrastive_loss,
 )
 from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
-from llmemb.prompts import ViewSampler
+from llmemb.prompts import ViewSampler, has_content
 from llmemb.sections import dataclass_from
 from llmemb.spec import EncoderSpec
 
@@ -174,10 +174,6 @@ def linear_schedule(total: int, warmup: int):
 
 
 # ----------------------------------------------------------------- validation
-def has_attributes(attributes: dict[str, Any]) -> bool:
-    return any(v is not None and v != "" and v != [] for v in attributes.values())
-
-
 def split_validation(n_items: int, val_items: int, seed: int) -> tuple[list[int], list[int]]:
     """(train indices, validation indices): a seeded sample, at most 20% of the items."""
     n_val = min(val_items, n_items // 5)
@@ -222,19 +218,14 @@ def run_scft(
     device = encoder_config.device
     if device.startswith("cuda") and ddp.world > 1:
         device = f"cuda:{ddp.local_rank}"
-    enc_cfg = replace(
-        encoder_config,
-        device=device,
-        lora=encoder_config.lora or LoraSettings(),
-        gradient_checkpointing=cfg.gradient_checkpointing,
-    )
+    enc_cfg = replace(encoder_config, device=device, lora=encoder_config.lora or LoraSettings(),
+                      gradient_checkpointing=cfg.gradient_checkpointing)
 
-    usable = [i for i, attrs in enumerate(items) if has_attributes(attrs)]
+    usable = [i for i, attrs in enumerate(items) if has_content(attrs)]
     train_idx, val_idx = split_validation(len(usable), cfg.val_items, cfg.seed)
     train_items = [items[usable[i]] for i in train_idx]
     val_items = [items[usable[i]] for i in val_idx]
     batch = global_batch_size(len(train_items), cfg.batch_items, ddp.world)
-    per_rank = batch // ddp.world
     steps_per_epoch = len(train_items) // batch
     total = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
@@ -244,16 +235,55 @@ def run_scft(
     if ddp.world > 1:
         broadcast_parameters(params)
     torch.manual_seed(cfg.seed + 1 + ddp.rank)  # dropout masks differ between ranks
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, cfg.warmup_steps))
-    mixed = cfg.bf16_autocast or (encoder.device.type == "cuda" and enc_cfg.dtype == "bf16")
-    autocast = torch.autocast(encoder.device.type, dtype=torch.bfloat16) if mixed else nullcontext()
 
     val_sampler = ViewSampler(spec.instruction, cfg.drop_ratio, spec.max_value_chars, seed=cfg.seed + 2)
     val_pairs = [val_sampler.pair(attrs) for attrs in val_items]
     val_views = ([p[0] for p in val_pairs], [p[1] for p in val_pairs])
     val_before = validate(encoder, val_views, cfg.similarity) if ddp.main else {}
 
+    curve, train_seconds = _train_lora(encoder, params, enc_cfg, cfg, spec, train_items, batch, total, ddp)
+    summary: dict[str, Any] = {
+        "steps": total,
+        "final_loss": curve[-1]["loss"],
+        "steps_per_s": total / train_seconds,
+        "items_per_s": total * batch / train_seconds,
+        "train_seconds": train_seconds,
+        "loss_curve": curve,
+        "batch_items": batch,
+        "world_size": ddp.world,
+        "train_items": len(train_items),
+        "val_items": len(val_items),
+        "skipped_items_without_attributes": len(items) - len(usable),
+        "epochs_done": total * batch / len(train_items),
+        "scft": asdict(cfg),
+        "encoder": enc_cfg.to_dict(),
+    }
+    if ddp.main:
+        summary["val_before"] = val_before
+        summary["val_after"] = validate(encoder, val_views, cfg.similarity)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        encoder.save_lora(out / "lora")
+        summary["lora_dir"] = str(out / "lora")
+        summary["wall_seconds"] = time.perf_counter() - wall_start
+        (out / "scft.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if ddp.world > 1:
+        dist.barrier()  # nobody leaves before rank 0 has saved
+        if ddp.owns_group:
+            dist.destroy_process_group()
+    summary.setdefault("wall_seconds", time.perf_counter() - wall_start)
+    return summary
+
+
+def _train_lora(encoder: ItemEncoder, params, enc_cfg: EncoderConfig, cfg: SCFTConfig, spec: EncoderSpec,
+                train_items: list[dict[str, Any]], batch: int, total: int, ddp: Distributed
+                ) -> tuple[list[dict[str, float]], float]:
+    """`total` contrastive steps on fresh attribute-drop views; returns (loss curve, training seconds)."""
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, cfg.warmup_steps))
+    mixed = cfg.bf16_autocast or (encoder.device.type == "cuda" and enc_cfg.dtype == "bf16")
+    autocast = torch.autocast(encoder.device.type, dtype=torch.bfloat16) if mixed else nullcontext()
+    per_rank = batch // ddp.world
     stream = BatchStream(len(train_items), batch, seed=cfg.seed)
     sampler = ViewSampler(spec.instruction, cfg.drop_ratio, spec.max_value_chars, seed=cfg.seed + 1)
     exclude_positive = cfg.loss == "paper"
@@ -291,36 +321,4 @@ def run_scft(
             window_steps = 0
         bar.update(1)
     bar.close()
-    train_seconds = time.perf_counter() - train_start
-
-    summary: dict[str, Any] = {
-        "steps": total,
-        "final_loss": curve[-1]["loss"],
-        "steps_per_s": total / train_seconds,
-        "items_per_s": total * batch / train_seconds,
-        "train_seconds": train_seconds,
-        "loss_curve": curve,
-        "batch_items": batch,
-        "world_size": ddp.world,
-        "train_items": len(train_items),
-        "val_items": len(val_items),
-        "skipped_items_without_attributes": len(items) - len(usable),
-        "epochs_done": total * batch / len(train_items),
-        "scft": asdict(cfg),
-        "encoder": enc_cfg.to_dict(),
-    }
-    if ddp.main:
-        summary["val_before"] = val_before
-        summary["val_after"] = validate(encoder, val_views, cfg.similarity)
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        encoder.save_lora(out / "lora")
-        summary["lora_dir"] = str(out / "lora")
-        summary["wall_seconds"] = time.perf_counter() - wall_start
-        (out / "scft.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    if ddp.world > 1:
-        dist.barrier()  # nobody leaves before rank 0 has saved
-        if ddp.owns_group:
-            dist.destroy_process_group()
-    summary.setdefault("wall_seconds", time.perf_counter() - wall_start)
-    return summary
+    return curve, time.perf_counter() - train_start

@@ -126,6 +126,53 @@ def training_rows(train: Sequence[np.ndarray], max_len: int, stride: int = 0, wi
 
 
 # ----------------------------------------------------------------- the loop
+def _train_epoch(model: SequentialBackbone, rows, order: np.ndarray, train_cfg: TrainConfig, optimizer, params,
+                 generator: torch.Generator, epoch: int, extra_loss: ExtraLoss | None,
+                 loss_items: torch.Tensor | None) -> tuple[float, float, int]:
+    """One pass over the training windows in `order`; returns (loss sum, extra loss sum, predictions)."""
+    model.train()
+    epoch_start = time.perf_counter()
+    loss_sum, extra_sum, n_pred = 0.0, 0.0, 0
+    bar = tqdm(range(0, len(rows), train_cfg.batch_size), desc=f"epoch {epoch}", leave=False,
+               disable=not train_cfg.progress, unit="batch")
+    for start in bar:
+        sequences = rows.batch(order[start:start + train_cfg.batch_size])
+        inputs, targets = model.training_pairs(sequences, generator)
+        if rows.stride < targets.shape[1]:  # earlier positions belong to the previous window
+            targets = torch.cat([torch.zeros_like(targets[:, :-rows.stride]), targets[:, -rows.stride:]], 1)
+        states = model.hidden_states(inputs)
+        loss = recommendation_loss(model.config.loss, states, targets, model.item_embedding.table(), generator,
+                                   allowed=loss_items)
+        extra = extra_loss(model, inputs, targets) if extra_loss is not None else None
+        if extra is not None:
+            loss = loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+        optimizer.step()
+        n = int((targets > 0).sum())
+        loss_sum += loss.item() * n
+        extra_sum += extra.item() * n if extra is not None else 0.0
+        n_pred += n
+        bar.set_postfix(loss=f"{loss_sum / max(n_pred, 1):.4f}",
+                        pred_s=f"{n_pred / max(time.perf_counter() - epoch_start, 1e-9):.0f}")
+    bar.close()
+    return loss_sum, extra_sum, n_pred
+
+
+def _stop(record: EpochRecord, model: SequentialBackbone, callbacks, best_epoch: int,
+          train_cfg: TrainConfig) -> str | None:
+    """Why training stops after this epoch (callback, patience, max_seconds), or None."""
+    if any(cb(record, model) for cb in callbacks):
+        return "callback"
+    if record.epoch - best_epoch >= train_cfg.patience:
+        return "patience"
+    if train_cfg.max_seconds > 0 and record.elapsed_seconds >= train_cfg.max_seconds:
+        return "max_seconds"
+    return None
+
+
 def fit(
     model: SequentialBackbone,
     dataset: Dataset,
@@ -164,35 +211,9 @@ def fit(
     best_score, best_epoch, best_elapsed, best_state = float("-inf"), 0, 0.0, None
     stop_reason, train_seconds, started = "epochs", 0.0, time.perf_counter()
     for epoch in range(1, train_cfg.epochs + 1):
-        model.train()
         epoch_start = time.perf_counter()
-        order = rng.permutation(len(rows))
-        loss_sum, extra_sum, n_pred = 0.0, 0.0, 0
-        bar = tqdm(range(0, len(rows), train_cfg.batch_size), desc=f"epoch {epoch}", leave=False,
-                   disable=not train_cfg.progress, unit="batch")
-        for start in bar:
-            sequences = rows.batch(order[start:start + train_cfg.batch_size])
-            inputs, targets = model.training_pairs(sequences, generator)
-            if rows.stride < targets.shape[1]:  # earlier positions belong to the previous window
-                targets = torch.cat([torch.zeros_like(targets[:, :-rows.stride]), targets[:, -rows.stride:]], 1)
-            states = model.hidden_states(inputs)
-            loss = recommendation_loss(model.config.loss, states, targets, model.item_embedding.table(), generator,
-                                       allowed=loss_items)
-            extra = extra_loss(model, inputs, targets) if extra_loss is not None else None
-            if extra is not None:
-                loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train_cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-            optimizer.step()
-            n = int((targets > 0).sum())
-            loss_sum += loss.item() * n
-            extra_sum += extra.item() * n if extra is not None else 0.0
-            n_pred += n
-            bar.set_postfix(loss=f"{loss_sum / max(n_pred, 1):.4f}",
-                            pred_s=f"{n_pred / max(time.perf_counter() - epoch_start, 1e-9):.0f}")
-        bar.close()
+        loss_sum, extra_sum, n_pred = _train_epoch(model, rows, rng.permutation(len(rows)), train_cfg, optimizer,
+                                                   params, generator, epoch, extra_loss, loss_items)
         epoch_train = time.perf_counter() - epoch_start
         train_seconds += epoch_train
 
@@ -217,14 +238,9 @@ def fit(
         if score > best_score:
             best_score, best_epoch, best_elapsed = score, epoch, record.elapsed_seconds
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if any(cb(record, model) for cb in callbacks):
-            stop_reason = "callback"
-            break
-        if epoch - best_epoch >= train_cfg.patience:
-            stop_reason = "patience"
-            break
-        if train_cfg.max_seconds > 0 and record.elapsed_seconds >= train_cfg.max_seconds:
-            stop_reason = "max_seconds"
+        reason = _stop(record, model, callbacks, best_epoch, train_cfg)
+        if reason is not None:
+            stop_reason = reason
             break
 
     if best_state is not None:
