@@ -1,11 +1,16 @@
 """Load benchmark: 64 clients for a fixed time over the four request kinds, against a real service.
 
-Kinds (clients split evenly, each client one kind, closed loop):
-- embed_uncached: /v1/items/embed of --uncached-items new items per request (unique titles): keeps the
-  model saturated for the whole run;
+Kinds (clients split evenly, each client one kind):
+- embed_uncached: /v1/items/embed of --uncached-items new items per request (unique titles), closed loop
+  (no pause): keeps the model saturated for the whole run;
 - embed_cached:   /v1/items/embed of one item embedded before the run (a cache hit);
 - recommend:      /v1/recommend, top 10 over the catalogue for a random history of 5-20 bundle items;
 - score:          /v1/score of 20 random candidates for such a history.
+The cheap kinds (the last three) offer --cheap-rate requests/s in all (default 150, about half of what
+the service's one core answers at idle), paced per client; a request's latency counts from its
+scheduled time, so a request that could not start on time counts its wait. --cheap-rate 0 makes
+them closed loop as well: then 48 clients without pause saturate the event loop itself, and by
+Little's law their latency is clients / throughput whatever the model does.
 
 Measured, in one run:
 1. idle baseline: each cheap kind alone, one client, --idle-requests requests (p50 / p99);
@@ -64,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of load before measuring")
     p.add_argument("--uncached-items", type=int, default=4, help="new items per uncached embed request")
+    p.add_argument("--cheap-rate", type=float, default=150.0,
+                   help="requests/s offered by all cheap clients together, paced (latency counted from each "
+                        "request's scheduled time, so a late start counts); 0 = closed loop, no pause")
     p.add_argument("--idle-requests", type=int, default=200)
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--service-cpus", default="1", help="taskset CPU list of the service (with --pin)")
@@ -72,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--service-root", type=Path, default=ROOT,
                    help="checkout whose service is measured (e.g. a git worktree of an older commit)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment of the service (e.g. LLMEMB_MODEL_NICE=0), repeatable")
     p.add_argument("--label", default="", help="suffix of the result files: load<label>.json / .md")
     return p.parse_args(argv)
 
@@ -161,20 +171,32 @@ async def idle_baseline(url: str, work: Workload, n: int) -> dict:
 
 
 async def load(url: str, work: Workload, clients: int, warmup: float, duration: float,
-               on_measure_start, on_measure_end) -> dict:
+               on_measure_start, on_measure_end, cheap_rate: float = 0.0) -> dict:
     tallies = {k: Tally() for k in KINDS}
     measuring = asyncio.Event()
     stop = asyncio.Event()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async def client_loop(kind: str, client: httpx.AsyncClient) -> None:
+    n_cheap = sum(1 for i in range(clients) if KINDS[i % len(KINDS)] in CHEAP)
+    interval = n_cheap / cheap_rate if cheap_rate > 0 else 0.0
+
+    async def client_loop(index: int, kind: str, client: httpx.AsyncClient) -> None:
+        paced = interval > 0 and kind in CHEAP
+        loop = asyncio.get_running_loop()
+        scheduled = loop.time() + (index / clients) * interval  # spread the clients' phases
         while not stop.is_set():
+            if paced:
+                await asyncio.sleep(max(0.0, scheduled - loop.time()))
+                lateness_ms = (loop.time() - scheduled) * 1000
+                scheduled += interval
+            else:
+                lateness_ms = 0.0
             status, ms = await send(client, *work.request(kind))
             if measuring.is_set() and not stop.is_set():
-                tallies[kind].add(status, ms)
+                tallies[kind].add(status, ms + lateness_ms)
 
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        tasks = [asyncio.create_task(client_loop(KINDS[i % len(KINDS)], client)) for i in range(clients)]
+        tasks = [asyncio.create_task(client_loop(i, KINDS[i % len(KINDS)], client)) for i in range(clients)]
         await asyncio.sleep(warmup)
         on_measure_start()
         measuring.set()
@@ -217,7 +239,10 @@ def markdown(result: dict) -> str:
         f"{r['when']}, {r['machine']}. Command: `{r['command']}`. Service: {r['service']}.", "",
         f"CPU split: {r['cpu_split']}. Other load on the machine during the run: {r['other_load']}.", "",
         f"{r['clients']} clients for {r['duration_s']:.0f} s after {r['warmup_s']:.0f} s of warm-up; "
-        f"uncached requests embed {r['uncached_items']} new items each.", "",
+        f"uncached requests embed {r['uncached_items']} new items each, closed loop (the model never idles); "
+        + (f"the cheap kinds offer {r['cheap_rate']:.0f} requests/s in all, paced, latency counted from each "
+           "request's scheduled time." if r["cheap_rate"] else "the cheap kinds are closed loop too (no pause)."),
+        "",
         "| kind | clients | requests/s | p50 ms | p99 ms | max ms | errors | statuses | idle p99 ms | "
         "p99 / idle p99 |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
@@ -249,16 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     other_load = os.getloadavg()
     with RedisServer(logdir) as redis_server:
         env = {"LLMEMB_REDIS_URL": redis_server.url, "LLMEMB_TORCH_THREADS": str(args.torch_threads),
-               "OMP_NUM_THREADS": str(args.torch_threads)}
+               "OMP_NUM_THREADS": str(args.torch_threads), **dict(e.split("=", 1) for e in args.env)}
         prefix = ["taskset", "-c", args.service_cpus] if pin else []
-        with ServiceProcess(args.bundle, logdir, env=env, command_prefix=prefix, root=args.service_root) as service:
+        with ServiceProcess(args.bundle.resolve(), logdir, env=env, command_prefix=prefix,
+                            root=args.service_root) as service:
             print(f"service ready at {service.url} (pid {service.pid})", flush=True)
             idle = asyncio.run(idle_baseline(service.url, work, args.idle_requests))
             marks: dict[str, dict[str, float]] = {}
             result_load = asyncio.run(load(
                 service.url, work, args.clients, args.warmup, args.duration,
                 lambda: marks.__setitem__("start", rss_mb(service.pid)),
-                lambda: marks.__setitem__("end", rss_mb(service.pid))))
+                lambda: marks.__setitem__("end", rss_mb(service.pid)), args.cheap_rate))
     rss = {}
     for name in marks["start"]:
         if name in marks["end"]:
@@ -286,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         else f"not pinned (service torch threads {args.torch_threads})",
         "other_load": f"load average {other_load[0]:.2f} (1 min) when the run started",
         "clients": args.clients, "duration_s": args.duration, "warmup_s": args.warmup,
-        "uncached_items": args.uncached_items, "idle": idle, "load": result_load, "rss": rss, "goals": goals,
+        "uncached_items": args.uncached_items, "cheap_rate": args.cheap_rate, "idle": idle, "load": result_load, "rss": rss, "goals": goals,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"load{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -8,6 +8,10 @@ its Python glue: on a saturated model, cache hits, /v1/recommend and /v1/score
 would wait milliseconds for every I/O step (bench/load.py measured p50 near a
 second at 64 clients). Apart, they only share the CPU, which the OS divides.
 
+The child runs at a lower CPU priority (LLMEMB_MODEL_NICE, default 10): when the
+CPU is saturated by embedding, the event loop and the scoring thread are served
+first and the model takes what is left, so cheap requests stay fast.
+
 The child ignores SIGINT and SIGTERM (a signal sent to the whole process group
 must not kill it under requests in flight): the service drains, then shuts it
 down. If it dies anyway (killed, out of memory), the requests of its batch get
@@ -40,6 +44,7 @@ class ModelOptions:
     token_budget: int = 16384
     base_model_path: str | None = None
     threads: int | None = None
+    nice: int = 0              # CPU priority increment of the model process
 
 
 def _load(options: ModelOptions) -> int:
@@ -54,6 +59,8 @@ def _load(options: ModelOptions) -> int:
 
     if options.threads:
         torch.set_num_threads(options.threads)
+    if options.nice:
+        os.nice(options.nice)
     bundle = load_bundle(options.bundle_path, verify=False)
     _EMBEDDER = ItemEmbedder(bundle, options.device, options.dtype, options.token_budget, options.base_model_path)
     return os.getpid()

@@ -86,7 +86,7 @@ class Runtime:
                 raise ValueError(f"LLMEMB_MAX_BATCH_TOKENS={s.max_batch_tokens} is below the bundle's "
                                  f"max_tokens={self.bundle.encoder.max_tokens}: one text would not fit")
             self.model = ModelProcess(ModelOptions(str(s.bundle_path), s.device, s.dtype, s.max_batch_tokens,
-                                                   s.base_model_path, s.torch_threads), self.metrics)
+                                                   s.base_model_path, s.torch_threads, s.model_nice), self.metrics)
             await self.model.start()
             self.engine = await loop.run_in_executor(self.score_pool, lambda: Engine(self.bundle, s.base_model_path))
             self.cache = EmbeddingCache(self.bundle.fingerprint, self.bundle.dims, self.link, s.lru_size,

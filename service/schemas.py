@@ -225,9 +225,9 @@ class ReadyResponse(BaseModel):
     catalogue: Literal["shared", "degraded", "lost", "local"] = Field(
         description="lost: the shared catalogue vanished or went backwards; the last good snapshot is served "
                     "and changes are refused until `python -m service.catalogue_io import` restores it")
-    model: Literal["stopped", "starting", "up", "restarting", "failed"] = Field(
-        description="the model process: restarting after it ended (embeddings answer 503 meanwhile; "
-                    "recommend and score are unaffected)")
+    model: Literal["stopped", "starting", "up", "restarting", "failed"] | None = Field(
+        None, description="the model process: restarting after it ended (embeddings answer 503 meanwhile; "
+                          "recommend and score are unaffected); absent from servers before it existed")
     error: str | None = None
 
 

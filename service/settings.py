@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
         None, description="encoder dtype; default: the one recorded in the bundle")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads; default: torch's choice")
+    model_nice: int = Field(10, ge=0, le=19, description="CPU priority of the model process (nice increment): "
+                            "cache hits, recommend and score are served first when the CPU is saturated")
     served_model_name: str = Field("llmemb", description="the `model` name of /v1/embeddings")
     verify_bundle: bool = Field(True, description="check every sha256 of the bundle at start-up")
 
