@@ -534,22 +534,10 @@ def test_hybrid_alignment_reads_the_llmemb_part_not_the_residual():
     assert torch.isclose(extra(model, targets, targets), before)
 
 
-def test_hybrid_residual_dropout_only_while_training():
-    model, _ = _hybrid(residual_dropout=0.5)
-    layer = model.item_embedding
-    with torch.no_grad():
-        layer.residual.fill_(1.0)
-    layer.eval()
-    assert torch.allclose(layer.table()[1:] - layer.adapted_table()[1:], torch.ones(N, HIDDEN))
-    layer.train()
-    diff = (layer.table() - layer.adapted_table())[1:]
-    assert set(torch.unique(diff.round(decimals=4)).tolist()) <= {0.0, 2.0}
-    with pytest.raises(ValueError, match="residual_dropout"):
-        RATConfig.from_dict({"residual_dropout": 1.0})
-
-
-def test_hybrid_residual_item_drop_zeroes_whole_rows_only_while_training():
-    model, _ = _hybrid(residual_item_drop=0.5)
+def _residual_diffs(**rat) -> torch.Tensor:
+    """r filled with ones: the residual part of the table in eval mode (checked: all of r), then in
+    one training pass (returned, [N, HIDDEN])."""
+    model, _ = _hybrid(**rat)
     layer = model.item_embedding
     with torch.no_grad():
         layer.residual.fill_(1.0)
@@ -557,10 +545,20 @@ def test_hybrid_residual_item_drop_zeroes_whole_rows_only_while_training():
     assert torch.allclose(layer.table()[1:] - layer.adapted_table()[1:], torch.ones(N, HIDDEN))
     layer.train()
     torch.manual_seed(0)
-    diff = (layer.table() - layer.adapted_table())[1:]
-    rows = diff.sum(-1)
+    return (layer.table() - layer.adapted_table())[1:]
+
+
+def test_hybrid_residual_dropout_only_while_training():
+    diff = _residual_diffs(residual_dropout=0.5)
+    assert set(torch.unique(diff.round(decimals=4)).tolist()) <= {0.0, 2.0}
+    with pytest.raises(ValueError, match="residual_dropout"):
+        RATConfig.from_dict({"residual_dropout": 1.0})
+
+
+def test_hybrid_residual_item_drop_zeroes_whole_rows_only_while_training():
+    diff = _residual_diffs(residual_item_drop=0.5)
     # each item keeps all of r (no rescaling) or none of it, and some of each happen
-    assert set(rows.round(decimals=4).tolist()) == {0.0, float(HIDDEN)}
+    assert set(diff.sum(-1).round(decimals=4).tolist()) == {0.0, float(HIDDEN)}
     whole = diff.abs().lt(1e-5).all(-1) | (diff - 1).abs().lt(1e-5).all(-1)
     assert bool(whole.all())
     with pytest.raises(ValueError, match="residual_item_drop"):
