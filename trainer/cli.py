@@ -129,9 +129,9 @@ def rat(config: ConfigPath,
         overrides: Overrides = None) -> None:
     """PCA + ID pretraining + RAT for one method; prints its test metrics."""
     from llmemb.metrics import Evaluator
-    from trainer.experiments import Tables, load_item_table, run_method
+    from trainer.experiments import Tables, run_aligned
     from trainer.llm_stages import ensure_export, ensure_scft
-    from trainer.make_bundle import bundle_from_model
+    from trainer.make_bundle import bundle_from_run
     from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
 
     cfg = resolve(config, overrides, backbone, seed)
@@ -142,13 +142,10 @@ def rat(config: ConfigPath,
                     scft=ensure_export(cfg, dataset, lora, "scft") if lora is not None else None)
     evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
     root = run_dir(cfg, f"rat/{cfg.backbone.name}-seed{cfg.train.seed}")
-    run_method(cfg, dataset, evaluator, "none", rat_cfg, tables, root / "none", keep_table=True)
-    run = run_method(cfg, dataset, evaluator, method, rat_cfg, tables, root / method,
-                     id_table=load_item_table(root / "none"), reuse=bundle is None)
+    run, _ = run_aligned(cfg, dataset, evaluator, method, rat_cfg, tables, root, reuse=bundle is None)
     typer.echo(metrics_table(run.metrics))
     if bundle is not None:
-        manifest = bundle_from_model(cfg, dataset, run.model, run.pca, lora,
-                                     {"test": run.metrics["test"], "fit": run.metrics["fit"]}, bundle)
+        manifest = bundle_from_run(cfg, dataset, run, lora, bundle)
         typer.echo(f"bundle {bundle} fingerprint {manifest['fingerprint']}")
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -169,3 +170,25 @@ def trained_items(dataset: Dataset, loss_items: np.ndarray | None = None) -> np.
 
 def load_item_table(directory: Path) -> torch.Tensor:
     return load_file(str(directory / TABLE_FILE))["items"]
+
+
+def run_aligned(config: Config, dataset: Dataset, evaluator: Evaluator, method: str, rat: RATConfig,
+                tables: Tables, root: Path, reuse: bool = True,
+                log: Callable[[str], None] | None = None) -> tuple[MethodRun, dict[str, float]]:
+    """The pipeline of one method: the ID-only run under root/none (its table, kept, is the alignment
+    target), then `method` under root/<method>; returns the method's run and each step's seconds."""
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    if log is not None:
+        log("ID-only pretraining (the alignment target)")
+    id_run = run_method(config, dataset, evaluator, "none", rat, tables, root / "none", keep_table=True)
+    seconds["id_pretrain"] = time.perf_counter() - t
+    if method == "none":
+        return id_run, seconds
+    t = time.perf_counter()
+    if log is not None:
+        log(f"RAT ({method}): adapter + backbone on the frozen LLM table")
+    run = run_method(config, dataset, evaluator, method, rat, tables, root / method,
+                     id_table=load_item_table(root / "none"), reuse=reuse)
+    seconds["rat"] = time.perf_counter() - t
+    return run, seconds

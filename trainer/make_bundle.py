@@ -51,3 +51,10 @@ def bundle_from_model(
         method="hybrid" if hybrid else "llmemb",
         residual=residual,
     ))
+
+
+def bundle_from_run(config: Config, dataset: Dataset, run, lora_dir: Path | None, out_dir: Path) -> dict[str, Any]:
+    """The bundle of a method's run (trainer.experiments.MethodRun, trained in this process), with its
+    test and fit metrics in the manifest."""
+    return bundle_from_model(config, dataset, run.model, run.pca, lora_dir,
+                             {"test": run.metrics["test"], "fit": run.metrics["fit"]}, out_dir)

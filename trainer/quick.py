@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 from llmemb.metrics import Evaluator
 from llmemb.sections import checked
 from trainer.config import load_config
-from trainer.experiments import Tables, load_item_table, run_method
+from trainer.experiments import Tables, run_aligned
 from trainer.llm_stages import ensure_export, ensure_scft
-from trainer.make_bundle import bundle_from_model
+from trainer.make_bundle import bundle_from_run
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
 
@@ -53,18 +53,10 @@ def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
 
     evaluator = Evaluator(dataset, config.eval, cache_dir=data_dir)
     root = Path(config.runs_dir) / config.name / "quick"
+    run, steps = run_aligned(config, dataset, evaluator, method, rat, tables, root, reuse=False, log=log)
+    seconds.update(steps)
     t = time.perf_counter()
-    log("ID-only pretraining (the alignment target)")
-    run_method(config, dataset, evaluator, "none", rat, tables, root / "none", keep_table=True)
-    seconds["id_pretrain"] = time.perf_counter() - t
-    t = time.perf_counter()
-    log(f"RAT ({method}): adapter + backbone on the frozen LLM table")
-    run = run_method(config, dataset, evaluator, method, rat, tables, root / method,
-                     id_table=load_item_table(root / "none"), reuse=False)
-    seconds["rat"] = time.perf_counter() - t
-    t = time.perf_counter()
-    manifest = bundle_from_model(config, dataset, run.model, run.pca, lora,
-                                 {"test": run.metrics["test"], "fit": run.metrics["fit"]}, out_dir)
+    manifest = bundle_from_run(config, dataset, run, lora, out_dir)
     seconds["bundle"] = time.perf_counter() - t
     summary = {"bundle": str(out_dir), "fingerprint": manifest["fingerprint"], "seconds": seconds,
                "wall_seconds": time.perf_counter() - started, "test": run.metrics["test"]}
