@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from llmemb.bundle import BundleError, verify_bundle
 from service.app import create_app
+from service.logs import configure as configure_logs
 from service.protocol import JsonErrorsH11Protocol
 from service.settings import Settings
 
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings(**overrides)
     except ValidationError as e:
         sys.exit(f"invalid settings:\n{e}")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(settings.log_level, settings.log_format)
+    if not settings.api_keys:
+        logging.getLogger("llmemb.service").warning(
+            "no API key is set (LLMEMB_API_KEYS): every /v1 route answers anyone who can reach this port")
     try:
         # Before serving: a bundle that fails verification is an operator's error to see at once
         # (the process exits non-zero), not a replica left running that never gets ready.
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         http=JsonErrorsH11Protocol,
+        access_log=False,       # service/access.py writes one JSON line per request, with its id
+        log_config=None,        # keep the handlers configured above
     )
 
 

@@ -1,17 +1,16 @@
 """Prometheus metrics of one app instance (own registry: two apps never collide)."""
 from __future__ import annotations
 
-import time
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -46,36 +45,15 @@ class Metrics:
         self.redis_up = Gauge("llmemb_redis_up", "1 while Redis answers", ["role"], registry=r)
         self.catalogue_items = Gauge("llmemb_catalogue_items", "recommendable items", registry=r)
         self.catalogue_version = Gauge("llmemb_catalogue_version", "version of the catalogue snapshot", registry=r)
+        self.in_flight = Gauge("llmemb_requests_in_flight", "HTTP requests being answered", registry=r)
+        self.tokens = Counter("llmemb_tokens_total", "prompt tokens sent to the model (after the cache)", registry=r)
+        self.build_info = Gauge("llmemb_build_info", "1, labelled with what this process serves",
+                                ["fingerprint", "base_model", "method", "format_version"], registry=r)
+        ProcessCollector(registry=r)   # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=r)  # python_info
         self.catalogue_lost = Gauge("llmemb_catalogue_lost", "1 while the shared catalogue went backwards or "
                                     "vanished and the last good snapshot is served", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-class RequestMetricsMiddleware:
-    """Records latency per route template (not per raw path: ids would explode cardinality)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_seconds.labels(scope["method"], template, str(status["code"])).observe(
-                time.perf_counter() - start)

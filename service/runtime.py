@@ -98,6 +98,9 @@ class Runtime:
                                         s.max_batch_size, s.max_wait_ms / 1000, s.queue_size, self.metrics)
             self.batcher.start()
             await self._warm_up()
+            m = self.bundle.manifest
+            self.metrics.build_info.labels(self.bundle.fingerprint, self.bundle.base_model_id, self.bundle.method,
+                                           str(m["format_version"])).set(1)
             self.status = "ready"
             log.info("ready: bundle %s (%s), %d items, loaded in %.1fs", s.bundle_path,
                      self.bundle.fingerprint[:12], self.bundle.n_items, time.perf_counter() - started)
@@ -170,7 +173,9 @@ class Runtime:
         cached = [v is not None for v in found]
         todo = list(dict.fromkeys(p for p, v in zip(prompts, found) if v is None))
         if todo:
-            results = await self.batcher.submit(todo, self.engine.token_lengths(todo))
+            tokens = self.engine.token_lengths(todo)
+            results = await self.batcher.submit(todo, tokens)
+            self.metrics.tokens.inc(sum(tokens))
             computed = {p: r.stage(stage) for p, r in zip(todo, results)}
             await self.cache.put_many(stage, todo, list(computed.values()))
             found = [v if v is not None else computed[p] for p, v in zip(prompts, found)]

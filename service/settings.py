@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     graceful_timeout_s: int = Field(30, ge=1, description="SIGTERM: time to finish in-flight requests")
     log_level: str = "info"
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line, with the "
+                                               "request id, route, status and latency on access lines")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from service.client import (
     LLMEmbError,
     decode_base64_embedding,
 )
-from tests.servers import RedisServer, ServiceProcess, shared_test_bundle
+from tests.servers import RedisServer, ServiceProcess, shared_test_bundle, wait_for
 
 KEYS = ("key-one", "key-two")
 LIMITS = {
@@ -257,8 +257,43 @@ def test_metrics_exposed(client, raw):
     for name in ('llmemb_request_duration_seconds_count{method="POST",route="/v1/items/embed",status="200"}',
                  "llmemb_queue_wait_seconds_count", "llmemb_batch_tokens_count", "llmemb_inference_seconds_count",
                  'llmemb_cache_hits_total{layer="memory"}',
-                 "llmemb_cache_misses_total", 'llmemb_redis_up{role="cache"} 1.0', "llmemb_catalogue_items"):
+                 "llmemb_cache_misses_total", 'llmemb_redis_up{role="cache"} 1.0', "llmemb_catalogue_items",
+                 "llmemb_requests_in_flight 1.0",  # this request
+                 "process_resident_memory_bytes", "python_info"):
         assert name in text, name
+    info = client.info()
+    assert (f'llmemb_build_info{{base_model="{info.base_model.id}",fingerprint="{info.fingerprint}",'
+            f'format_version="{info.format_version}",method="{info.method}"}} 1.0') in text
+    tokens = float(next(line.split()[-1] for line in text.splitlines() if line.startswith("llmemb_tokens_total ")))
+    assert tokens > 0
+
+
+def test_request_ids_and_json_access_logs(replicas, raw):
+    kept = raw.get("/v1/info", headers={"X-Request-ID": "trace-42.a"})
+    assert kept.headers["x-request-id"] == "trace-42.a"
+    made = raw.get("/v1/info", headers={"X-Request-ID": "not ok\tid"})  # refused: a fresh one is made
+    assert made.headers["x-request-id"] != "not ok\tid" and len(made.headers["x-request-id"]) == 32
+    bad = raw.post("/v1/recommend", json={"history": []}, headers={"X-Request-ID": "trace-43"})
+    assert bad.status_code == 422 and bad.headers["x-request-id"] == "trace-43"
+
+    def access_line(rid: str) -> dict:
+        for line in replicas[0].log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and f'"request_id": "{rid}"' in line:
+                return json.loads(line)
+        raise AssertionError(f"no access line for {rid}")
+
+    line = wait_for(lambda: _try(access_line, "trace-43"), 5, what="the access line")
+    assert (line["logger"], line["method"], line["route"], line["status"]) == (
+        "llmemb.access", "POST", "/v1/recommend", 422)
+    assert line["latency_ms"] >= 0 and line["level"] == "info"
+    assert access_line("trace-42.a")["route"] == "/v1/info"
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except AssertionError:
+        return None
 
 
 # -------------------------------------------------------------- bad input

@@ -138,6 +138,10 @@ def test_local_mode_without_redis(services):
         assert c.put_item("local-1", movie("Local")).created
         assert c.info().catalogue.shared is False and c.info().catalogue.added == 1
         assert c.delete_item("local-1").deleted
+    # No LLMEMB_API_KEYS here: the operator is told at start-up, in the JSON log.
+    warnings = [json.loads(line) for line in services["local"].log_path.read_text().splitlines()
+                if line.startswith("{") and "no API key is set" in line]
+    assert warnings and warnings[0]["level"] == "warning" and warnings[0]["logger"] == "llmemb.service"
 
 
 def test_full_queue_answers_429_with_retry_after(services):
