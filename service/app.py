@@ -35,7 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="LLMEmb-serve", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # operationId = the route function's name (embed_items, recommend, ...): stable for generated clients.
+    app = FastAPI(title="LLMEmb-serve", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  generate_unique_id_function=lambda route: route.name)
     app.state.runtime = runtime
     app.state.auth = ApiKeyChecker(settings.api_keys)
     install_error_handlers(app)

@@ -545,3 +545,12 @@ def test_printed_examples_survive_the_shell_with_apostrophes(tmp_path):
     words = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\0")
     body = json.loads(words[words.index("-d") + 1])
     assert body == {"items": [{"id": "318", "attributes": attrs}]}
+
+
+def test_operation_ids_are_the_route_names():
+    from service.app import create_app
+
+    schema = create_app(Settings(_env_file=None, bundle_path="/nonexistent")).openapi()
+    ids = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
+    assert ids == {"healthz", "readyz", "metrics", "embed_items", "put_items", "put_item", "get_item", "delete_item",
+                   "recommend", "score", "embeddings", "info"}
