@@ -19,7 +19,8 @@ DESCRIPTION = """LLMEmb item embeddings and sequential recommendations.
 
 Items are embedded from their attributes (prompt -> LLM -> PCA -> adapter) into the
 item space of a recommender trained with those vectors; new items join the catalogue
-without retraining. Errors are JSON: `{"error": {"code", "message", "field"}}`.
+without retraining. Errors are JSON: `{"error": {"code", "message", "type", "field", "param"}}` (`type`
+and `param` are the OpenAI names, so OpenAI SDKs read them too).
 """
 
 

@@ -1,4 +1,4 @@
-"""One error shape for every failure: {"error": {"code", "message", "field"?}}."""
+"""One error shape for every failure: {"error": {"code", "message", "type", "field"?, "param"?, ...}}."""
 from __future__ import annotations
 
 import json
@@ -32,10 +32,23 @@ class ApiError(Exception):
         self.details = details
 
 
-def error_body(code: str, message: str, field: str | None = None, details: dict[str, Any] | None = None) -> dict:
-    err: dict[str, Any] = {"code": code, "message": message}
+def error_type(status: int) -> str:
+    """The OpenAI-style class of an error, from its HTTP status (OpenAI SDKs read `type`)."""
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(code: str, message: str, field: str | None = None, details: dict[str, Any] | None = None,
+               status: int = 400) -> dict:
+    """{"error": {"code", "message", "type", "field", "param", ...details}}: `param` repeats `field`
+    under the OpenAI name, so OpenAI clients read these errors too (service/schemas.py: ErrorDetail)."""
+    err: dict[str, Any] = {"code": code, "message": message, "type": error_type(status)}
     if field is not None:
         err["field"] = field
+        err["param"] = field
     if details:
         err.update(details)
     return {"error": err}
@@ -43,7 +56,7 @@ def error_body(code: str, message: str, field: str | None = None, details: dict[
 
 def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(
-        error_body(error.code, error.message, error.field, error.details),
+        error_body(error.code, error.message, error.field, error.details, error.status),
         status_code=error.status,
         headers=error.headers,
     )
@@ -76,7 +89,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     message = f"{field}: {first.get('msg', 'invalid value')}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return JSONResponse(error_body("validation_error", message, field, {"problems": problems}), status_code=422)
+    return JSONResponse(error_body("validation_error", message, field, {"problems": problems}, 422), status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -95,10 +108,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
-        return JSONResponse(error_body(code, message), status_code=exc.status_code,
+        return JSONResponse(error_body(code, message, status=exc.status_code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal error; see the service log"), status_code=500)
+        return JSONResponse(error_body("internal_error", "internal error; see the service log", status=500),
+                            status_code=500)

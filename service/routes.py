@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from urllib.parse import unquote_to_bytes
 
 import torch
@@ -36,6 +37,8 @@ from service.schemas import (
     HealthResponse,
     InfoResponse,
     ItemResponse,
+    ModelCard,
+    ModelsResponse,
     PutItemRequest,
     PutItemResponse,
     PutItemsRequest,
@@ -317,6 +320,13 @@ async def embeddings(body: EmbeddingsRequest, rt: Runtime = Depends(ready_runtim
         data = [EmbeddingData(index=i, embedding=v.tolist()) for i, v in enumerate(vectors)]
     return EmbeddingsResponse(data=data, model=s.served_model_name,
                               usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+@v1.get("/models", response_model=ModelsResponse, tags=["openai"])
+async def models(rt: Runtime = Depends(ready_runtime)):
+    """OpenAI-compatible: the one model served here (its id is what /v1/embeddings expects)."""
+    created = int(datetime.fromisoformat(rt.bundle.manifest["created_at"].replace("Z", "+00:00")).timestamp())
+    return ModelsResponse(data=[ModelCard(id=rt.settings.served_model_name, created=created)])
 
 
 # -------------------------------------------------------------------- info

@@ -51,10 +51,22 @@ class Request(BaseModel):
 
 
 # ------------------------------------------------------------------- errors
+class Problem(BaseModel):
+    field: str
+    message: str
+
+
 class ErrorDetail(BaseModel):
-    code: str = Field(examples=["validation_error"])
-    message: str = Field(examples=["items[0].attributes: Field required"])
-    field: str | None = Field(None, examples=["items[0].attributes"])
+    """Every field an error may carry. `type` and `param` are the OpenAI names (OpenAI SDKs read them)."""
+    code: str = Field(examples=["validation_error"], description="what went wrong, stable for programs")
+    message: str = Field(examples=["items[0].attributes: Field required"], description="for people")
+    type: Literal["invalid_request_error", "authentication_error", "rate_limit_error", "server_error"] = Field(
+        description="the OpenAI-style class of the error, from its HTTP status")
+    field: str | None = Field(None, examples=["items[0].attributes"], description="the request field at fault")
+    param: str | None = Field(None, description="the same as field (OpenAI's name)")
+    problems: list[Problem] | None = Field(None, description="validation_error: every problem found (at most 20)")
+    unknown: list[str] | None = Field(None, description="unknown_items, empty_history, no_candidates: the ids not "
+                                                         "in the catalogue (at most 1000)")
 
 
 class ErrorResponse(BaseModel):
@@ -207,6 +219,18 @@ class EmbeddingsResponse(BaseModel):
     data: list[EmbeddingData]
     model: str
     usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="when the bundle was made (Unix seconds)")
+    owned_by: str = "llmemb"
+
+
+class ModelsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 # ------------------------------------------------------------- operations

@@ -69,7 +69,7 @@ class BodyLimitMiddleware:
             self.metrics.rejected.labels("body_too_large").inc()
         body = json.dumps(error_body(
             "body_too_large", f"request body of {size} bytes exceeds the limit of {self.max_bytes} "
-            "(LLMEMB_MAX_BODY_BYTES)", "body")).encode()
+            "(LLMEMB_MAX_BODY_BYTES)", "body", status=413)).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

@@ -186,6 +186,32 @@ def test_openai_embeddings(client, bundle):
         assert np.array_equal(decode_base64_embedding(b64.embedding), np.array(f.embedding, np.float32))
 
 
+
+def test_the_official_openai_sdk_reads_embeddings_models_and_errors(replicas, bundle):
+    """Contract: the `openai` package, as a user would point it at this service."""
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{replicas[0].url}/v1", api_key=KEYS[0], max_retries=0)
+    models = sdk.models.list()
+    assert [m.id for m in models.data] == ["llmemb"] and models.data[0].object == "model"
+    floats = sdk.embeddings.create(model="llmemb", input=["first text", "second text"], encoding_format="float")
+    assert [d.index for d in floats.data] == [0, 1] and floats.usage.prompt_tokens > 0
+    assert len(floats.data[0].embedding) == bundle.dims["item"]
+    # The SDK asks for base64 by default and decodes it itself: the same vectors.
+    default = sdk.embeddings.create(model="llmemb", input=["first text", "second text"])
+    for a, b in zip(default.data, floats.data):
+        np.testing.assert_array_equal(np.array(a.embedding, np.float32), np.array(b.embedding, np.float32))
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.embeddings.create(model="gpt-x", input="text")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+    assert missing.value.type == "invalid_request_error"
+    with pytest.raises(openai.UnprocessableEntityError) as empty:
+        sdk.embeddings.create(model="llmemb", input=[])
+    assert (empty.value.code, empty.value.param) == ("empty_input", "input")
+    with pytest.raises(openai.AuthenticationError) as denied:
+        openai.OpenAI(base_url=f"{replicas[0].url}/v1", api_key="wrong", max_retries=0).models.list()
+    assert denied.value.type == "authentication_error"
+
 # ----------------------------------------------------------------- scoring
 def test_recommend_matches_the_trained_model(client, bundle):
     history = bundle.item_ids[:5]

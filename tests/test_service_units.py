@@ -553,4 +553,4 @@ def test_operation_ids_are_the_route_names():
     schema = create_app(Settings(_env_file=None, bundle_path="/nonexistent")).openapi()
     ids = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
     assert ids == {"healthz", "readyz", "metrics", "embed_items", "put_items", "put_item", "get_item", "delete_item",
-                   "recommend", "score", "embeddings", "info"}
+                   "recommend", "score", "embeddings", "models", "info"}
