@@ -92,7 +92,7 @@ class ModelProcess:
             self.pid = await asyncio.get_running_loop().run_in_executor(self._pool, _load, self.options)
         except BaseException:
             self.state = "failed"
-            self._shutdown_pool()
+            await asyncio.to_thread(self._shutdown_pool)  # never block the event loop on a dead pool
             raise
         self.state = "up"
 
@@ -115,7 +115,7 @@ class ModelProcess:
         self._restarting = asyncio.create_task(self._restart(), name="llmemb-model-restart")
 
     async def _restart(self) -> None:
-        self._shutdown_pool()
+        await asyncio.to_thread(self._shutdown_pool)
         try:
             await self.start()
             self.restarts += 1

@@ -266,3 +266,29 @@ def test_redis_killed_under_load_loses_no_item_and_answers_no_5xx(tmp_path, logs
     finally:
         service.stop()
         server.stop()
+
+
+def test_a_killed_model_process_answers_503_then_is_replaced(logs):
+    """SIGKILL the model process: embedding answers 503 model_unavailable (never a 500, never a hang),
+    recommend goes on, and a new model process serves within seconds."""
+    import psutil
+
+    proc = ServiceProcess(shared_test_bundle(), logs).start()
+    try:
+        proc.wait_ready()
+        with LLMEmbClient(proc.url) as c:
+            assert c.ready().model == "up"
+            children = [ch for ch in psutil.Process(proc.pid).children()
+                        if "resource_tracker" not in " ".join(ch.cmdline())]
+            assert len(children) == 1
+            children[0].kill()
+            children[0].wait(10)
+            with pytest.raises(LLMEmbError) as err:
+                c.embed_items([{"attributes": movie("After The Kill")}])
+            assert (err.value.status, err.value.code) == (503, "model_unavailable")
+            assert len(c.recommend(["1", "2"], k=3).items) == 3   # scoring never needed the model process
+            wait_for(lambda: c.ready().model == "up", 60, 0.2, "a new model process")
+            assert c.embed_items([{"attributes": movie("After The Kill")}]).data[0].cached is False
+            assert "llmemb_model_restarts_total 1.0" in c.metrics()
+    finally:
+        proc.stop()
