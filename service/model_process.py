@@ -80,7 +80,6 @@ class ModelProcess:
         self.metrics = metrics
         self.state = "stopped"        # stopped | starting | up | restarting | failed
         self.pid: int | None = None
-        self.restarts = 0
         self._pool: ProcessPoolExecutor | None = None
         self._restarting: asyncio.Task | None = None
 
@@ -118,7 +117,6 @@ class ModelProcess:
         await asyncio.to_thread(self._shutdown_pool)
         try:
             await self.start()
-            self.restarts += 1
             if self.metrics is not None:
                 self.metrics.model_restarts.inc()
             log.info("model process restarted (pid %s)", self.pid)
@@ -141,8 +139,3 @@ class ModelProcess:
                 pass
         self.state = "stopped"
         await asyncio.to_thread(self._shutdown_pool)
-
-    def close(self) -> None:
-        """Synchronous stop, for callers outside an event loop."""
-        self.state = "stopped"
-        self._shutdown_pool()

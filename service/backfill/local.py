@@ -48,7 +48,8 @@ def process_chunk(items: list[CatalogueItem], target: RedisVectors, embedder, pr
     unlisted = catalogue.unlisted(items) if catalogue is not None else []
     item_vectors: dict[str, np.ndarray] = {}
     if unlisted:  # item vectors already cached need no model (a job killed between cache and catalogue)
-        wanted = [p for p in dict.fromkeys(prompt_of(it.attributes) for it in unlisted) if p not in set(todo)]
+        computing = set(todo)
+        wanted = [p for p in dict.fromkeys(prompt_of(it.attributes) for it in unlisted) if p not in computing]
         item_vectors = {p: v for p, v in zip(wanted, target.read("item", wanted)) if v is not None}
         todo += [p for p in wanted if p not in item_vectors]
     counts = Counts(read=len(items), skipped_existing=sum(1 for p in prompts if not missing[p]),
