@@ -34,7 +34,7 @@ from trainer.experiments import Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
-from trainer.report import write_report
+from trainer.report import FIGURE_METHODS, write_report
 from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
 
 DEFAULTS: dict[str, Any] = {
@@ -101,12 +101,11 @@ def run_quality(
     splits = {"main": RunSplit(dataset, tables, data_dir)}
     # Item tables are kept for the ID runs (alignment targets) and for the figure's methods on the
     # ablation backbone (the report draws their tables).
-    figure = {"none", "llm2x", "llmemb", "hybrid"}
     chains: list[list[MethodTask]] = []
     for backbone in q["backbones"]:
         methods = list(q["methods"]) + (list(q["ablations"]) if backbone == q["ablation_backbone"] else [])
         chains += _chains("main", root, backbone, methods, q["seeds"], config_path, overrides, rat,
-                          keep=lambda m, b=backbone: m == "none" or (m in figure and b == q["ablation_backbone"]))
+                          keep=lambda m, b=backbone: m == "none" or (m in FIGURE_METHODS and b == q["ablation_backbone"]))
 
     cold_info: dict[str, Any] | None = None
     if q["cold_fraction"] > 0:
