@@ -24,14 +24,23 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install models data test run quality quality-sparse regimes regimes-ml1m quality-ml1m encoders baselines bench bench-load lint redis backfill clean
+.PHONY: install lock models data test run quality quality-sparse regimes regimes-ml1m quality-ml1m encoders baselines bench bench-load lint redis backfill clean
 
-$(STAMP): pyproject.toml
+# torch is installed first, the build chosen by TORCH: cpu (default), cu128 for NVIDIA GPUs, or any
+# other wheel index of the PyTorch project. A plain resolve would pull PyPI's CUDA build (several GB)
+# even on a machine without a GPU. --retries 1: where that index cannot be reached (an offline mirror,
+# as on the CI machine), pip goes on with its configured sources at once.
+TORCH ?= cpu
+TORCH_VERSION := 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/$(TORCH)
+# The locks (requirements/*.lock, `make lock`) pin every other package; the two local distributions
+# (the package and its client, client/) go on top without dependencies.
+$(STAMP): pyproject.toml client/pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	# torch first, from the CPU wheel on disk: a plain resolve would pull the CUDA build.
-	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e ".[test,bench,lint]"
+	$(VENV)/bin/pip install -q --retries 1 --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION)
+	$(VENV)/bin/pip install -q -r requirements/dev.lock
+	$(VENV)/bin/pip install -q --no-deps -e ./client -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -116,6 +125,15 @@ lint: install
 	$(VENV)/bin/hadolint docker/*.Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict k8s/*.yaml
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+# Re-pin the locks from the ranges in pyproject.toml (keeping today's pins where they still fit;
+# `make lock UPGRADE=1` takes the newest). torch is resolved as the CPU build and left out.
+LOCKS := dev serve train
+lock: install
+	for l in $(LOCKS); do $(VENV)/bin/pip-compile -q --strip-extras $(if $(UPGRADE),--upgrade,) \
+		--unsafe-package torch --unsafe-package llmemb-serve --unsafe-package llmemb-client \
+		--no-emit-index-url --no-emit-find-links --extra-index-url https://download.pytorch.org/whl/cpu \
+		-o requirements/$$l.lock requirements/$$l.in || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -353,7 +353,7 @@ def main() -> None:
     if args.one:
         print(RESULT_PREFIX + json.dumps(measure_one(args.one, args)), flush=True)
         return
-    results = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command_line(),
+    results = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "command": command_line(),
                "note": args.note, "settings": {"texts": args.texts, "repeats": args.repeats,
                                                "scft_steps": args.scft_steps, "threads": args.threads,
                                                "token_budget": args.token_budget or "per config",

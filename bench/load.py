@@ -45,7 +45,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         goals.append({"goal": f"{kind} p99 <= {limit:.0f} ms while uncached embedding saturates the model",
                       "measured": f"{p99} ms", "met": p99 <= limit})
     result = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "command": "python bench/load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "service": service_version(args.service_root),

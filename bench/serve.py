@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -263,7 +263,7 @@ def main() -> None:
     encoder.embed(prompts[:64])
     st_model.encode(prompts[:64], batch_size=64, show_progress_bar=False)
     results: dict = {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "bundle": str(args.bundle), "fingerprint": bundle.fingerprint, "base_model": bundle.base_model_id,
         "lora": bundle.lora_dir is not None, "catalogue_items": bundle.n_items,
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),

@@ -27,7 +27,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -243,7 +243,7 @@ def write_bundle(out_dir: str | Path, parts: BundleParts) -> dict[str, Any]:
             shutil.copytree(src, tmp / LORA_DIR, symlinks=False)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "base_model": {"id": parts.base_model_id, **identity.to_dict()},
             "encoder": parts.encoder.to_dict(),
             "lora": parts.lora_dir is not None,

@@ -89,7 +89,7 @@ class EncoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "EncoderConfig":
+    def from_dict(cls, values: dict) -> EncoderConfig:
         """From a config section; unknown keys are errors, `lora` may be a mapping."""
         return dataclass_from(cls, values, "encoder")
 
@@ -197,7 +197,7 @@ class ItemEncoder:
         self.model = model
 
     @classmethod
-    def from_pretrained_lora(cls, config: EncoderConfig, lora_dir: str | Path) -> "ItemEncoder":
+    def from_pretrained_lora(cls, config: EncoderConfig, lora_dir: str | Path) -> ItemEncoder:
         """Base model + a saved LoRA, merged into the weights: inference costs as the base."""
         encoder = cls(replace(config, lora=None, gradient_checkpointing=False))
         merged = PeftModel.from_pretrained(encoder.model, str(lora_dir)).merge_and_unload()

@@ -15,9 +15,10 @@ ranks every target last. A NaN target score also ranks last.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -216,7 +217,7 @@ class EvalGroups:
     def from_dataset(
         cls, dataset: Dataset, head_fraction: float = 0.2, length_threshold: float | None = None, n_buckets: int = 5,
         tail_count: int | None = None,
-    ) -> "EvalGroups":
+    ) -> EvalGroups:
         train_lengths = np.asarray([max(len(s) - 2, 0) for s in dataset.sequences])
         threshold = float(np.median(train_lengths)) if length_threshold is None else float(length_threshold)
         pop = dataset.popularity()

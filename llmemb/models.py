@@ -31,10 +31,10 @@ import os
 import shutil
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from llmemb.packages import PACKAGE_PREFIX, PackageFileError, installed_path
 

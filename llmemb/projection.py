@@ -38,7 +38,7 @@ class PCA:
         return self.mean.shape[0]
 
     @classmethod
-    def fit(cls, x: torch.Tensor, n_components: int | None = None) -> "PCA":
+    def fit(cls, x: torch.Tensor, n_components: int | None = None) -> PCA:
         """Deterministic: fp64 on CPU, and each component's largest-magnitude entry is
         made positive (singular vectors are defined only up to sign)."""
         if x.ndim != 2 or x.shape[0] < 2:
@@ -66,7 +66,7 @@ class PCA:
         pca.explained_variance = variance[:k].float()
         return pca
 
-    def scaled(self, factor: float) -> "PCA":
+    def scaled(self, factor: float) -> PCA:
         """The same projection times `factor` (rows of norm `factor`): a global rescale of
         the reduced table, kept inside the PCA so the bundle and the service apply it too."""
         if not factor > 0:
@@ -76,7 +76,7 @@ class PCA:
             out.explained_variance = self.explained_variance * factor**2
         return out
 
-    def whitened(self, floor: float = 1e-3) -> "PCA":
+    def whitened(self, floor: float = 1e-3) -> PCA:
         """Each component divided by its standard deviation, so every reduced coordinate has
         unit variance on the fitted data. Components whose variance is below `floor` times
         the mean variance are divided by that floor's deviation instead, so directions with
@@ -101,7 +101,7 @@ class PCA:
         return {"mean": self.mean.clone(), "components": self.components.clone()}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "PCA":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> PCA:
         return cls(state["mean"], state["components"])
 
 
@@ -128,7 +128,7 @@ class Adapter(nn.Module):
         return self.W2(self.W1(x))
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "Adapter":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> Adapter:
         """Rebuild with the sizes read from the weights (also a non-default hidden)."""
         hidden, d_in = state["W1.weight"].shape
         d_out = state["W2.weight"].shape[0]

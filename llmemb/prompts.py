@@ -7,7 +7,8 @@ Lists are joined with ", ", newlines become spaces, each value is cut to
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 DOMAIN_INSTRUCTIONS: dict[str, str] = {
     "movie": "The movie has the following attributes: ",

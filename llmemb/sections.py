@@ -2,8 +2,9 @@
 error that names it and lists the known ones (a typo never silently falls back to a default)."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import fields, replace
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

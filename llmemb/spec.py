@@ -65,8 +65,8 @@ class EncoderSpec:
         return build_prompt(attributes, self.instruction, self.max_value_chars, keys=keys)
 
     def encoder_config(self, model_path: str, device: str = "cpu", token_budget: int = 8192,
-                       dtype: str | None = None, lora: "LoraSettings | None" = None,
-                       gradient_checkpointing: bool = False) -> "EncoderConfig":
+                       dtype: str | None = None, lora: LoraSettings | None = None,
+                       gradient_checkpointing: bool = False) -> EncoderConfig:
         """The encoder that computes this spec's vectors (`dtype` overrides the spec's, explicitly)."""
         from llmemb.encoder import (
             EncoderConfig,  # torch and transformers only where vectors are computed
@@ -81,7 +81,7 @@ class EncoderSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EncoderSpec":
+    def from_dict(cls, values: dict[str, Any]) -> EncoderSpec:
         if not isinstance(values, dict):
             raise ValueError(f"encoder: expected a mapping, got {type(values).__name__}")
         names = [f.name for f in fields(cls)]

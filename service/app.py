@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.errors import install_error_handlers
 from service.access import AccessMiddleware
+from service.errors import install_error_handlers
+from service.openapi import install as install_openapi
 from service.routes import ops, v1
 from service.runtime import Runtime
 from service.security import ApiKeyChecker, BodyLimitMiddleware
@@ -46,4 +47,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=runtime.metrics)
     app.add_middleware(AccessMiddleware, metrics=runtime.metrics)
+    install_openapi(app, settings)
     return app

@@ -12,8 +12,9 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from service.metrics import Metrics
 
@@ -132,7 +133,7 @@ class MicroBatcher(Generic[R]):
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     async def _work(self) -> None:

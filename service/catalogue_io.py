@@ -22,7 +22,7 @@ import base64
 import json
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def export_catalogue(client: redis.Redis, fingerprint: str, out: Path) -> dict[s
     vectors, attributes, deleted, version, epoch = pipe.execute()
     header = {"llmemb_catalogue": FORMAT, "fingerprint": fingerprint,
               "epoch": epoch.decode() if epoch is not None else None, "version": int(version or 0),
-              "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "exported_at": datetime.now(UTC).isoformat(timespec="seconds")}
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(header) + "\n")
@@ -128,7 +128,7 @@ def import_catalogue(client: redis.Redis, fingerprint: str, dim: int, path: Path
     pipe.set(k["version"], version)
     pipe.set(k["integrity"], f"{len(items)},{len(deleted)}")
     pipe.set(k["restored"], json.dumps({"epoch": epoch, "version": version, "from_epoch": header.get("epoch"),
-                                        "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+                                        "at": datetime.now(UTC).isoformat(timespec="seconds")}))
     pipe.set(k["epoch"], epoch)
     pipe.execute()
     return {"epoch": epoch, "version": version, "items": len(items), "deleted": len(deleted)}

@@ -12,7 +12,8 @@ Thread ownership (nothing here locks):
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -44,7 +44,7 @@ def error_type(status: int) -> str:
 def error_body(code: str, message: str, field: str | None = None, details: dict[str, Any] | None = None,
                status: int = 400) -> dict:
     """{"error": {"code", "message", "type", "field", "param", ...details}}: `param` repeats `field`
-    under the OpenAI name, so OpenAI clients read these errors too (service/schemas.py: ErrorDetail)."""
+    under the OpenAI name, so OpenAI clients read these errors too (llmemb_client/schemas.py: ErrorDetail)."""
     err: dict[str, Any] = {"code": code, "message": message, "type": error_type(status)}
     if field is not None:
         err["field"] = field

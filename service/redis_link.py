@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -116,7 +117,7 @@ class RedisLink:
             self.metrics.cache_errors.labels(op).inc()
             log.warning("redis %s refused: %s", op, e)
             raise RedisUnavailable(f"redis refused {op}: {e}") from None
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, RedisError, OSError) as e:
             _reraise_cancellation()
             self.metrics.cache_errors.labels(op).inc()
             self._mark_down(e)
@@ -135,7 +136,7 @@ class RedisLink:
     async def _probe(self) -> bool:
         try:
             await self.client.ping()
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, RedisError, OSError) as e:
             self._mark_down(e)
             return False
         if self.up:

@@ -10,20 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.batcher import Overloaded, ShuttingDown
-from service.cache import to_bytes
-from service.catalogue import CatalogueLost, CatalogueUnavailable, Snapshot, UnknownItem
-from service.errors import ApiError
-from service.limits import (
-    check_attributes,
-    check_count,
-    check_id,
-    check_ids,
-    check_text,
-)
-from service.model_process import ModelUnavailable
-from service.runtime import Runtime
-from service.schemas import (
+from llmemb_client.schemas import (
     BaseModelInfo,
     CatalogueInfo,
     DeleteItemResponse,
@@ -52,6 +39,19 @@ from service.schemas import (
     ScoreResponse,
     Usage,
 )
+from service.batcher import Overloaded, ShuttingDown
+from service.cache import to_bytes
+from service.catalogue import CatalogueLost, CatalogueUnavailable, Snapshot, UnknownItem
+from service.errors import ApiError
+from service.limits import (
+    check_attributes,
+    check_count,
+    check_id,
+    check_ids,
+    check_text,
+)
+from service.model_process import ModelUnavailable
+from service.runtime import Runtime
 from service.scoring import best_items, score_rows
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         return None if isinstance(v, str) and not v.strip() else v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         if self.max_batch_size > self.queue_size:
             raise ValueError(f"max_batch_size {self.max_batch_size} exceeds queue_size {self.queue_size}")
         if self.max_items_per_request > self.queue_size:

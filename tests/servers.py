@@ -83,7 +83,7 @@ class RedisServer:
         except OSError:
             return False
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         redis_server = shutil.which("redis-server")
         if redis_server is None:
             raise RuntimeError("redis-server is not installed (scripts/ensure_redis.sh installs it)")
@@ -94,7 +94,7 @@ class RedisServer:
         wait_for(self.ping, 10, what=f"redis-server on port {self.port}")
         return self
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -131,7 +131,7 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMEMB_")}
         env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "LLMEMB_TORCH_THREADS": "1", "PYTHONPATH": str(self.root)})
@@ -145,7 +145,7 @@ class ServiceProcess:
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        from service.client import LLMEmbClient
+        from llmemb_client import LLMEmbClient
 
         with LLMEmbClient(self.url, api_key=self.extra_env.get("LLMEMB_API_KEYS", "").split(",")[0] or None) as c:
             deadline = time.monotonic() + timeout
@@ -163,7 +163,7 @@ class ServiceProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def __enter__(self) -> "ServiceProcess":
+    def __enter__(self) -> ServiceProcess:
         self.start()
         try:
             self.wait_ready()

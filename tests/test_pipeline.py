@@ -21,10 +21,10 @@ from llmemb.item_tables import with_padding_row
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA, Adapter
 from llmemb.prompts import build_prompt, instruction_for
+from llmemb_cli.main import app
 from tests.movies import Q_ITEMS, movie_config
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 from trainer import report
-from trainer.cli import app
 from trainer.experiments import TABLE_FILE, Tables, load_item_table, run_method
 from trainer.quick import run_quick
 from trainer.rat import RATConfig

@@ -20,13 +20,13 @@ from llmemb.backbones import FixedItemEmbedding, build_backbone, left_pad
 from llmemb.bundle import load_bundle
 from llmemb.models import model_identity
 from llmemb.prompts import instruction_for
-from service.cache import cache_key
-from service.client import (
+from llmemb_client import (
     AsyncLLMEmbClient,
     LLMEmbClient,
     LLMEmbError,
     decode_base64_embedding,
 )
+from service.cache import cache_key
 from tests.servers import RedisServer, ServiceProcess, shared_test_bundle, wait_for
 
 KEYS = ("key-one", "key-two")

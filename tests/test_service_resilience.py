@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import redis
 
+from llmemb_client import LLMEmbClient, LLMEmbError
 from service.cache import cache_key
-from service.client import LLMEmbClient, LLMEmbError
 from tests.servers import (
     SHIPPED_CATALOGUE_REDIS,
     RedisServer,

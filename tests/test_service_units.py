@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +16,10 @@ import pytest
 import redis
 import torch
 
+from llmemb_client import LLMEmbClient, LLMEmbError, decode_base64_embedding
 from service.batcher import MicroBatcher, Overloaded, ShuttingDown
 from service.cache import LRU, EmbeddingCache, cache_key, from_bytes, to_bytes
 from service.catalogue import Catalogue, UnknownItem, build_snapshot
-from service.client import LLMEmbClient, LLMEmbError, decode_base64_embedding
 from service.errors import ApiError, field_path
 from service.limits import check_attributes, check_ids, check_text
 from service.metrics import Metrics
@@ -503,7 +504,7 @@ def test_decode_base64_embedding():
     import base64
 
     v = np.array([0.25, -1.0], dtype=np.float32)
-    assert decode_base64_embedding(base64.b64encode(v.astype("<f4").tobytes()).decode()).tolist() == [0.25, -1.0]
+    assert decode_base64_embedding(base64.b64encode(v.astype("<f4").tobytes()).decode()) == [0.25, -1.0]
 
 
 def test_wait_for_helper_times_out():
@@ -516,7 +517,7 @@ def test_the_service_never_imports_the_trainer():
     import subprocess
     import sys
 
-    code = "import sys, service.app, service.client, service.__main__; " \
+    code = "import sys, service.app, llmemb_client, service.__main__; " \
            "print(sorted(m for m in sys.modules if m == 'trainer' or m.startswith('trainer.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -554,3 +555,82 @@ def test_operation_ids_are_the_route_names():
     ids = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
     assert ids == {"healthz", "readyz", "metrics", "embed_items", "put_items", "put_item", "get_item", "delete_item",
                    "recommend", "score", "embeddings", "models", "info"}
+
+
+# ------------------------------------------------------------------ schema limits
+def test_the_published_schema_carries_the_configured_limits():
+    from service.app import create_app
+
+    settings = Settings(_env_file=None, bundle_path="unused", max_items_per_request=5, max_history=7,
+                        max_candidates=9, max_k=11, max_id_chars=13, max_attribute_chars=17,
+                        max_attributes_per_item=3, max_list_values=4, max_text_chars=19)
+    schema = create_app(settings).openapi()
+    c = schema["components"]["schemas"]
+    assert c["EmbedItemsRequest"]["properties"]["items"]["maxItems"] == 5
+    assert c["PutItemsRequest"]["properties"]["items"]["maxItems"] == 5
+    history = c["RecommendRequest"]["properties"]["history"]
+    assert (history["maxItems"], history["items"]["maxLength"]) == (7, 13)
+    assert c["RecommendRequest"]["properties"]["candidates"]["anyOf"][0]["maxItems"] == 9
+    assert c["RecommendRequest"]["properties"]["k"]["maximum"] == 11
+    assert c["ScoreRequest"]["properties"]["candidates"]["maxItems"] == 9
+    attributes = c["CatalogueItemIn"]["properties"]["attributes"]
+    assert (attributes["maxProperties"], attributes["propertyNames"]["maxLength"]) == (3, 17)
+    string, _, _, _, values = attributes["additionalProperties"]["anyOf"]
+    assert (string, values["maxItems"], values["items"]["anyOf"][0]["maxLength"]) == (
+        {"type": "string", "maxLength": 17}, 4, 17)
+    text, texts = c["EmbeddingsRequest"]["properties"]["input"]["anyOf"]
+    assert (text["maxLength"], texts["maxItems"], texts["items"]["maxLength"]) == (19, 5, 19)
+    (param,) = schema["paths"]["/v1/items/{item_id}"]["put"]["parameters"]
+    assert param["schema"]["maxLength"] == 13
+
+
+def test_client_retries_connection_errors_then_gives_up(monkeypatch):
+    import llmemb_client.client as client_module
+
+    monkeypatch.setattr(client_module, "BACKOFF_S", 0.001)
+    failures = {"left": 2, "calls": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        failures["calls"] += 1
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    def client(retries: int) -> LLMEmbClient:
+        return LLMEmbClient("http://test", max_retries=retries,
+                            http=httpx.Client(base_url="http://test", transport=httpx.MockTransport(handler)))
+
+    with client(2) as c:
+        assert c.health().status == "ok" and failures["calls"] == 3
+    failures.update(left=5, calls=0)
+    with client(1) as c, pytest.raises(httpx.ConnectError):
+        c.health()
+    assert failures["calls"] == 2
+
+
+def test_async_client_retries_503_after_retry_after():
+    from llmemb_client import AsyncLLMEmbClient
+
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(503, headers={"Retry-After": "0.01"},
+                                  json={"error": {"code": "model_unavailable", "message": "restarting"}})
+        return httpx.Response(200, json={"items": [], "ignored": [], "catalogue_version": 3})
+
+    async def go():
+        http = httpx.AsyncClient(base_url="http://test", transport=httpx.MockTransport(handler))
+        async with AsyncLLMEmbClient("http://test", max_retries=1, http=http) as c:
+            return await c.recommend(["1"])
+
+    assert asyncio.run(go()).catalogue_version == 3 and calls["n"] == 2
+
+
+def test_the_client_needs_neither_torch_nor_numpy_nor_the_service():
+    code = ("import sys, llmemb_client; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'service', 'llmemb'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

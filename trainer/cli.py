@@ -198,16 +198,3 @@ def quick(config: ConfigPath,
 
     summary = run_quick(config, out, list(overrides or []), log=typer.echo)
     typer.echo(metrics_table({"test": summary["test"]}))
-
-
-@app.command()
-def verify(bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory.")]) -> None:
-    """Check every hash of a bundle; exits non-zero with the offending file named."""
-    from llmemb.bundle import BundleError, verify_bundle
-
-    try:
-        manifest = verify_bundle(bundle)
-    except BundleError as err:
-        typer.echo(f"bundle refused: {err}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"bundle ok: fingerprint {manifest['fingerprint']}, {manifest['n_items']} items")

@@ -74,7 +74,7 @@ class RATConfig:
     residual_item_drop: float = 0.0
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "RATConfig":
+    def from_dict(cls, values: dict[str, Any] | None) -> RATConfig:
         cfg = dataclass_from(cls, values, "rat")
         for name in ("source_std", "llm2x_init_std"):
             value = getattr(cfg, name)

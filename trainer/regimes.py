@@ -9,8 +9,9 @@ detail (every backbone, both protocols, popularity buckets, best epochs).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from trainer.report import LABELS, pm, separation
 

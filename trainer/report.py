@@ -9,8 +9,9 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import matplotlib
 

@@ -12,10 +12,11 @@ each receives the splits (dataset, tables, masks) once, at start-up.
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

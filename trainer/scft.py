@@ -83,7 +83,7 @@ class SCFTConfig:
             raise ValueError("batch_items >= 2, log_every >= 1 and temperature > 0 are required")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SCFTConfig":
+    def from_dict(cls, values: dict[str, Any]) -> SCFTConfig:
         return dataclass_from(cls, values, "scft")
 
 
@@ -96,7 +96,7 @@ class Distributed:
     owns_group: bool = False        # we created the process group, so we destroy it
 
     @classmethod
-    def from_env(cls, device: str) -> "Distributed":
+    def from_env(cls, device: str) -> Distributed:
         """Join the torchrun group named by the environment; one process otherwise."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:

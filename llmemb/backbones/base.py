@@ -38,7 +38,7 @@ class BackboneConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BackboneConfig":
+    def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
         """Unknown keys are errors (a bundle or checkpoint written by other code is refused, not misread)."""
         return dataclass_from(cls, d, "backbone")
 

@@ -123,7 +123,7 @@ def inner_size(config_inner: int, hidden: int, factor: int) -> int:
     return config_inner if config_inner > 0 else factor * hidden
 
 
-def encoder_from_config(config, causal: bool) -> "TransformerEncoder":
+def encoder_from_config(config, causal: bool) -> TransformerEncoder:
     """The self-attention stack of SASRec (causal) and BERT4Rec (bidirectional) from a BackboneConfig."""
     return TransformerEncoder(
         hidden=config.hidden,

@@ -9,7 +9,8 @@ config fails loudly instead of being ignored.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..prompts import instruction_for
 from . import amazon, movielens, recbole, yelp

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .dataset import Dataset, Interaction
 from .rawio import (

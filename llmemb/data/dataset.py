@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class Dataset:
         user_core: int = 5,
         item_core: int = 5,
         require_attributes: bool = False,
-    ) -> "Dataset":
+    ) -> Dataset:
         """Build sequences from raw interactions with iterative k-core filtering.
 
         Ties in time keep the order of the input (stable sort). Users end with at
@@ -126,7 +127,7 @@ class Dataset:
             },
         )
 
-    def keep_last(self, n: int) -> "Dataset":
+    def keep_last(self, n: int) -> Dataset:
         """Each user's sequence cut to its `n` most recent items (the sparse regimes:
         most items become rare). Items left without any interaction are dropped and
         the rest renumbered in their old order, so every item still has a sequence."""
@@ -222,7 +223,7 @@ class Dataset:
         (d / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Dataset":
+    def load(cls, directory: str | Path) -> Dataset:
         d = Path(directory)
         meta = json.loads((d / "dataset.json").read_text(encoding="utf-8"))
         arrays = np.load(d / "sequences.npz")

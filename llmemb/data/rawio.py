@@ -15,8 +15,9 @@ import gzip
 import json
 import logging
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from ..packages import (
     PACKAGE_PREFIX,

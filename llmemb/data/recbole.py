@@ -6,9 +6,10 @@ by their declared type; an empty cell is a missing value.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .dataset import Dataset, Interaction
 from .rawio import (

@@ -48,7 +48,7 @@ def review_time(value: Any) -> dt.datetime:
         raise BadRow(f"field 'date' must be a string, found {type(value).__name__}")
     if REVIEW_DATE.match(value):
         try:
-            return dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc)
+            return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
         except ValueError:
             pass  # well-formed but impossible, e.g. month 13
     raise BadRow(f"field 'date' is not a date 'YYYY-MM-DD HH:MM:SS': {value!r}")

@@ -54,7 +54,7 @@ class Counts:
     catalogued: int = 0        # items written into the shared catalogue (--catalogue)
     errors: int = 0            # malformed lines skipped (--on-error skip)
 
-    def add(self, other: "Counts") -> None:
+    def add(self, other: Counts) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 

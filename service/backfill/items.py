@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from llmemb.prompts import has_content
 from service.backfill.config import CatalogueError, Counts

@@ -1,9 +1,10 @@
 """The Ray engine: line ranges of the file over a pool of actors, one ItemEmbedder each."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

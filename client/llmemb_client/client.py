@@ -1,23 +1,27 @@
 """Typed HTTP clients of the v1 API: `LLMEmbClient` (sync) and `AsyncLLMEmbClient`.
 
-Both return the response models of service.schemas and raise `LLMEmbError`
+Both return the response models of llmemb_client.schemas and raise `LLMEmbError`
 (status, code, message, field) for any error answer. `max_retries` retries 429
-and 503 answers after their Retry-After (for batch jobs such as the backfill).
+and 503 answers after their Retry-After, and connection errors after an
+exponential back-off (every call of the API is idempotent, so a retry is safe).
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
+import random
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-import numpy as np
 from pydantic import BaseModel
 
-from service.schemas import (
+from llmemb_client.schemas import (
     DeleteItemResponse,
     EmbeddingsResponse,
     EmbedItemsResponse,
@@ -31,6 +35,8 @@ from service.schemas import (
 
 M = TypeVar("M", bound=BaseModel)
 RETRYABLE = (429, 503)
+BACKOFF_S = 0.5        # first wait after a connection error; doubles per attempt, with jitter
+MAX_WAIT_S = 30.0      # no wait (Retry-After or back-off) is longer than this
 
 
 class LLMEmbError(Exception):
@@ -76,9 +82,23 @@ def _parse(call: _Call, response: httpx.Response):
     return call.model.model_validate(response.json())
 
 
-def decode_base64_embedding(data: str) -> np.ndarray:
-    """An embedding returned with encoding_format="base64" -> float32 vector."""
-    return np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float32)
+def decode_base64_embedding(data: str) -> list[float]:
+    """An embedding returned with encoding_format="base64" (little-endian float32) -> its floats."""
+    values = array.array("f", base64.b64decode(data))
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
+
+
+def _wait(attempt: int, response: httpx.Response | None) -> float | None:
+    """Seconds to wait before retry `attempt` + 1, or None when the answer is final.
+
+    `response` None means the request failed to connect or was cut off."""
+    if response is None:
+        return min(MAX_WAIT_S, BACKOFF_S * 2 ** attempt * (0.5 + random.random()))
+    if response.status_code not in RETRYABLE:
+        return None
+    return min(MAX_WAIT_S, _error(response).retry_after or BACKOFF_S * 2 ** attempt)
 
 
 class _Calls:
@@ -143,7 +163,7 @@ class LLMEmbClient:
         self.max_retries = max_retries
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout, headers=_headers(api_key))
 
-    def __enter__(self) -> "LLMEmbClient":
+    def __enter__(self) -> LLMEmbClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -153,13 +173,21 @@ class LLMEmbClient:
         self._http.close()
 
     def _send(self, call: _Call):
-        for attempt in range(self.max_retries + 1):
-            response = self._http.request(call.method, call.path, json=call.json)
-            if response.status_code in RETRYABLE and attempt < self.max_retries \
-                    and response.status_code not in call.ok_statuses:
-                time.sleep(_error(response).retry_after or 1.0)
-                continue
-            return _parse(call, response)
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(call.method, call.path, json=call.json)
+            except httpx.TransportError:
+                if attempt >= self.max_retries:
+                    raise
+                response = None
+            wait = None if response is not None and response.status_code in call.ok_statuses \
+                else _wait(attempt, response)
+            if wait is None or attempt >= self.max_retries:
+                assert response is not None
+                return _parse(call, response)
+            time.sleep(wait)
+            attempt += 1
 
     def embed_items(self, items: Sequence[dict[str, Any]], stage: str = "item") -> EmbedItemsResponse:
         return self._send(_Calls.embed_items(items, stage))
@@ -216,7 +244,7 @@ class AsyncLLMEmbClient:
         self.max_retries = max_retries
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_headers(api_key))
 
-    async def __aenter__(self) -> "AsyncLLMEmbClient":
+    async def __aenter__(self) -> AsyncLLMEmbClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -226,13 +254,21 @@ class AsyncLLMEmbClient:
         await self._http.aclose()
 
     async def _send(self, call: _Call):
-        for attempt in range(self.max_retries + 1):
-            response = await self._http.request(call.method, call.path, json=call.json)
-            if response.status_code in RETRYABLE and attempt < self.max_retries \
-                    and response.status_code not in call.ok_statuses:
-                await asyncio.sleep(_error(response).retry_after or 1.0)
-                continue
-            return _parse(call, response)
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(call.method, call.path, json=call.json)
+            except httpx.TransportError:
+                if attempt >= self.max_retries:
+                    raise
+                response = None
+            wait = None if response is not None and response.status_code in call.ok_statuses \
+                else _wait(attempt, response)
+            if wait is None or attempt >= self.max_retries:
+                assert response is not None
+                return _parse(call, response)
+            await asyncio.sleep(wait)
+            attempt += 1
 
     async def embed_items(self, items: Sequence[dict[str, Any]], stage: str = "item") -> EmbedItemsResponse:
         return await self._send(_Calls.embed_items(items, stage))

@@ -1,0 +1,56 @@
+"""The `llmemb` command: `train …`, `serve`, `backfill` and `verify`.
+
+Each part is imported only when its sub-command runs, so an install with the serve
+extra alone runs `llmemb serve` and `llmemb verify` without the trainer's packages.
+The sub-commands hand their arguments on unchanged: `llmemb train quick --help`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="LLMEmb: LLM item embeddings for sequential recommenders (trainer, service, backfill).")
+PASS_ON = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=PASS_ON, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """The offline trainer: prepare, train, scft, export, rat, quality, tune, quick … (`llmemb train --help`)."""
+    # Idle OpenMP threads sleep instead of spinning (set before torch loads), as `python -m trainer` does.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from trainer.cli import app as trainer_app
+
+    trainer_app(args=list(ctx.args), prog_name="llmemb train")
+
+
+@app.command(context_settings=PASS_ON, add_help_option=False)
+def serve(ctx: typer.Context) -> None:
+    """Run the API over a bundle (`llmemb serve --help`; settings from LLMEMB_* variables)."""
+    from service.__main__ import main
+
+    main(list(ctx.args))
+
+
+@app.command(context_settings=PASS_ON, add_help_option=False)
+def backfill(ctx: typer.Context) -> None:
+    """Embed a whole catalogue into Redis or files, locally or on Ray (`llmemb backfill --help`)."""
+    from service.backfill.cli import main
+
+    main(list(ctx.args))
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory.")]) -> None:
+    """Check every hash of a bundle; exits non-zero with the offending file named."""
+    from llmemb.bundle import BundleError, verify_bundle
+
+    try:
+        manifest = verify_bundle(bundle)
+    except BundleError as err:
+        typer.echo(f"bundle refused: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"bundle ok: fingerprint {manifest['fingerprint']}, {manifest['n_items']} items")

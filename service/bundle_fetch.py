@@ -1,0 +1,136 @@
+"""`python -m service.bundle_fetch`: put a bundle (or a base model) from a URL into a directory.
+
+The k8s init container runs it, so the images stay model-free: a tar archive (gzip, bz2, xz or
+plain) at an http(s) URL, a pre-signed object-store URL or a file:// path is streamed to disk,
+checked against --sha256 when given, unpacked with tarfile's "data" filter (no absolute paths,
+links out of the tree or device files), and, for a bundle, verified file by file
+(llmemb.bundle.verify_bundle) before it is moved into place. A directory that already holds a
+verified bundle with the same fingerprint is kept (a restarted pod on the same volume).
+Exit status: 0 when the directory is ready, 1 with the reason on stderr otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from llmemb.bundle import MANIFEST, BundleError, verify_bundle
+
+CHUNK = 1 << 20
+
+
+class FetchError(Exception):
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def download(url: str, to: Path, attempts: int = 3, timeout_s: float = 60.0) -> str:
+    """Stream `url` into `to`; return the sha256 of what was written."""
+    scheme = urlparse(url).scheme
+    for attempt in range(attempts):
+        digest = hashlib.sha256()
+        try:
+            with to.open("wb") as out:
+                if scheme == "file":
+                    with open(urlparse(url).path, "rb") as src:
+                        while chunk := src.read(CHUNK):
+                            digest.update(chunk)
+                            out.write(chunk)
+                elif scheme in ("http", "https"):
+                    with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as response:
+                        if response.status_code != 200:
+                            raise FetchError(f"GET {_redacted(url)}: HTTP {response.status_code}",
+                                             retryable=response.status_code >= 500)
+                        for chunk in response.iter_bytes(CHUNK):
+                            digest.update(chunk)
+                            out.write(chunk)
+                else:
+                    raise FetchError(f"unsupported URL scheme {scheme!r} (http, https or file)")
+            return digest.hexdigest()
+        except (httpx.TransportError, FetchError, OSError) as err:
+            retryable = isinstance(err, httpx.TransportError) or getattr(err, "retryable", False)
+            if not retryable or attempt == attempts - 1:
+                raise FetchError(f"{_redacted(url)}: {err}") from None
+            time.sleep(2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _redacted(url: str) -> str:
+    """The URL without its query: a pre-signed URL carries its credentials there."""
+    return url.split("?", 1)[0]
+
+
+def _root(unpacked: Path, is_bundle: bool) -> Path:
+    """The archive's content: its top directory when it has exactly one, else itself."""
+    if is_bundle and (unpacked / MANIFEST).is_file():
+        return unpacked
+    children = [p for p in unpacked.iterdir()]
+    if len(children) == 1 and children[0].is_dir():
+        return children[0]
+    return unpacked
+
+
+def _fingerprint(directory: Path) -> str | None:
+    try:
+        return verify_bundle(directory)["fingerprint"]
+    except BundleError:
+        return None
+
+
+def fetch(url: str, dest: Path, sha256: str | None = None, is_bundle: bool = True) -> str:
+    """Fill `dest` from the archive at `url`; return a one-line summary."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+        archive = Path(tmp) / "archive"
+        got = download(url, archive)
+        if sha256 and got != sha256.lower():
+            raise FetchError(f"sha256 mismatch: expected {sha256.lower()}, got {got}")
+        unpacked = Path(tmp) / "unpacked"
+        unpacked.mkdir()
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                tar.extractall(unpacked, filter="data")
+        except (tarfile.TarError, OSError) as err:
+            raise FetchError(f"cannot unpack the archive: {err}") from None
+        root = _root(unpacked, is_bundle)
+        fingerprint = None
+        if is_bundle:
+            try:
+                fingerprint = verify_bundle(root)["fingerprint"]
+            except BundleError as err:
+                raise FetchError(f"the archive's bundle is refused: {err}") from None
+            if _fingerprint(dest) == fingerprint:
+                return f"bundle {fingerprint} already in {dest}"
+        for old in dest.iterdir():   # dest may be a mount point: empty it, never replace it
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        for item in root.iterdir():
+            shutil.move(str(item), dest / item.name)
+    return f"bundle {fingerprint} in {dest}" if is_bundle else f"{_redacted(url)} unpacked in {dest}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m service.bundle_fetch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True, help="http(s):// or file:// URL of a tar archive")
+    p.add_argument("--dest", required=True, type=Path, help="directory to fill (e.g. the pod's /bundle volume)")
+    p.add_argument("--sha256", help="expected sha256 of the archive")
+    p.add_argument("--directory", action="store_true",
+                   help="any directory (a base model), not a bundle: no bundle verification")
+    args = p.parse_args(argv)
+    try:
+        print(fetch(args.url, args.dest, args.sha256, is_bundle=not args.directory), flush=True)
+    except FetchError as err:
+        sys.exit(f"bundle_fetch: {err}")
+
+
+if __name__ == "__main__":
+    main()
