@@ -24,7 +24,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lock models data test run quality quality-sparse regimes regimes-ml1m quality-ml1m encoders baselines bench bench-load lint redis backfill clean
+.PHONY: install lock models data test run bundle-archive compose-train quality quality-sparse regimes regimes-ml1m quality-ml1m encoders baselines bench bench-load lint redis backfill clean
 
 # torch is installed first, the build chosen by TORCH: cpu (default), cu128 for NVIDIA GPUs, or any
 # other wheel index of the PyTorch project. A plain resolve would pull PyPI's CUDA build (several GB)
@@ -121,14 +121,32 @@ bench: install
 bench-load: install
 	$(PY) bench/load.py --bundle $(BUNDLE)
 
+# Code and deployment checks, offline: ruff and mypy on the Python, hadolint on the images, every
+# kustomization rendered and checked (scripts/check_k8s.py: API schemas, restricted Pod Security,
+# registries, no empty Secret), and the compose file against its schema. CI runs it after the tests.
 lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint docker/*.Dockerfile
-	$(VENV)/bin/kubernetes-validate --strict k8s/*.yaml
+	$(PY) scripts/check_k8s.py
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+# The bundle as the tar archive the k8s init container fetches (service/bundle_fetch.py): upload it
+# and put its URL and sha256 in k8s/overlays/<cpu|gpu>/bundle.env.
+bundle-archive:
+	@test -f $(BUNDLE)/manifest.json || { echo "no bundle at $(BUNDLE) (make run trains one)"; exit 1; }
+	tar -C $(dir $(BUNDLE)) -czf $(BUNDLE).tar.gz $(notdir $(BUNDLE))
+	@echo "LLMEMB_BUNDLE_URL=<where you upload $(BUNDLE).tar.gz>"
+	@echo "LLMEMB_BUNDLE_SHA256=$$(sha256sum $(BUNDLE).tar.gz | cut -d' ' -f1)"
+
+# The trainer profile of compose, as your own user, so bundles/ and runs/ stay yours on Linux.
+compose-train:
+	mkdir -p bundles runs
+	LLMEMB_UID=$$(id -u) LLMEMB_GID=$$(id -g) docker compose --profile train run --rm trainer
 
 # Re-pin the locks from the ranges in pyproject.toml (keeping today's pins where they still fit;
 # `make lock UPGRADE=1` takes the newest). torch is resolved as the CPU build and left out.
-LOCKS := dev serve train
+LOCKS := dev serve train ray
 lock: install
 	for l in $(LOCKS); do $(VENV)/bin/pip-compile -q --strip-extras $(if $(UPGRADE),--upgrade,) \
 		--unsafe-package torch --unsafe-package llmemb-serve --unsafe-package llmemb-client \

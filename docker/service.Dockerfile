@@ -6,10 +6,12 @@ WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# torch first, from the CPU index, so the CUDA build is never pulled in; then the locked packages.
+# torch first, from the CPU index, so the CUDA build is never pulled in; then the locked packages:
+# serve, or ray for the backfill image of the RayJob (--build-arg LOCK=ray).
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
-COPY requirements/serve.lock requirements/
-RUN pip install -r requirements/serve.lock
+ARG LOCK=serve
+COPY requirements/${LOCK}.lock requirements/
+RUN pip install -r requirements/${LOCK}.lock
 COPY pyproject.toml README.md ./
 COPY client ./client
 COPY llmemb ./llmemb

@@ -1,0 +1,145 @@
+"""`make lint`: render every kustomization under k8s/ offline and check what it would apply.
+
+For each of k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring and k8s/backfill:
+- render it with `kubectl kustomize` (no cluster needed), with a throwaway API-key file where an
+  overlay's secretGenerator needs one (the real one is never committed);
+- validate every object against the Kubernetes API schemas (kubernetes-validate --strict); the pod
+  templates inside custom resources (RayJob) are validated as Pods;
+- check every pod template against the "restricted" Pod Security Standard, every image name for
+  a registry, and that no Secret is empty and no claim asks for ReadOnlyMany.
+Exit status 1 with one line per problem.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ["overlays/cpu", "overlays/gpu", "monitoring", "backfill"]
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                   "projected", "secret"}
+CRD_GROUPS = ("monitoring.coreos.com/", "ray.io/")
+
+
+def render(k8s: Path, target: str) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "k8s"
+        shutil.copytree(k8s, copy)
+        for example in copy.glob("**/secrets/*.env.example"):
+            example.with_suffix("").write_text(example.read_text())
+        out = subprocess.run(["kubectl", "kustomize", str(copy / target)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"{target}: kubectl kustomize failed: {out.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every pod an object would create."""
+    kind, name, spec = obj.get("kind"), obj["metadata"]["name"], obj.get("spec", {})
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        yield f"{kind}/{name}", spec["template"]["spec"]
+    elif kind == "RayJob":
+        cluster = spec["rayClusterSpec"]
+        yield f"{kind}/{name} head", cluster["headGroupSpec"]["template"]["spec"]
+        for group in cluster.get("workerGroupSpecs", []):
+            yield f"{kind}/{name} workers {group['groupName']}", group["template"]["spec"]
+
+
+def restricted_problems(where: str, pod: dict[str, Any]) -> list[str]:
+    problems = []
+    psc = pod.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(f"{where}: {flag} is not allowed")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            problems.append(f"{where}: volume {volume['name']} of type {sorted(kinds)} is not allowed")
+    for container in pod.get("initContainers", []) + pod.get("containers", []):
+        c, csc = f"{where} container {container['name']}", container.get("securityContext", {})
+        if not (csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True):
+            problems.append(f"{c}: runAsNonRoot must be true")
+        if csc.get("runAsUser", psc.get("runAsUser")) == 0:
+            problems.append(f"{c}: runAsUser 0")
+        seccomp = csc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{c}: seccompProfile must be RuntimeDefault or Localhost")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c}: allowPrivilegeEscalation must be false")
+        if csc.get("privileged"):
+            problems.append(f"{c}: privileged")
+        caps = csc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            problems.append(f"{c}: capabilities must drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{c}: adds capabilities {caps['add']}")
+        if any(p.get("hostPort") for p in container.get("ports", [])):
+            problems.append(f"{c}: hostPort")
+        image = container.get("image", "")
+        first = image.split("/")[0]
+        if "/" not in image or not ("." in first or ":" in first or first == "localhost"):
+            problems.append(f"{c}: image {image!r} does not name its registry")
+    return problems
+
+
+def object_problems(obj: dict[str, Any]) -> list[str]:
+    kind, name = obj.get("kind"), obj["metadata"]["name"]
+    problems = []
+    if kind == "Secret" and not any((obj.get("data") or {}).values()) and not any(
+            (obj.get("stringData") or {}).values()):
+        problems.append(f"Secret/{name}: empty (it would override a real Secret and turn authentication off)")
+    claims = [obj] if kind == "PersistentVolumeClaim" else [
+        t for t in obj.get("spec", {}).get("volumeClaimTemplates", [])]
+    for claim in claims:
+        if "ReadOnlyMany" in claim.get("spec", {}).get("accessModes", []):
+            problems.append(f"{kind}/{name}: a ReadOnlyMany claim nothing fills")
+    for where, pod in pod_specs(obj):
+        problems += restricted_problems(where, pod)
+    return problems
+
+
+def schema_problems(objects: list[dict[str, Any]], target: str) -> list[str]:
+    """kubernetes-validate --strict on the API objects and on the pods inside custom resources."""
+    docs = []
+    for obj in objects:
+        if obj["apiVersion"].startswith(CRD_GROUPS):
+            for where, pod in pod_specs(obj):
+                docs.append({"apiVersion": "v1", "kind": "Pod",
+                             "metadata": {"name": where.lower().replace("/", "-").replace(" ", "-")}, "spec": pod})
+        else:
+            docs.append(obj)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump_all(docs, f)
+        f.flush()
+        tool = Path(sys.executable).parent / "kubernetes-validate"
+        out = subprocess.run([str(tool), "--strict", "--quiet", f.name], capture_output=True, text=True)
+    if out.returncode != 0:
+        return [f"{target}: {line}" for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    return []
+
+
+def main() -> int:
+    k8s = ROOT / "k8s"
+    if shutil.which("kubectl") is None:
+        print("check_k8s: kubectl (with its built-in kustomize) is needed to render k8s/", file=sys.stderr)
+        return 1
+    problems = []
+    for target in TARGETS:
+        objects = render(k8s, target)
+        problems += schema_problems(objects, target)
+        for obj in objects:
+            problems += [f"{target}: {p}" for p in object_problems(obj)]
+        print(f"{target}: {len(objects)} objects rendered")
+    for p in problems:
+        print(p, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
