@@ -60,6 +60,8 @@ class HybridItemEmbedding(AdaptedItemEmbedding):
     decay on r is `residual_penalty`, added to the loss by the trainer.
     """
 
+    trained: torch.Tensor  # a buffer (register_buffer in __init__)
+
     def __init__(self, source: torch.Tensor, adapter: nn.Module, trained: torch.Tensor,
                  residual_dropout: float = 0.0, residual_item_drop: float = 0.0):
         super().__init__(source, adapter, freeze=True)

@@ -108,6 +108,8 @@ def compute_ranks(
             if protocol == "full":
                 out.append(full_ranks(model.score_all(user).float(), target, batch_hist))
             else:
+                if negatives is None:  # refused above already; this tells the type checker
+                    raise ValueError("the sampled protocol needs negatives")
                 neg = torch.as_tensor(negatives[start:stop], dtype=torch.long)
                 scores = model.score_candidates(user, torch.cat([target[:, None], neg], 1)).float()
                 out.append(sampled_ranks(scores[:, 0], scores[:, 1:], neg))

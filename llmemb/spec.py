@@ -11,6 +11,7 @@ stays light.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,7 @@ class EncoderSpec:
             raise ValueError(f"encoder.prompt_format: this code builds prompts as {PROMPT_FORMAT}, "
                              f"the bundle asks for {self.prompt_format!r}")
 
-    def prompt(self, attributes: dict[str, Any], keys: list[str] | None = None) -> str:
+    def prompt(self, attributes: Mapping[str, Any], keys: list[str] | None = None) -> str:
         """The prompt of an item: the one place trainer, service and backfill agree on."""
         return build_prompt(attributes, self.instruction, self.max_value_chars, keys=keys)
 

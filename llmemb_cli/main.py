@@ -1,4 +1,4 @@
-"""The `llmemb` command: `train …`, `serve`, `backfill` and `verify`.
+"""The `llmemb` command: `train …`, `serve`, `backfill`, `verify` and `export-st`.
 
 Each part is imported only when its sub-command runs, so an install with the serve
 extra alone runs `llmemb serve` and `llmemb verify` without the trainer's packages.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -54,3 +54,21 @@ def verify(bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directo
         typer.echo(f"bundle refused: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"bundle ok: fingerprint {manifest['fingerprint']}, {manifest['n_items']} items")
+
+
+@app.command("export-st")
+def export_st(bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory.")],
+              out: Annotated[Path, typer.Option("--out", help="Folder to write.")],
+              base_model_path: Annotated[Optional[Path], typer.Option(help="The base model, if not the bundle's id.")]
+              = None) -> None:
+    """The bundle's item stage as a sentence-transformers folder (merged LoRA, pooling, one Dense
+    layer = PCA then adapter), for standard embedding servers such as infinity."""
+    from llmemb.bundle import BundleError, load_bundle
+    from service.st_export import export_item_stage
+
+    try:
+        folder = export_item_stage(load_bundle(bundle), out, str(base_model_path) if base_model_path else None)
+    except (BundleError, ValueError) as err:
+        typer.echo(f"export refused: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"sentence-transformers folder written: {folder}")

@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -63,7 +64,7 @@ def restricted_problems(where: str, pod: dict[str, Any]) -> list[str]:
             problems.append(f"{where}: volume {volume['name']} of type {sorted(kinds)} is not allowed")
     for container in pod.get("initContainers", []) + pod.get("containers", []):
         c, csc = f"{where} container {container['name']}", container.get("securityContext", {})
-        if not (csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True):
+        if csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
             problems.append(f"{c}: runAsNonRoot must be true")
         if csc.get("runAsUser", psc.get("runAsUser")) == 0:
             problems.append(f"{c}: runAsUser 0")

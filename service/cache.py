@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import cast
 
 import numpy as np
 
@@ -119,11 +120,15 @@ class EmbeddingCache:
                 remote.append(i)
         if remote and self.link is not None and self.link.up:
             try:
-                values = await self.link.call("mget", lambda r: r.mget([keys[i] for i in remote]))
+                # The client has decode_responses=False: replies are bytes (redis-py types them bytes | str).
+                values = cast(list[bytes | None],
+                              await self.link.call("mget", lambda r: r.mget([keys[i] for i in remote])))
             except RedisUnavailable:
                 values = [None] * len(remote)
             for i, data in zip(remote, values):
-                vector = from_bytes(data, dim) if data is not None else None
+                if data is None:
+                    continue
+                vector = from_bytes(data, dim)
                 if vector is not None:
                     out[i] = vector
                     self.lru.put(keys[i], data)

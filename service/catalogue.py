@@ -34,7 +34,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -198,6 +198,13 @@ class Catalogue:
         return self._snapshot
 
     @property
+    def _shared_link(self) -> RedisLink:
+        """The Redis link of a shared catalogue; only the shared catalogue's paths use it."""
+        if self.link is None:
+            raise RuntimeError("this catalogue is process-local: it has no Redis link")
+        return self.link
+
+    @property
     def shared(self) -> bool:
         return self.link is not None
 
@@ -270,7 +277,7 @@ class Catalogue:
             raise CatalogueUnavailable("the shared catalogue has not been read from Redis yet")
         keys, epoch = self.keys[:6], self.epoch
         try:
-            result = await self.link.call(op, lambda r: script(keys=keys, args=[epoch, *args], client=r))
+            result = await self._shared_link.call(op, lambda r: script(keys=keys, args=[epoch, *args], client=r))
         except RedisUnavailable as e:
             raise CatalogueUnavailable(f"the shared catalogue needs Redis, which is unavailable ({e})") from None
         if int(result[0]) == -1:   # the epoch guard refused the write
@@ -307,11 +314,13 @@ class Catalogue:
         async with self._refresh_lock:
             if self.epoch is not None and self._snapshot.version == 0 and self.lost is None:
                 # Nothing was ever installed here: a Redis that came back empty or anew lost nothing; start afresh.
-                raw_epoch = await self.link.call("catalogue_epoch", lambda r: r.get(self.keys[4]))
+                # decode_responses=False: replies are bytes (redis-py types them bytes | str).
+                raw_epoch = cast(bytes | None,
+                                 await self._shared_link.call("catalogue_epoch", lambda r: r.get(self.keys[4])))
                 if raw_epoch is None or raw_epoch.decode() != self.epoch:
                     self.epoch = None   # adopt what is there now (a backfill may have created it)
             if self.epoch is None:
-                adopted = await self.link.call(
+                adopted = await self._shared_link.call(
                     "catalogue_adopt", lambda r: self._adopt_script(keys=self.keys[:6], args=[uuid.uuid4().hex],
                                                                     client=r))
                 if adopted is None:
@@ -331,7 +340,7 @@ class Catalogue:
                 return await pipe.execute()
 
             raw_vectors, raw_attributes, raw_deleted, raw_version, raw_epoch, raw_integrity, raw_restored = \
-                await self.link.call("catalogue_read", read)
+                await self._shared_link.call("catalogue_read", read)
             version = int(raw_version or 0)
             epoch = raw_epoch.decode() if raw_epoch is not None else None
             if epoch != self.epoch:
@@ -383,7 +392,7 @@ class Catalogue:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            if not self.link.up:
+            if not self._shared_link.up:
                 continue
             try:
                 async def poll(r):
@@ -394,7 +403,7 @@ class Catalogue:
                     return await pipe.execute()
 
                 (raw_version, raw_epoch, raw_integrity), n_vectors, n_deleted = \
-                    await self.link.call("catalogue_poll", poll)
+                    await self._shared_link.call("catalogue_poll", poll)
                 version = int(raw_version or 0)
                 epoch = raw_epoch.decode() if raw_epoch is not None else None
                 sealed = version == 0 or (raw_integrity or b"").decode() == f"{n_vectors},{n_deleted}"

@@ -67,6 +67,8 @@ def _load(options: ModelOptions) -> int:
 
 
 def _embed(texts: list[str]):
+    if _EMBEDDER is None:
+        raise RuntimeError("the model process has no embedder: _load did not run in it")
     return _EMBEDDER.embed_arrays(texts)
 
 
@@ -99,6 +101,8 @@ class ModelProcess:
         if self.state != "up":
             raise ModelUnavailable(f"the model process is {self.state}")
         pool = self._pool
+        if pool is None:
+            raise ModelUnavailable("the model process is not running")
         try:
             arrays = await asyncio.get_running_loop().run_in_executor(pool, _embed, texts)
         except BrokenProcessPool:

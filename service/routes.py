@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 import torch
@@ -51,10 +52,11 @@ from service.limits import (
     check_text,
 )
 from service.model_process import ModelUnavailable
-from service.runtime import Runtime
+from service.runtime import ReadyRuntime, Runtime
 from service.scoring import best_items, score_rows
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -69,12 +71,12 @@ async def require_api_key(request: Request, _: HTTPAuthorizationCredentials | No
     await request.app.state.auth(request)
 
 
-def ready_runtime(request: Request) -> Runtime:
+def ready_runtime(request: Request) -> ReadyRuntime:
     rt = runtime_of(request)
     if not rt.ready:
         raise ApiError(503, "not_ready", f"the service is {rt.status}" + (f": {rt.error}" if rt.error else ""),
                        headers={"Retry-After": "1"})
-    return rt
+    return cast(ReadyRuntime, rt)  # ready: start-up has set every part
 
 
 ops = APIRouter(tags=["operations"])
@@ -82,7 +84,7 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=
 
 
 # ------------------------------------------------------------------ helpers
-async def embed(rt: Runtime, stage: str, prompts: list[str]):
+async def embed(rt: ReadyRuntime, stage: str, prompts: list[str]):
     try:
         return await rt.embed_prompts(stage, prompts)
     except Overloaded as e:
@@ -110,7 +112,7 @@ def unknown_error(field: str, unknown: list[str]) -> ApiError:
                     "(set ignore_unknown to skip them)", field, details={"unknown": unknown[:1000]})
 
 
-def resolve_history(rt: Runtime, snap: Snapshot, history: list[str], candidates: list[str] | None,
+def resolve_history(rt: ReadyRuntime, snap: Snapshot, history: list[str], candidates: list[str] | None,
                     ignore_unknown: bool):
     s = rt.settings
     check_ids("history", history, s, s.max_history, "max_history")
@@ -155,7 +157,7 @@ async def metrics(request: Request):
 
 # ------------------------------------------------------------------ items
 @v1.post("/items/embed", response_model=EmbedItemsResponse, tags=["items"])
-async def embed_items(body: EmbedItemsRequest, rt: Runtime = Depends(ready_runtime)):
+async def embed_items(body: EmbedItemsRequest, rt: ReadyRuntime = Depends(ready_runtime)):
     """Embed items from their attributes: prompt -> LLM -> PCA -> adapter (stage picks where to stop)."""
     s = rt.settings
     check_count("items", len(body.items), s.max_items_per_request, "max_items_per_request", "items")
@@ -190,7 +192,7 @@ def check_path_id(request: Request, item_id: str, settings) -> None:
 
 
 @v1.put("/items", response_model=PutItemsResponse, tags=["items"])
-async def put_items(body: PutItemsRequest, rt: Runtime = Depends(ready_runtime)):
+async def put_items(body: PutItemsRequest, rt: ReadyRuntime = Depends(ready_runtime)):
     """Add or replace several items at once (bulk import): one catalogue change, all or nothing."""
     s = rt.settings
     check_count("items", len(body.items), s.max_items_per_request, "max_items_per_request", "items")
@@ -214,7 +216,7 @@ async def put_items(body: PutItemsRequest, rt: Runtime = Depends(ready_runtime))
 
 @v1.put("/items/{item_id:path}", response_model=PutItemResponse, tags=["items"],
         responses={201: {"model": PutItemResponse}})
-async def put_item(item_id: str, body: PutItemRequest, request: Request, rt: Runtime = Depends(ready_runtime)):
+async def put_item(item_id: str, body: PutItemRequest, request: Request, rt: ReadyRuntime = Depends(ready_runtime)):
     """Add an item (201) or replace one (200) from its attributes; every replica sees it within a second."""
     check_path_id(request, item_id, rt.settings)
     check_attributes("attributes", body.attributes, rt.settings)
@@ -230,7 +232,7 @@ async def put_item(item_id: str, body: PutItemRequest, request: Request, rt: Run
 
 @v1.get("/items/{item_id:path}", response_model=ItemResponse, tags=["items"],
         responses={404: {"model": ErrorResponse}})
-async def get_item(item_id: str, request: Request, rt: Runtime = Depends(ready_runtime)):
+async def get_item(item_id: str, request: Request, rt: ReadyRuntime = Depends(ready_runtime)):
     """An item of the catalogue: its vector (the row recommend and score use), its attributes,
     and whether it came from the bundle or was added through the API."""
     check_path_id(request, item_id, rt.settings)
@@ -246,7 +248,7 @@ async def get_item(item_id: str, request: Request, rt: Runtime = Depends(ready_r
 
 
 @v1.delete("/items/{item_id:path}", response_model=DeleteItemResponse, tags=["items"])
-async def delete_item(item_id: str, request: Request, rt: Runtime = Depends(ready_runtime)):
+async def delete_item(item_id: str, request: Request, rt: ReadyRuntime = Depends(ready_runtime)):
     """Remove an item: it is never recommended again (bundle items too)."""
     check_path_id(request, item_id, rt.settings)
     try:
@@ -260,7 +262,7 @@ async def delete_item(item_id: str, request: Request, rt: Runtime = Depends(read
 
 # ------------------------------------------------------------------ scoring
 @v1.post("/recommend", response_model=RecommendResponse, tags=["recommend"])
-async def recommend(body: RecommendRequest, rt: Runtime = Depends(ready_runtime)):
+async def recommend(body: RecommendRequest, rt: ReadyRuntime = Depends(ready_runtime)):
     """Top-k next items for a history, over the bundle items plus the added ones."""
     s = rt.settings
     if body.k > s.max_k:
@@ -280,7 +282,7 @@ async def recommend(body: RecommendRequest, rt: Runtime = Depends(ready_runtime)
 
 
 @v1.post("/score", response_model=ScoreResponse, tags=["recommend"])
-async def score(body: ScoreRequest, rt: Runtime = Depends(ready_runtime)):
+async def score(body: ScoreRequest, rt: ReadyRuntime = Depends(ready_runtime)):
     """One score per known candidate (dot product of the user vector and the item vector)."""
     snap = rt.catalogue.snapshot
     rows, cand_rows, ignored = resolve_history(rt, snap, body.history, body.candidates, body.ignore_unknown)
@@ -296,7 +298,7 @@ async def score(body: ScoreRequest, rt: Runtime = Depends(ready_runtime)):
 
 # ------------------------------------------------------- OpenAI compatible
 @v1.post("/embeddings", response_model=EmbeddingsResponse, tags=["openai"])
-async def embeddings(body: EmbeddingsRequest, rt: Runtime = Depends(ready_runtime)):
+async def embeddings(body: EmbeddingsRequest, rt: ReadyRuntime = Depends(ready_runtime)):
     """OpenAI-compatible: each input is embedded as a prompt, as given, into item space."""
     s = rt.settings
     if body.model != s.served_model_name:
@@ -323,7 +325,7 @@ async def embeddings(body: EmbeddingsRequest, rt: Runtime = Depends(ready_runtim
 
 
 @v1.get("/models", response_model=ModelsResponse, tags=["openai"])
-async def models(rt: Runtime = Depends(ready_runtime)):
+async def models(rt: ReadyRuntime = Depends(ready_runtime)):
     """OpenAI-compatible: the one model served here (its id is what /v1/embeddings expects)."""
     created = int(datetime.fromisoformat(rt.bundle.manifest["created_at"].replace("Z", "+00:00")).timestamp())
     return ModelsResponse(data=[ModelCard(id=rt.settings.served_model_name, created=created)])
@@ -331,7 +333,7 @@ async def models(rt: Runtime = Depends(ready_runtime)):
 
 # -------------------------------------------------------------------- info
 @v1.get("/info", response_model=InfoResponse, tags=["operations"])
-async def info(rt: Runtime = Depends(ready_runtime)):
+async def info(rt: ReadyRuntime = Depends(ready_runtime)):
     m = rt.bundle.manifest
     snap = rt.catalogue.snapshot
     return InfoResponse(

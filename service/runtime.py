@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,25 @@ from service.settings import Settings
 
 log = logging.getLogger("llmemb.service")
 T = TypeVar("T")
+
+
+class ReadyRuntime(Protocol):
+    """A Runtime whose start-up finished: every part is present. Routes get one from
+    `service.routes.ready_runtime`, the one place readiness is checked."""
+
+    settings: Settings
+    metrics: Metrics
+    bundle: LoadedBundle
+    engine: Engine
+    cache: EmbeddingCache
+    catalogue: Catalogue
+    batcher: MicroBatcher[StageVectors]
+    model: ModelProcess
+    topk: TopK
+
+    async def run_scoring(self, fn: Callable[[], T]) -> T: ...
+
+    async def embed_prompts(self, stage: str, prompts: list[str]) -> tuple[list[np.ndarray], list[bool]]: ...
 
 
 class Runtime:
@@ -82,29 +101,32 @@ class Runtime:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            self.bundle = await asyncio.to_thread(load_bundle, s.bundle_path, s.verify_bundle)
-            if s.max_batch_tokens < self.bundle.encoder.max_tokens:
+            # Each part goes on self before anything is awaited on it: stop() finds and stops it.
+            self.bundle = bundle = await asyncio.to_thread(load_bundle, s.bundle_path, s.verify_bundle)
+            if s.max_batch_tokens < bundle.encoder.max_tokens:
                 raise ValueError(f"LLMEMB_MAX_BATCH_TOKENS={s.max_batch_tokens} is below the bundle's "
-                                 f"max_tokens={self.bundle.encoder.max_tokens}: one text would not fit")
-            self.model = ModelProcess(ModelOptions(str(s.bundle_path), s.device, s.dtype, s.max_batch_tokens,
-                                                   s.base_model_path, s.torch_threads, s.model_nice), self.metrics)
-            await self.model.start()
-            self.engine = await loop.run_in_executor(self.score_pool, lambda: Engine(self.bundle, s.base_model_path))
-            self.cache = EmbeddingCache(self.bundle.fingerprint, self.bundle.dims, self.link, s.lru_size,
+                                 f"max_tokens={bundle.encoder.max_tokens}: one text would not fit")
+            base_model_path = str(s.base_model_path) if s.base_model_path is not None else None
+            self.model = model = ModelProcess(ModelOptions(str(s.bundle_path), s.device, s.dtype, s.max_batch_tokens,
+                                                           base_model_path, s.torch_threads, s.model_nice),
+                                              self.metrics)
+            await model.start()
+            self.engine = await loop.run_in_executor(self.score_pool, lambda: Engine(bundle, base_model_path))
+            self.cache = EmbeddingCache(bundle.fingerprint, bundle.dims, self.link, s.lru_size,
                                         s.cache_ttl_s, s.cache_enabled, self.metrics)
-            self.catalogue = Catalogue(self.bundle.item_table, self.bundle.item_ids, self.bundle.fingerprint,
-                                       self.catalogue_link, s.catalogue_poll_ms / 1000, self.metrics)
-            await self.catalogue.start()
-            self.batcher = MicroBatcher(self.model.embed, s.max_batch_tokens,
-                                        s.max_batch_size, s.max_wait_ms / 1000, s.queue_size, self.metrics)
-            self.batcher.start()
+            self.catalogue = catalogue = Catalogue(bundle.item_table, bundle.item_ids, bundle.fingerprint,
+                                                   self.catalogue_link, s.catalogue_poll_ms / 1000, self.metrics)
+            await catalogue.start()
+            self.batcher = batcher = MicroBatcher(model.embed, s.max_batch_tokens,
+                                                  s.max_batch_size, s.max_wait_ms / 1000, s.queue_size, self.metrics)
+            batcher.start()
             await self._warm_up()
-            m = self.bundle.manifest
-            self.metrics.build_info.labels(self.bundle.fingerprint, self.bundle.base_model_id, self.bundle.method,
+            m = bundle.manifest
+            self.metrics.build_info.labels(bundle.fingerprint, bundle.base_model_id, bundle.method,
                                            str(m["format_version"])).set(1)
             self.status = "ready"
             log.info("ready: bundle %s (%s), %d items, loaded in %.1fs", s.bundle_path,
-                     self.bundle.fingerprint[:12], self.bundle.n_items, time.perf_counter() - started)
+                     bundle.fingerprint[:12], bundle.n_items, time.perf_counter() - started)
         except Exception as e:
             self.status = "failed"
             self.error = f"{type(e).__name__}: {e}"
@@ -112,15 +134,18 @@ class Runtime:
 
     async def _warm_up(self) -> None:
         """The real paths once: tokenizer, batcher, encoder (two shapes), backbone and top-k."""
-        attrs = self.bundle.item_attributes[:8] or [{"title": "warm-up"}]
-        prompts = [self.engine.prompt(a) for a in attrs]
-        await self.batcher.submit(prompts, self.engine.token_lengths(prompts))
-        await self.batcher.submit(prompts[:1], self.engine.token_lengths(prompts[:1]))
-        snap = self.catalogue.snapshot
+        bundle, engine, batcher, catalogue = self.bundle, self.engine, self.batcher, self.catalogue
+        if bundle is None or engine is None or batcher is None or catalogue is None:
+            raise RuntimeError("warm-up needs the bundle, engine, batcher and catalogue loaded first")
+        attrs = bundle.item_attributes[:8] or [{"title": "warm-up"}]
+        prompts = [engine.prompt(a) for a in attrs]
+        await batcher.submit(prompts, engine.token_lengths(prompts))
+        await batcher.submit(prompts[:1], engine.token_lengths(prompts[:1]))
+        snap = catalogue.snapshot
         rows = list(range(1, min(3, len(snap.ids) - 1) + 1))
         if rows:
             def score():
-                user = self.engine.user_vectors([rows], snap.table)[0]
+                user = engine.user_vectors([rows], snap.table)[0]
                 self.topk(user, snap.table, 10, snap.blocked_rows)
 
             await self.run_scoring(score)
@@ -170,14 +195,17 @@ class Runtime:
 
     async def embed_prompts(self, stage: str, prompts: list[str]) -> tuple[list[np.ndarray], list[bool]]:
         """Vectors of `stage` for each prompt, from the cache or the model; identical prompts run once."""
-        found = await self.cache.get_many(stage, prompts)
+        cache, engine, batcher = self.cache, self.engine, self.batcher
+        if cache is None or engine is None or batcher is None:
+            raise RuntimeError(f"embedding needs a started runtime (the service is {self.status})")
+        found = await cache.get_many(stage, prompts)
         cached = [v is not None for v in found]
         todo = list(dict.fromkeys(p for p, v in zip(prompts, found) if v is None))
+        computed: dict[str, np.ndarray] = {}
         if todo:
-            tokens = self.engine.token_lengths(todo)
-            results = await self.batcher.submit(todo, tokens)
+            tokens = engine.token_lengths(todo)
+            results = await batcher.submit(todo, tokens)
             self.metrics.tokens.inc(sum(tokens))
             computed = {p: r.stage(stage) for p, r in zip(todo, results)}
-            await self.cache.put_many(stage, todo, list(computed.values()))
-            found = [v if v is not None else computed[p] for p, v in zip(prompts, found)]
-        return found, cached
+            await cache.put_many(stage, todo, list(computed.values()))
+        return [v if v is not None else computed[p] for p, v in zip(prompts, found)], cached

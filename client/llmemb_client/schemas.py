@@ -43,7 +43,7 @@ AttributeValue = Annotated[
 ]
 Stage = Literal["item", "pca", "llm"]
 
-MOVIE = {"title": "Toy Story", "year": 1995, "genres": ["Animation", "Children's", "Comedy"]}
+MOVIE: dict[str, Any] = {"title": "Toy Story", "year": 1995, "genres": ["Animation", "Children's", "Comedy"]}
 
 
 class Request(BaseModel):

@@ -9,6 +9,7 @@ Conventions:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -99,7 +100,7 @@ class FixedItemEmbedding(ItemEmbedding):
         return self.weight
 
 
-def left_pad(sequences: list, length: int) -> torch.Tensor:
+def left_pad(sequences: Sequence, length: int) -> torch.Tensor:
     """Item-id sequences -> [B, length] LongTensor, keeping the last `length` items, zeros in front."""
     out = torch.zeros(len(sequences), length, dtype=torch.long)
     for row, seq in enumerate(sequences):

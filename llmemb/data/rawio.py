@@ -106,6 +106,7 @@ def iter_lines(path: Path, policy: LinePolicy) -> Iterator[tuple[int, str]]:
     """(1-based line number, text without the line ending) for every non-blank line."""
     with open_binary(path) as f:
         for lineno, raw in enumerate(f, start=1):
+            problem: str | None
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:

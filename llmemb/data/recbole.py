@@ -136,7 +136,7 @@ def read_interactions(
     interactions: list[Interaction] = []
     below_min = 0
     for lineno, (user, item, time, rating) in iter_records(path, policy, parse, after_line=header.lineno):
-        if rating is not None and rating < min_rating:
+        if rating is not None and min_rating is not None and rating < min_rating:
             below_min += 1
             continue
         interactions.append((user, item, float(lineno) if time is None else time))

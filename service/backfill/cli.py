@@ -44,8 +44,8 @@ def backfill(bundle_path: str | Path, input_path: str | Path, redis_url: str, co
         check_out(out, config.stages)  # before the job, not after hours of it
     client = connect(redis_url)
     # The catalogue's own Redis only when it is another one; otherwise the same client serves both.
-    separate = config.catalogue and catalogue_redis_url and catalogue_redis_url != redis_url
-    catalogue_client = connect(catalogue_redis_url) if separate else None
+    separate = config.catalogue and catalogue_redis_url != redis_url
+    catalogue_client = connect(catalogue_redis_url) if separate and catalogue_redis_url else None
     started = time.perf_counter()
     try:
         if engine == "local":

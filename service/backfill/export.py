@@ -40,9 +40,12 @@ def export_vectors(out: str | Path, input_path: str | Path, target: RedisVectors
     tag = f".tmp-{uuid.uuid4().hex[:8]}"
     tmp_out, tmp_ids = out.with_name(out.name + tag), ids_path(out).with_name(ids_path(out).name + tag)
     try:
+        memmap: np.memmap | None = None
+        arrays: dict[str, np.ndarray]
         if out.suffix == ".npy":  # written through a memory map: the table never has to fit in memory
-            arrays = {stages[0]: np.lib.format.open_memmap(tmp_out, mode="w+", dtype=FLOAT32_LE,
-                                                           shape=(n_items, target.dims[stages[0]]))}
+            memmap = np.lib.format.open_memmap(tmp_out, mode="w+", dtype=FLOAT32_LE,
+                                               shape=(n_items, target.dims[stages[0]]))
+            arrays = {stages[0]: memmap}
         else:
             arrays = {s: np.empty((n_items, target.dims[s]), dtype=FLOAT32_LE) for s in stages}
         row = 0
@@ -52,19 +55,20 @@ def export_vectors(out: str | Path, input_path: str | Path, target: RedisVectors
                     raise BackfillError(f"{input_path} has more items than the {n_items} backfilled; did it change?")
                 prompts = [prompt_of(it.attributes) for it in chunk]
                 for s in stages:
-                    vectors = target.read(s, prompts)
-                    for it, vector in zip(chunk, vectors):
+                    vectors: list[np.ndarray] = []
+                    for it, vector in zip(chunk, target.read(s, prompts)):
                         if vector is None:
                             raise BackfillError(f"{input_path}:{it.line}: the {s} vector of item {it.id!r} is not "
                                                 "in Redis (expired or evicted?); run the backfill again")
+                        vectors.append(vector)
                     arrays[s][row:row + len(chunk)] = np.stack(vectors)
                 ids.writelines(json.dumps(it.id, ensure_ascii=False) + "\n" for it in chunk)
                 row += len(chunk)
         if row != n_items:
             raise BackfillError(f"{input_path} has {row} items, {n_items} were backfilled; did it change?")
-        if out.suffix == ".npy":
-            arrays[stages[0]].flush()
-            del arrays
+        if memmap is not None:  # .npy
+            memmap.flush()
+            del arrays, memmap
         else:
             from safetensors.numpy import save_file
 

@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
@@ -15,6 +16,9 @@ from service.backfill.items import CatalogueItem, chunked, read_items
 from service.backfill.store import CatalogueTarget, RedisVectors
 from service.cache import to_bytes
 
+if TYPE_CHECKING:
+    from service.embedder import ItemEmbedder
+
 log = logging.getLogger("llmemb.backfill")
 
 
@@ -24,7 +28,7 @@ class LazyEmbedder:
     def __init__(self, bundle: LoadedBundle, config: BackfillConfig):
         self.bundle = bundle
         self.config = config
-        self.engine = None
+        self.engine: ItemEmbedder | None = None
 
     def embed_batch(self, prompts: list[str]):
         if self.engine is None:
@@ -62,7 +66,7 @@ def process_chunk(items: list[CatalogueItem], target: RedisVectors, embedder, pr
             target.write(pairs)
         counts.keys_written = len(pairs)
         item_vectors.update((p, v.item) for p, v in zip(todo, vectors))
-    if unlisted:
+    if unlisted and catalogue is not None:  # unlisted is empty without a catalogue
         catalogue.write([(it, item_vectors[prompt_of(it.attributes)]) for it in unlisted])
         counts.catalogued = len(unlisted)
     return counts

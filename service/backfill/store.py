@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import redis
@@ -55,7 +56,8 @@ class RedisVectors:
         queue_sets(self.client.pipeline(transaction=False), pairs, self.ttl_s).execute()
 
     def read(self, stage: str, prompts: list[str]) -> list[np.ndarray | None]:
-        values = self.client.mget([self.key(stage, p) for p in prompts])
+        # decode_responses=False (connect): replies are bytes, though redis-py types them bytes | str.
+        values = cast(list[bytes | None], self.client.mget([self.key(stage, p) for p in prompts]))
         return [from_bytes(v, self.dims[stage]) if v is not None else None for v in values]
 
 
