@@ -24,7 +24,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lock models data test run bundle-archive compose-train quality quality-sparse regimes regimes-ml1m quality-ml1m encoders baselines bench bench-load lint redis backfill clean
+.PHONY: install lock models data test run bundle-archive compose-train quality quality-sparse regimes regimes-ml1m quality-ml1m encoders baselines bench bench-load bench-infinity lint redis backfill clean
 
 # torch is installed first, the build chosen by TORCH: cpu (default), cu128 for NVIDIA GPUs, or any
 # other wheel index of the PyTorch project. A plain resolve would pull PyPI's CUDA build (several GB)
@@ -120,6 +120,19 @@ bench: install
 # `reports/reliability.md` gives the figures and the comparison with the service before its model process.
 bench-load: install
 	$(PY) bench/load.py --bundle $(BUNDLE)
+
+# The service against infinity-emb serving the same item stage (bench/results/infinity.{json,md}).
+# infinity pins numpy<2 and sentence-transformers<4: it gets a virtualenv of its own.
+INFINITY_VENV := .venv-infinity
+$(INFINITY_VENV)/.installed:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install -q --upgrade pip
+	$(INFINITY_VENV)/bin/pip install -q --retries 1 --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION)
+	$(INFINITY_VENV)/bin/pip install -q "infinity-emb[server,torch]==0.0.78"
+	touch $@
+
+bench-infinity: install models $(INFINITY_VENV)/.installed
+	$(PY) bench/infinity.py --bundle $(BUNDLE)
 
 # Code and deployment checks, offline: ruff and mypy on the Python, hadolint on the images, every
 # kustomization rendered and checked (scripts/check_k8s.py: API schemas, restricted Pod Security,
