@@ -15,15 +15,21 @@ from typing import Any
 
 from trainer.report import LABELS, pm, separation
 
-# (report name, how the regime is described)
+# (report name, how the regime is described, the backbones shown)
 REGIMES = (
-    ("ml100k", "Dense: MovieLens-100K, every interaction, full-softmax CE"),
-    ("ml100k-last10", "Sparse: MovieLens-100K, last 10 items per user, CE"),
-    ("ml100k-last20", "Sparse: MovieLens-100K, last 20 items per user, CE"),
-    ("ml1m-last20", "Sparse at scale: MovieLens-1M, last 20 items per user, CE"),
-    ("ml1m", "Scale check: MovieLens-1M, every interaction, CE, one seed"),
-    ("ml100k-bce", "Dense, the paper's loss: BCE with one sampled negative per position"),
-    ("ml100k-last10-bce", "Sparse (last 10), the paper's loss: BCE"),
+    ("ml100k", "Dense: MovieLens-100K, every interaction, full-softmax CE", ("sasrec",)),
+    ("ml100k-backbones", "Dense, the other backbones", ("gru4rec", "bert4rec")),
+    ("ml100k-last10", "Sparse: MovieLens-100K, last 10 items per user, CE", ("sasrec",)),
+    ("ml100k-last20", "Sparse: MovieLens-100K, last 20 items per user, CE", ("sasrec",)),
+    ("ml1m-last20", "Sparse at scale: MovieLens-1M, last 20 items per user, CE", ("sasrec",)),
+    ("ml1m", "Scale check: MovieLens-1M, every interaction, CE, one seed", ("sasrec",)),
+    ("ml100k-bce", "Dense, the paper's loss: BCE with one sampled negative per position", ("sasrec",)),
+    ("ml100k-last10-bce", "Sparse (last 10), the paper's loss: BCE", ("sasrec",)),
+)
+# A Hybrid variant measured against the report it varies: (report, the report it varies, title)
+VARIANTS = (
+    ("ml100k-hybrid-drop", "ml100k",
+     "Hybrid with the residual dropped for whole items while training (dense, SASRec)"),
 )
 METHODS = ("none", "llm2x", "llmemb", "hybrid")
 COLUMNS = (  # (protocol, group, metric, header)
@@ -80,7 +86,7 @@ def _regime_lines(name: str, title: str, results: dict[str, Any], backbone: str)
     summary = results["summary"]
     ds = results["dataset"]
     dense = not ds.get("filter_last_items")
-    lines = [f"## {title}", "",
+    lines = [f"## {title}" + ("" if backbone == "sasrec" else f": {backbone}"), "",
              f"[{name}/results.md]({name}/results.md): {ds['users']} users, {ds['items']} items, "
              f"{ds['interactions']} interactions; tail = {ds['tail_items']} items outside the top 20%; "
              f"{backbone}, seeds {', '.join(map(str, results['quality']['seeds']))}.", "",
@@ -105,6 +111,40 @@ def _regime_lines(name: str, title: str, results: dict[str, Any], backbone: str)
     return lines + [""], checks
 
 
+def _variant_lines(name: str, base: str, title: str, variant: dict[str, Any],
+                   original: dict[str, Any]) -> tuple[list[str], list[dict]]:
+    """The variant's Hybrid beside the original report's Hybrid and LLMEmb, warm and cold."""
+    changed = {k: v for k, v in variant["rat"].items() if original["rat"].get(k) != v}
+    rows = [("Hybrid, " + ", ".join(f"{k} {v}" for k, v in changed.items()), variant["summary"], "hybrid"),
+            ("Hybrid", original["summary"], "hybrid"), ("LLMEmb", original["summary"], "llmemb")]
+    cols = (("main", "full", "overall", "ndcg@10", "full N@10"), ("main", "full", "tail", "hr@10", "full tail H@10"),
+            ("main", "sampled", "tail", "hr@10", "sampled tail H@10"),
+            ("cold", "full", "cold_targets", "hr@10", "cold H@10 (full)"),
+            ("cold", "sampled", "cold_targets", "hr@10", "cold H@10 (sampled)"))
+    lines = [f"## {title}", "", f"[{name}/results.md]({name}/results.md) beside [{base}/results.md]({base}/results.md): "
+             "the same data, seeds and stopping rule; only the setting named changes.", "",
+             "| layer | " + " | ".join(c[-1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+
+    def cell(summary: dict[str, Any], method: str, split: str, protocol: str, group: str, metric: str):
+        s = summary.get(f"{split}|sasrec|{method}")
+        return None if s is None or group not in s.get(protocol, {}) else s[protocol][group][metric]
+
+    for label, summary, method in rows:
+        cells = [cell(summary, method, *c[:4]) for c in cols]
+        lines.append(f"| {label} | " + " | ".join("n/a" if c is None else pm(c) for c in cells) + " |")
+    checks = []
+    for (label, summary, method), (split, protocol, group, metric, header) in (
+            (rows[2], cols[3]), (rows[2], cols[4]), (rows[1], cols[0]), (rows[1], cols[1])):
+        a, b = cell(rows[0][1], "hybrid", split, protocol, group, metric), cell(summary, method, split, protocol,
+                                                                                group, metric)
+        if a is not None and b is not None:
+            checks.append({"comparison": f"{rows[0][0]} vs {label}, {header}", "mine": a["mean"], "other": b["mean"],
+                           "verdict": _verdict(a, b)})
+    lines += ["", "| comparison | variant's | other's | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c['comparison']} | {c['mine']:.4f} | {c['other']:.4f} | {c['verdict']} |" for c in checks]
+    return lines + [""], checks
+
+
 def write_regimes(reports_dir: str | Path = "reports", backbone: str = "sasrec",
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     root = Path(reports_dir)
@@ -113,15 +153,24 @@ def write_regimes(reports_dir: str | Path = "reports", backbone: str = "sasrec",
              "`make quality-sparse`, `make regimes`). A difference counts only beyond two standard deviations of "
              "the difference of seed means; otherwise it is a tie. Rare = at most 4 training interactions.", ""]
     found: dict[str, Any] = {}
-    for name, title in REGIMES:
+    for name, title, backbones in REGIMES:
         path = root / name / "results.json"
         if not path.is_file():
             continue
         results = json.loads(path.read_text(encoding="utf-8"))
-        section, checks = _regime_lines(name, title, results, backbone)
-        lines += section
+        checks = []
+        for shown in backbones:
+            section, more = _regime_lines(name, title, results, shown)
+            lines += section
+            checks += more
         found[name] = {"title": title, "checks": checks}
-    missing = [name for name, _ in REGIMES if name not in found]
+    for name, base, title in VARIANTS:
+        if (root / name / "results.json").is_file() and (root / base / "results.json").is_file():
+            section, checks = _variant_lines(name, base, title, *(
+                json.loads((root / r / "results.json").read_text(encoding="utf-8")) for r in (name, base)))
+            lines += section
+            found[name] = {"title": title, "checks": checks}
+    missing = [name for name, *_ in REGIMES if name not in found]
     if missing:
         lines += ["Not run yet: " + ", ".join(missing) + ".", ""]
     (root / "regimes.md").write_text("\n".join(lines), encoding="utf-8")
