@@ -93,7 +93,7 @@ def test_baselines_report_and_reuse(config_path: Path, tmp_path: Path):
     args = ("baselines", "--config", str(config_path), "--backbones", "sasrec,gru4rec", "--seeds", "0,1",
             "--set", "train.epochs=1")
     out = invoke(*args)
-    assert out.count("training into") == 4
+    assert out.count("trained into") == 4
     report = json.loads((tmp_path / "reports" / "tiny" / "baselines.json").read_text())
     stat = report["summary"]["gru4rec"]["test"]["full"]["overall"]["ndcg@10"]
     assert len(stat["values"]) == 2 and np.isclose(stat["mean"], np.mean(stat["values"]))
@@ -103,7 +103,7 @@ def test_baselines_report_and_reuse(config_path: Path, tmp_path: Path):
     assert "python -m trainer train --config" in markdown and "--backbone gru4rec --seed 1" in markdown
     gru_config = yaml.safe_load((tmp_path / "runs" / "tiny" / "gru4rec-seed1" / "config.yaml").read_text())
     assert gru_config["train"]["lr"] == 0.01 and gru_config["backbone"]["dropout"] == 0.1
-    assert invoke(*args).count("reusing") == 4
+    assert invoke(*args).count("reused") == 4
 
 
 def test_config_precedence_and_errors(config_path: Path):

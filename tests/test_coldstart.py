@@ -13,8 +13,9 @@ from llmemb.data.coldstart import cold_start_split
 from llmemb.data.dataset import Dataset
 from llmemb.metrics import EvalConfig, Evaluator
 from trainer.config import Config, TrainConfig
-from trainer.experiments import Tables, load_item_table, run_method
+from trainer.experiments import Tables, run_method
 from trainer.rat import RATConfig, build_model
+from trainer.runs import load_item_table
 from trainer.train import seed_everything
 
 N_ITEMS = 30
@@ -140,7 +141,7 @@ def test_cold_start_run_keeps_cold_items_out_of_training_and_pca(tmp_path):
     users = split.cold_test_users()
     rat = RATConfig(d_pca=6)
     none = run_method(config, cold_ds, ev, "none", rat, Tables(scft=scft), tmp_path / "none",
-                      loss_items=loss_items, fit_rows=split.warm_rows, keep_table=True,
+                      loss_items=loss_items, fit_rows=split.warm_rows,
                       user_groups={"cold_targets": users})
     id_table = load_item_table(tmp_path / "none")
     run = run_method(config, cold_ds, ev, "llmemb", rat, Tables(scft=scft), tmp_path / "llmemb",

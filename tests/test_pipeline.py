@@ -25,9 +25,10 @@ from llmemb_cli.main import app
 from tests.movies import Q_ITEMS, movie_config
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 from trainer import report
-from trainer.experiments import TABLE_FILE, Tables, load_item_table, run_method
+from trainer.experiments import Tables, run_method
 from trainer.quick import run_quick
 from trainer.rat import RATConfig
+from trainer.runs import CHECKPOINT_FILE, TABLE_KEY, load_checkpoint, load_item_table
 
 # ===================================================================== run_method
 
@@ -45,7 +46,7 @@ def test_run_method_writes_metrics_and_reuses_unchanged_runs(setup, tmp_path):
     ds, config, ev, tables = setup
     rat = RATConfig(d_pca=6)
     none_dir = tmp_path / "none"
-    first = run_method(config, ds, ev, "none", rat, tables, none_dir, keep_table=True)
+    first = run_method(config, ds, ev, "none", rat, tables, none_dir)
     assert first.model is not None and first.pca is None
     saved = json.loads((none_dir / "metrics.json").read_text())
     assert (saved["method"], saved["backbone"], saved["seed"]) == ("none", "sasrec", 0)
@@ -55,15 +56,18 @@ def test_run_method_writes_metrics_and_reuses_unchanged_runs(setup, tmp_path):
             assert saved[which][protocol]["overall"]["n"] == ds.n_users
             assert 0 <= saved[which][protocol]["overall"]["ndcg@10"] <= 1
     assert saved["test"] == json.loads(json.dumps(first.metrics["test"]))
-    assert saved["fit"]["epochs_run"] == len(saved["history"]) == 2 and "history" not in saved["fit"]
+    history = json.loads((none_dir / "history.json").read_text())
+    assert saved["fit"]["epochs_run"] == len(history) == 2 and "history" not in saved["fit"]
+    for name in ("config.yaml", "dataset_stats.json", "model.safetensors", "metrics.json", "history.json"):
+        assert (none_dir / name).is_file()   # the one run format, whatever the method
     assert saved["test_groups"] == {}
     assert torch.equal(load_item_table(none_dir), first.model.item_embedding.table().detach())
 
-    again = run_method(config, ds, ev, "none", rat, tables, none_dir, keep_table=True)
+    again = run_method(config, ds, ev, "none", rat, tables, none_dir)
     assert again.model is None and again.metrics == saved
-    # keep_table asks for the table file: without it the run is done again
-    (none_dir / TABLE_FILE).unlink()
-    assert run_method(config, ds, ev, "none", rat, tables, none_dir, keep_table=True).model is not None
+    # a run without its checkpoint is not finished: it is done again
+    (none_dir / CHECKPOINT_FILE).unlink()
+    assert run_method(config, ds, ev, "none", rat, tables, none_dir).model is not None
     # reuse=False always retrains
     assert run_method(config, ds, ev, "none", rat, tables, none_dir, reuse=False).model is not None
 
@@ -71,7 +75,14 @@ def test_run_method_writes_metrics_and_reuses_unchanged_runs(setup, tmp_path):
     llm_dir = tmp_path / "llmemb"
     run = run_method(config, ds, ev, "llmemb", rat, tables, llm_dir, id_table=id_table)
     assert run.model is not None and run.pca.n_components == 6
-    digest = json.loads((llm_dir / "metrics.json").read_text())["settings_digest"]
+    # a RAT run rebuilds from its own files alone (what `trainer evaluate` reads) and scores the same
+    saved_llm = json.loads((llm_dir / "metrics.json").read_text())
+    rerun = ev.evaluate(load_checkpoint(llm_dir / CHECKPOINT_FILE), "test")
+    for protocol in ("full", "sampled"):
+        for metric in ("hr@10", "ndcg@10"):
+            assert rerun[protocol]["overall"][metric] == pytest.approx(saved_llm["test"][protocol]["overall"][metric],
+                                                                        abs=1e-6)
+    digest = saved_llm["settings_digest"]
     assert run_method(config, ds, ev, "llmemb", rat, tables, llm_dir, id_table=id_table).model is None
     # a changed setting retrains and rewrites metrics.json
     changed = run_method(config, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), tables, llm_dir,
@@ -94,14 +105,14 @@ def test_runs_depend_only_on_what_they_read(setup, tmp_path):
     ds, config, ev, tables = setup
     rat = RATConfig(d_pca=6)
     none_dir, llm_dir = tmp_path / "none", tmp_path / "llmemb"
-    assert run_method(config, ds, ev, "none", rat, tables, none_dir, keep_table=True).model is not None
+    assert run_method(config, ds, ev, "none", rat, tables, none_dir).model is not None
     id_table = load_item_table(none_dir)
     assert run_method(config, ds, ev, "llmemb", rat, tables, llm_dir, id_table=id_table).model is not None
     # other stages' sections, the progress bar, a table the method does not read: reused
     edited = replace(config, sections={"quality": {"workers": 4}, "scft": {"steps": 7}},
                      train=replace(config.train, progress=True))
     with_base = Tables(scft=tables.scft, base=torch.ones(N_ITEMS, 20))
-    assert run_method(edited, ds, ev, "none", RATConfig(alpha=0.5), with_base, none_dir, keep_table=True).model is None
+    assert run_method(edited, ds, ev, "none", RATConfig(alpha=0.5), with_base, none_dir).model is None
     assert run_method(edited, ds, ev, "llmemb", rat, with_base, llm_dir, id_table=id_table).model is None
     # what the run reads: retrained
     assert run_method(edited, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), with_base, llm_dir,
@@ -110,7 +121,7 @@ def test_runs_depend_only_on_what_they_read(setup, tmp_path):
     assert run_method(edited, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), other, llm_dir,
                       id_table=id_table).model is not None
     slower = replace(config, train=replace(config.train, lr=0.002))
-    assert run_method(slower, ds, ev, "none", rat, tables, none_dir, keep_table=True).model is not None
+    assert run_method(slower, ds, ev, "none", rat, tables, none_dir).model is not None
 
 
 def test_run_method_needs_the_id_table_to_align(setup, tmp_path):
@@ -331,7 +342,7 @@ def test_write_report_writes_tables_and_figures(tmp_path):
     for m in ("none", "llm2x", "llmemb"):
         d = run_root / "main" / f"{m}-sasrec-seed0"
         d.mkdir(parents=True)
-        save_file({"items": torch.randn(13, 8, generator=g)}, str(d / TABLE_FILE))
+        save_file({TABLE_KEY: torch.randn(13, 8, generator=g)}, str(d / CHECKPOINT_FILE))
     scft_json = tmp_path / "scft.json"
     scft_json.write_text(json.dumps({
         "steps": 12, "batch_items": 4, "epochs_done": 2.0, "train_items": 24, "final_loss": 1.2345,
@@ -415,7 +426,9 @@ def test_regimes_page_checks_the_goals_of_each_regime(tmp_path):
     found = write_regimes(tmp_path, log=lambda _: None)
     assert list(found) == ["ml100k", "ml100k-last10"]
     md = (tmp_path / "regimes.md").read_text()
-    assert md.index("## Dense") < md.index("## Sparse: MovieLens-100K, last 10") and "Not run yet: ml100k-last20" in md
+    assert md.index("## Dense") < md.index("## Sparse: MovieLens-100K, last 10")
+    not_run = next(line for line in md.splitlines() if line.startswith("Not run yet:"))
+    assert "ml100k-backbones" in not_run and "ml100k-last20" in not_run and "ml100k-last10," not in not_run
     dense = {(c["versus"], c["group"]): c for c in found["ml100k"]["checks"] if c["method"] == "hybrid"
              and c["goal"].startswith("Hybrid at least")}
     # toy means: hybrid 0.29 vs none 0.30 overall (tie: met), vs llm2x 0.36 (below: not met)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
-from trainer.experiments import Tables, _digest, load_item_table, run_settings
+from trainer.experiments import Tables, _digest, run_settings
 from trainer.rat import RATConfig
 from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
+from trainer.runs import load_item_table
 
 
 def grid(tmp_path, root_name):
@@ -24,7 +25,7 @@ def grid(tmp_path, root_name):
     for seed in (0, 1, 2):
         cfg = tiny_config(tmp_path, seed=seed)
         cfg = replace(cfg, train=replace(cfg.train, threads=1))
-        chains.append([MethodTask("main", cfg, "none", rat, root / f"none-{seed}", keep_table=True),
+        chains.append([MethodTask("main", cfg, "none", rat, root / f"none-{seed}"),
                        MethodTask("main", cfg, "llmemb", rat, root / f"llmemb-{seed}", id_dir=root / f"none-{seed}")])
     return splits, chains
 

@@ -14,26 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from llmemb.metrics import ITEM_GROUPS
-from trainer.config import Config, load_config
+from trainer.config import load_config
+from trainer.experiments import train_id_run
 from trainer.prepare import prepared_dataset
 from trainer.report import mean_std, pm
-from trainer.runs import CONFIG_FILE, METRICS_FILE, read_json, run_dir
-from trainer.train import train_run
+from trainer.runs import run_dir
 
 BACKBONES = ("sasrec", "gru4rec", "bert4rec")
 METRICS = ("hr@10", "ndcg@10")
-
-
-def _reusable(directory: Path, config: Config) -> bool:
-    if not (directory / METRICS_FILE).is_file() or not (directory / CONFIG_FILE).is_file():
-        return False
-    saved = yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-    # Only the sections an ID-only run reads: LLM stage settings never invalidate it.
-    wanted = config.to_dict()
-    return all(saved.get(k) == wanted.get(k) for k in ("dataset", "backbone", "train", "eval"))
 
 
 def command_line(config_path: Path, backbone: str, seed: int, overrides: Sequence[str]) -> str:
@@ -55,17 +45,14 @@ def run_baselines(
         runs[backbone] = []
         for seed in seeds:
             config = load_config(config_path, [*overrides, f"train.seed={seed}"], backbone=backbone)
-            dataset, data_dir = prepared_dataset(config)
             directory = run_dir(config)
             commands.append(command_line(config_path, backbone, seed, overrides))
-            if not force and _reusable(directory, config):
-                log(f"{backbone} seed {seed}: reusing {directory}")
-                metrics = read_json(directory / METRICS_FILE)
-            else:
-                log(f"{backbone} seed {seed}: training into {directory}")
-                metrics = train_run(config, dataset, data_dir, directory)
+            run = train_id_run(config, directory, reuse=not force)
+            log(f"{backbone} seed {seed}: {'reused' if run.model is None else 'trained into'} {directory}")
+            metrics = run.metrics
             runs[backbone].append({"seed": seed, "run": str(directory), **metrics})
     assert config is not None, "no backbone or seed given"
+    dataset, _ = prepared_dataset(config)
     summary = {
         b: {
             "test": {

@@ -19,7 +19,6 @@ from trainer.config import Config, load_config
 from trainer.evaluate import evaluate_run, metrics_table
 from trainer.prepare import prepared_dataset
 from trainer.runs import run_dir
-from trainer.train import train_run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLMEmb offline trainer.")
 
@@ -60,16 +59,17 @@ def train(
     overrides: Overrides = None,
 ) -> None:
     """Train an ID-only backbone; write <runs_dir>/<dataset>/<run name>/ and print its test metrics."""
+    from trainer.experiments import train_id_run
+
     cfg = resolve(config, overrides, backbone, seed)
-    dataset, data_dir = prepared_dataset(cfg)
     directory = run_dir(cfg, run_name)
-    metrics = train_run(cfg, dataset, data_dir, directory)
+    metrics = train_id_run(cfg, directory).metrics
     typer.echo(metrics_table(metrics))
     typer.echo(f"run written to {directory}")
 
 
 @app.command()
-def evaluate(run: Annotated[Path, typer.Option("--run", help="A run directory written by `train`.", exists=True, file_okay=False)]) -> None:
+def evaluate(run: Annotated[Path, typer.Option("--run", help="A run directory (any method: train, rat, quick, quality, tune).", exists=True, file_okay=False)]) -> None:
     """Re-evaluate a run's checkpoint under both protocols and print the table."""
     typer.echo(metrics_table(evaluate_run(run)))
 

@@ -98,7 +98,7 @@ def run_encoders(comparison_path: Path, log: Callable[[str], None] = print) -> d
     rat = {name: RATConfig.from_dict(by_seed[seeds[0]].sections.get("rat")) for name, by_seed in configs.items()}
     id_dirs = {s: root / f"none-{backbone}-seed{s}" for s in seeds}
     id_runs = run_chains(splits, [[MethodTask("main", configs[first_name][s], "none", rat[first_name], id_dirs[s],
-                                              keep_table=True, label="none")] for s in seeds],
+                                              label="none")] for s in seeds],
                          workers=int(comp["workers"]), log=log)
     chains = [[MethodTask("main", configs[name][s], method, rat[name], root / name / f"{method}-{backbone}-seed{s}",
                           id_dir=id_dirs[s], tables=tables[name], label=f"{name}/{method}")]

@@ -1,8 +1,9 @@
-"""One RAT experiment: train a method's backbone, evaluate it, record it.
+"""One experiment: train a method's backbone, evaluate it, record it.
 
-`run_method` is the unit the quality grid, the quick pipeline and the `rat`
-command share. A finished run leaves metrics.json (and, when asked, the final
-item table) under its directory and is reused when the same settings ask again.
+`run_method` is the one way a run is trained: ID-only (`trainer train`, the baselines)
+and every RAT method (rat, quick, quality, tune, encoders). A finished run leaves the
+files of trainer/runs.py under its directory and is reused when the same settings ask
+again: the one reuse rule of runs is the digest of those settings (run_settings).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from llmemb.backbones import SequentialBackbone
 from llmemb.data.dataset import Dataset
@@ -30,9 +30,8 @@ from trainer.rat import (
     build_model,
     rat_extra_loss,
 )
+from trainer.runs import CHECKPOINT_FILE, METRICS_FILE, load_item_table, write_run
 from trainer.train import fit, seed_everything
-
-TABLE_FILE = "item_table.safetensors"
 
 
 @dataclass
@@ -110,7 +109,6 @@ def run_method(
     id_table: torch.Tensor | None = None,
     loss_items: np.ndarray | None = None,
     fit_rows: np.ndarray | None = None,
-    keep_table: bool = False,
     user_groups: dict[str, np.ndarray] | None = None,
     reuse: bool = True,
 ) -> MethodRun:
@@ -124,10 +122,10 @@ def run_method(
     """
     seed = config.train.seed
     settings = run_settings(config, method, rat, tables, id_table, loss_items, fit_rows, user_groups)
-    metrics_path = directory / "metrics.json"
-    if reuse and metrics_path.is_file():
+    metrics_path = directory / METRICS_FILE
+    if reuse and metrics_path.is_file() and (directory / CHECKPOINT_FILE).is_file():
         saved = json.loads(metrics_path.read_text(encoding="utf-8"))
-        if saved.get("settings_digest") == _digest(settings) and (not keep_table or (directory / TABLE_FILE).is_file()):
+        if saved.get("settings_digest") == _digest(settings):
             return MethodRun(method, config.backbone.name, seed, saved)
 
     extra = rat_extra_loss(method, id_table, rat)
@@ -148,15 +146,22 @@ def run_method(
             for name, users in (user_groups or {}).items()
         },
         "fit": {k: v for k, v in result.to_dict().items() if k != "history"},
-        "history": [{"epoch": r.epoch, "loss": r.loss, "valid": r.valid_score} for r in result.history],
         "settings_digest": _digest(settings),
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    if keep_table:
-        with torch.no_grad():
-            save_file({"items": model.item_embedding.table().detach().contiguous()}, str(directory / TABLE_FILE))
-    metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    history = [{"epoch": r.epoch, "loss": r.loss, "valid": r.valid_score} for r in result.history]
+    # metrics.json last: its presence (with the checkpoint) is what marks a run finished.
+    write_run(directory, config, dataset, model, metrics, history)
     return MethodRun(method, config.backbone.name, seed, metrics, model, pca)
+
+
+def train_id_run(config: Config, directory: Path, reuse: bool = True) -> MethodRun:
+    """The ID-only run of config.backbone, seed config.train.seed (`trainer train`, the baselines):
+    run_method("none") on the prepared dataset (its `model` is None when the run was reused)."""
+    from trainer.prepare import prepared_dataset
+
+    dataset, data_dir = prepared_dataset(config)
+    evaluator = Evaluator(dataset, config.eval, cache_dir=data_dir)
+    return run_method(config, dataset, evaluator, "none", RATConfig(), Tables(), directory, reuse=reuse)
 
 
 def trained_items(dataset: Dataset, loss_items: np.ndarray | None = None) -> np.ndarray:
@@ -169,10 +174,6 @@ def trained_items(dataset: Dataset, loss_items: np.ndarray | None = None) -> np.
     return trained
 
 
-def load_item_table(directory: Path) -> torch.Tensor:
-    return load_file(str(directory / TABLE_FILE))["items"]
-
-
 def run_aligned(config: Config, dataset: Dataset, evaluator: Evaluator, method: str, rat: RATConfig,
                 tables: Tables, root: Path, reuse: bool = True,
                 log: Callable[[str], None] | None = None) -> tuple[MethodRun, dict[str, float]]:
@@ -182,7 +183,7 @@ def run_aligned(config: Config, dataset: Dataset, evaluator: Evaluator, method: 
     t = time.perf_counter()
     if log is not None:
         log("ID-only pretraining (the alignment target)")
-    id_run = run_method(config, dataset, evaluator, "none", rat, tables, root / "none", keep_table=True)
+    id_run = run_method(config, dataset, evaluator, "none", rat, tables, root / "none")
     seconds["id_pretrain"] = time.perf_counter() - t
     if method == "none":
         return id_run, seconds

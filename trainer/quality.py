@@ -35,7 +35,7 @@ from trainer.experiments import Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
-from trainer.report import FIGURE_METHODS, write_report
+from trainer.report import write_report
 from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
 
 DEFAULTS: dict[str, Any] = {
@@ -63,7 +63,7 @@ def _config(path: Path, overrides: Sequence[str], backbone: str, seed: int) -> C
 
 
 def _chains(split: str, root: Path, backbone: str, methods: Sequence[str], seeds: Sequence[int], config_path: Path,
-            overrides: Sequence[str], rat: RATConfig, keep: Callable[[str], bool]) -> list[list[MethodTask]]:
+            overrides: Sequence[str], rat: RATConfig) -> list[list[MethodTask]]:
     """One chain per seed: the ID run first (the others align to its table), then the other methods."""
     chains = []
     for seed in seeds:
@@ -71,7 +71,7 @@ def _chains(split: str, root: Path, backbone: str, methods: Sequence[str], seeds
         id_dir = root / split / f"none-{backbone}-seed{seed}"
         chains.append([
             MethodTask(split, cfg, method, rat, root / split / f"{method}-{backbone}-seed{seed}",
-                       id_dir=id_dir if method != "none" else None, keep_table=keep(method))
+                       id_dir=id_dir if method != "none" else None)
             for method in ["none"] + [m for m in methods if m != "none"]
         ])
     return chains
@@ -100,13 +100,10 @@ def run_quality(
     root = Path(base.runs_dir) / base.name / "quality" / report
 
     splits = {"main": RunSplit(dataset, tables, data_dir)}
-    # Item tables are kept for the ID runs (alignment targets) and for the figure's methods on the
-    # ablation backbone (the report draws their tables).
     chains: list[list[MethodTask]] = []
     for backbone in q["backbones"]:
         methods = list(q["methods"]) + (list(q["ablations"]) if backbone == q["ablation_backbone"] else [])
-        chains += _chains("main", root, backbone, methods, q["seeds"], config_path, overrides, rat,
-                          keep=lambda m, b=backbone: m == "none" or (m in FIGURE_METHODS and b == q["ablation_backbone"]))
+        chains += _chains("main", root, backbone, methods, q["seeds"], config_path, overrides, rat)
 
     cold_info: dict[str, Any] | None = None
     if q["cold_fraction"] > 0:
@@ -126,7 +123,7 @@ def run_quality(
         splits["cold"] = RunSplit(cold.dataset, cold_tables, data_dir / "cold", loss_items=loss_items,
                                fit_rows=warm_rows, user_groups={"cold_targets": cold_users})
         chains += _chains("cold", root, q["cold_backbone"], q["cold_methods"], q["seeds"], config_path, overrides,
-                          rat, keep=lambda m: m == "none")
+                          rat)
 
     t = time.perf_counter()
     prepare_negatives(splits, base.eval)

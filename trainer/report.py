@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from llmemb.metrics import ITEM_GROUPS  # noqa: E402
 from llmemb.models import DEFAULT_MODEL_ID  # noqa: E402
-from trainer.experiments import TABLE_FILE, load_item_table  # noqa: E402
+from trainer.runs import CHECKPOINT_FILE, load_item_table  # noqa: E402
 
 LABELS = {
     "none": "None (ID only)", "llm2x": "LLM2X", "llmemb": "LLMEmb",
@@ -147,7 +147,7 @@ def embedding_map_figure(run_root: Path, backbone: str, popularity: np.ndarray, 
     tables = {}
     for m in FIGURE_METHODS:
         directory = run_root / "main" / f"{m}-{backbone}-seed{seed}"
-        if (directory / TABLE_FILE).is_file():
+        if (directory / CHECKPOINT_FILE).is_file():
             tables[m] = load_item_table(directory)[1:].float()
     if not tables:
         return False

@@ -23,8 +23,9 @@ import numpy as np
 from llmemb.data.dataset import Dataset
 from llmemb.metrics import Evaluator
 from trainer.config import Config
-from trainer.experiments import Tables, load_item_table, run_method
+from trainer.experiments import Tables, run_method
 from trainer.rat import RATConfig
+from trainer.runs import load_item_table
 
 
 @dataclass
@@ -47,7 +48,6 @@ class MethodTask:
     rat: RATConfig
     directory: Path
     id_dir: Path | None = None        # the run whose item table is the alignment target
-    keep_table: bool = False
     tables: Tables | None = None      # overrides the split's tables (tuning variants of the LLM stages)
     label: str = ""
 
@@ -65,7 +65,7 @@ def run_task(task: MethodTask, splits: dict[str, RunSplit] | None = None) -> dic
     evaluator = Evaluator(split.dataset, task.config.eval, cache_dir=split.cache_dir)
     run = run_method(task.config, split.dataset, evaluator, task.method, task.rat, task.tables or split.tables,
                      task.directory, id_table=load_item_table(task.id_dir) if task.id_dir is not None else None,
-                     loss_items=split.loss_items, fit_rows=split.fit_rows, keep_table=task.keep_table,
+                     loss_items=split.loss_items, fit_rows=split.fit_rows,
                      user_groups=split.user_groups or None)
     return run.metrics
 

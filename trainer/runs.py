@@ -1,12 +1,16 @@
-"""Where stages read and write, and the files of a run.
+"""Where stages read and write, and the one format of a run.
 
     <runs_dir>/<dataset>/data/         prepared Dataset (Dataset.save), stats.json, spec.json,
                                        cached sampled negatives
-    <runs_dir>/<dataset>/<run name>/   config.yaml (resolved), dataset_stats.json,
+    <run directory>/                   config.yaml (resolved), dataset_stats.json,
                                        model.safetensors, metrics.json, history.json
 
-model.safetensors holds the whole model state (item table included) and, in
-its metadata, the backbone config and item count, so it rebuilds on its own.
+Every run has these files, whatever its method (the ID-only `train` runs and the
+RAT runs of rat, quick, quality, tune and encoders alike; trainer/experiments.py
+writes them). model.safetensors holds the backbone's parameters and the item table
+as trained (for a RAT method, the adapter's output over the frozen LLM table, plus
+Hybrid's residual), with the backbone config and item count in its metadata, so any
+run rebuilds on its own and `trainer evaluate` reads any run.
 """
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from llmemb.backbones import BackboneConfig, SequentialBackbone, build_id_backbone
+from llmemb.backbones import BackboneConfig, FixedItemEmbedding, SequentialBackbone, build_backbone
 from llmemb.data.dataset import Dataset
 from trainer.config import Config, load_config, save_config
 
@@ -26,6 +31,7 @@ CHECKPOINT_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 DATASET_STATS_FILE = "dataset_stats.json"
+TABLE_KEY = "item_embedding.table"
 
 
 def dataset_dir(config: Config) -> Path:
@@ -50,16 +56,20 @@ def read_json(path: Path) -> Any:
 
 
 def save_checkpoint(model: SequentialBackbone, path: Path) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    """The backbone's parameters and its item table as evaluated (eval mode: no dropout on it)."""
+    model.eval()
+    state = {k: v.detach().contiguous().cpu() for k, v in model.backbone_state_dict().items()}
+    with torch.no_grad():
+        state[TABLE_KEY] = model.item_embedding.table().detach().contiguous().cpu()
     metadata = {
         "backbone": json.dumps(model.config.to_dict()),
-        "n_items": str(model.item_embedding.n_items),
+        "n_items": str(state[TABLE_KEY].shape[0] - 1),
     }
     save_file(state, str(path), metadata=metadata)
 
 
 def load_checkpoint(path: Path) -> SequentialBackbone:
-    """An ID-table backbone rebuilt from a checkpoint written by save_checkpoint."""
+    """A backbone over the run's item table, rebuilt from a checkpoint written by save_checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -68,10 +78,17 @@ def load_checkpoint(path: Path) -> SequentialBackbone:
     if "backbone" not in metadata or "n_items" not in metadata:
         raise ValueError(f"{path}: not a backbone checkpoint (metadata lacks backbone config / n_items)")
     config = BackboneConfig.from_dict(json.loads(metadata["backbone"]))
-    model = build_id_backbone(config, int(metadata["n_items"]))
-    model.load_state_dict(load_file(str(path)))
+    state = load_file(str(path))
+    model = build_backbone(config, FixedItemEmbedding(state.pop(TABLE_KEY)))
+    model.load_backbone_state_dict(state)
     model.eval()
     return model
+
+
+def load_item_table(directory: Path) -> torch.Tensor:
+    """The item table [N+1, d] of a run (row 0 = padding)."""
+    with safe_open(str(Path(directory) / CHECKPOINT_FILE), framework="pt") as f:
+        return f.get_tensor(TABLE_KEY)
 
 
 def write_run(
@@ -83,11 +100,12 @@ def write_run(
     history: list[dict[str, Any]],
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / METRICS_FILE).unlink(missing_ok=True)   # a run half-rewritten is never taken as finished
     save_config(config, directory / CONFIG_FILE)
     write_json(directory / DATASET_STATS_FILE, dataset.stats(config.eval.head_fraction))
     save_checkpoint(model, directory / CHECKPOINT_FILE)
-    write_json(directory / METRICS_FILE, metrics)
     write_json(directory / HISTORY_FILE, history)
+    write_json(directory / METRICS_FILE, metrics)
 
 
 def load_run(directory: Path) -> tuple[Config, SequentialBackbone]:

@@ -28,19 +28,17 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmemb.backbones import SequentialBackbone, build_id_backbone
+from llmemb.backbones import SequentialBackbone
 from llmemb.data.dataset import Dataset
 from llmemb.losses import recommendation_loss
 from llmemb.metrics import EvalConfig, Evaluator
-from trainer.config import Config, TrainConfig
-from trainer.runs import write_run
+from trainer.config import TrainConfig
 
 ExtraLoss = Callable[[SequentialBackbone, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -257,20 +255,3 @@ def fit(
         stop_reason=stop_reason,
         history=history,
     )
-
-
-# ---------------------------------------------------------------- the stage
-def train_run(config: Config, dataset: Dataset, data_dir: Path, run_dir: Path) -> dict[str, Any]:
-    """Train config.backbone on the ID table, evaluate valid and test under every
-    protocol, and write the run directory. Returns the metrics."""
-    seed_everything(config.train.seed)
-    model = build_id_backbone(config.backbone, dataset.n_items)
-    evaluator = Evaluator(dataset, config.eval, cache_dir=data_dir)
-    result = fit(model, dataset, config.train, config.eval, evaluator=evaluator)
-    metrics = {
-        "valid": evaluator.evaluate(model, "valid"),
-        "test": evaluator.evaluate(model, "test"),
-        "fit": {k: v for k, v in result.to_dict().items() if k != "history"},
-    }
-    write_run(run_dir, config, dataset, model, metrics, [asdict(r) for r in result.history])
-    return metrics

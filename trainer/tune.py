@@ -113,7 +113,7 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
     id_dirs = {s: root / f"none-{grid['backbone']}-seed{s}" for s in grid["seeds"]}
     id_runs = run_chains(splits, [[MethodTask("main", load_config(config_path, [*shared, f"train.seed={s}"],
                                                                   backbone=grid["backbone"]),
-                                              "none", ref_rat, id_dirs[s], keep_table=True, label="none")]
+                                              "none", ref_rat, id_dirs[s], label="none")]
                                   for s in grid["seeds"]], workers=int(grid["workers"]), log=log)
     chains = []
     for name in grid["variants"]:
