@@ -86,7 +86,7 @@ class Infinity:
         self.proc = subprocess.Popen(
             [str(cli), "v2", "--model-id", str(folder), "--served-model-name", "item-stage",
              "--engine", "torch", "--device", "cpu", "--batch-size", str(batch_size), "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-bettertransformer"],
+             "--port", str(self.port), "--dtype", "float32", "--no-bettertransformer"],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
