@@ -30,7 +30,7 @@ from trainer.rat import (
     build_model,
     rat_extra_loss,
 )
-from trainer.runs import CHECKPOINT_FILE, METRICS_FILE, load_item_table, write_run
+from trainer.runs import CHECKPOINT_FILE, METRICS_FILE, SETTINGS_FILE, is_done, load_item_table, mark_done, write_run
 from trainer.train import fit, seed_everything
 
 
@@ -123,10 +123,8 @@ def run_method(
     seed = config.train.seed
     settings = run_settings(config, method, rat, tables, id_table, loss_items, fit_rows, user_groups)
     metrics_path = directory / METRICS_FILE
-    if reuse and metrics_path.is_file() and (directory / CHECKPOINT_FILE).is_file():
-        saved = json.loads(metrics_path.read_text(encoding="utf-8"))
-        if saved.get("settings_digest") == _digest(settings):
-            return MethodRun(method, config.backbone.name, seed, saved)
+    if reuse and is_done(directory, settings, METRICS_FILE, CHECKPOINT_FILE):
+        return MethodRun(method, config.backbone.name, seed, json.loads(metrics_path.read_text(encoding="utf-8")))
 
     extra = rat_extra_loss(method, id_table, rat)
     seed_everything(seed)
@@ -149,8 +147,9 @@ def run_method(
         "settings_digest": _digest(settings),
     }
     history = [{"epoch": r.epoch, "loss": r.loss, "valid": r.valid_score} for r in result.history]
-    # metrics.json last: its presence (with the checkpoint) is what marks a run finished.
+    (directory / SETTINGS_FILE).unlink(missing_ok=True)   # not finished until mark_done
     write_run(directory, config, dataset, model, metrics, history)
+    mark_done(directory, settings)
     return MethodRun(method, config.backbone.name, seed, metrics, model, pca)
 
 

@@ -33,6 +33,7 @@ from llmemb.sections import checked
 from llmemb.spec import EncoderSpec
 from trainer.config import Config
 from trainer.export import export_embeddings, load_embeddings, summary_path
+from trainer.runs import is_done, mark_done, settings_of
 from trainer.scft import SCFTConfig, run_scft
 
 SPEC_KEYS = {"pooling", "normalize", "max_tokens", "dtype", "append_eos", "max_value_chars", "instruction"}
@@ -85,16 +86,6 @@ def _step_dir(config: Config, name: str, settings: dict[str, Any]) -> Path:
     return llm_dir(config) / f"{name}-{digest}"
 
 
-def _settings_match(directory: Path, settings: dict[str, Any]) -> bool:
-    path = directory / "settings.json"
-    return path.is_file() and json.loads(path.read_text(encoding="utf-8")) == settings
-
-
-def _write_settings(directory: Path, settings: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
-
-
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
@@ -112,20 +103,18 @@ def ensure_scft(config: Config, dataset: Dataset, tag: str = "scft", item_rows: 
                           "dataset": config.dataset, "items": len(items),
                           "item_rows": None if item_rows is None else list(map(int, item_rows))})
     directory = _step_dir(config, tag, settings)
-    if _settings_match(directory, settings) and (directory / "lora").is_dir():
+    if is_done(directory, settings, "lora"):
         return directory / "lora"
     run_scft(enc, scft, items, spec, directory)
-    _write_settings(directory, settings)
+    mark_done(directory, settings)
     return directory / "lora"
 
 
 def _export_step(config: Config, dataset: Dataset, lora_dir: Path | None, tag: str):
     spec = encoder_spec(config, dataset.domain)
     enc = encoder_config(config, spec)
-    lora_stamp = None
-    if lora_dir is not None:
-        lora_stamp = (Path(lora_dir).parent / "settings.json").read_text(encoding="utf-8") \
-            if (Path(lora_dir).parent / "settings.json").is_file() else str(lora_dir)
+    # The LoRA stands for the settings it was trained with (a LoRA from elsewhere: for its path).
+    lora_stamp = None if lora_dir is None else settings_of(Path(lora_dir).parent) or str(lora_dir)
     settings = _jsonable({"encoder": enc.to_dict(), "spec": spec.to_dict(), "lora": lora_stamp,
                           "dataset": config.dataset})
     return spec, enc, settings, _step_dir(config, f"export-{tag}", settings)
@@ -136,11 +125,11 @@ def ensure_export(config: Config, dataset: Dataset, lora_dir: Path | None, tag: 
     (lora_dir None) or the SCFT-tuned one."""
     spec, enc, settings, directory = _export_step(config, dataset, lora_dir, tag)
     path = directory / "embeddings.safetensors"
-    if _settings_match(directory, settings) and path.is_file():
+    if is_done(directory, settings, path.name):
         return load_embeddings(path)
     encoder = ItemEncoder.from_pretrained_lora(enc, lora_dir) if lora_dir is not None else ItemEncoder(enc)
     table = export_embeddings(encoder, dataset.attributes, spec, path)
-    _write_settings(directory, settings)
+    mark_done(directory, settings)
     return table
 
 

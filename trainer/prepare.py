@@ -10,9 +10,8 @@ from pathlib import Path
 from llmemb.data import load_dataset
 from llmemb.data.dataset import Dataset
 from trainer.config import Config
-from trainer.runs import dataset_dir, read_json, write_json
+from trainer.runs import dataset_dir, is_done, mark_done, write_json
 
-SPEC_FILE = "spec.json"
 STATS_FILE = "stats.json"
 
 
@@ -22,14 +21,13 @@ def prepare(config: Config) -> tuple[Dataset, Path]:
     dataset = load_dataset(dict(config.dataset))
     dataset.save(directory)
     write_json(directory / STATS_FILE, dataset.stats(config.eval.head_fraction))
-    write_json(directory / SPEC_FILE, config.dataset)
+    mark_done(directory, config.dataset)
     return dataset, directory
 
 
 def prepared_dataset(config: Config) -> tuple[Dataset, Path]:
     """The saved Dataset if it was prepared from the same spec, else a fresh `prepare`."""
     directory = dataset_dir(config)
-    spec_path = directory / SPEC_FILE
-    if spec_path.is_file() and (directory / "dataset.json").is_file() and read_json(spec_path) == config.dataset:
+    if is_done(directory, config.dataset, "dataset.json"):
         return Dataset.load(directory), directory
     return prepare(config)

@@ -1,6 +1,6 @@
 """Where stages read and write, and the one format of a run.
 
-    <runs_dir>/<dataset>/data/         prepared Dataset (Dataset.save), stats.json, spec.json,
+    <runs_dir>/<dataset>/data/         prepared Dataset (Dataset.save), stats.json, settings.json,
                                        cached sampled negatives
     <run directory>/                   config.yaml (resolved), dataset_stats.json,
                                        model.safetensors, metrics.json, history.json
@@ -11,6 +11,11 @@ writes them). model.safetensors holds the backbone's parameters and the item tab
 as trained (for a RAT method, the adapter's output over the frozen LLM table, plus
 Hybrid's residual), with the backbone config and item count in its metadata, so any
 run rebuilds on its own and `trainer evaluate` reads any run.
+
+One reuse rule for every stage that writes a directory (the prepared dataset, SCFT, the
+exports, the runs): `is_done(directory, settings, outputs...)`: the directory's
+settings.json equals what the result depends on, and its outputs exist. `mark_done`
+writes settings.json last, so an interrupted stage is never taken as finished.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 DATASET_STATS_FILE = "dataset_stats.json"
 TABLE_KEY = "item_embedding.table"
+SETTINGS_FILE = "settings.json"
 
 
 def dataset_dir(config: Config) -> Path:
@@ -53,6 +59,29 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _plain(settings: Any) -> Any:
+    """Settings as JSON gives them back (tuples as lists, paths and numbers as written)."""
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def settings_of(directory: Path) -> Any:
+    """The settings a finished step was made with, or None."""
+    path = Path(directory) / SETTINGS_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def is_done(directory: Path, settings: Any, *outputs: str) -> bool:
+    """The one reuse rule: `directory` holds the finished result of `settings`."""
+    directory = Path(directory)
+    return settings_of(directory) == _plain(settings) and all((directory / o).exists() for o in outputs)
+
+
+def mark_done(directory: Path, settings: Any) -> None:
+    """Record `settings` as those of the finished result in `directory` (after its outputs)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    write_json(Path(directory) / SETTINGS_FILE, _plain(settings))
 
 
 def save_checkpoint(model: SequentialBackbone, path: Path) -> None:
@@ -100,7 +129,6 @@ def write_run(
     history: list[dict[str, Any]],
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / METRICS_FILE).unlink(missing_ok=True)   # a run half-rewritten is never taken as finished
     save_config(config, directory / CONFIG_FILE)
     write_json(directory / DATASET_STATS_FILE, dataset.stats(config.eval.head_fraction))
     save_checkpoint(model, directory / CHECKPOINT_FILE)
