@@ -18,6 +18,8 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +237,28 @@ def _load(
     )
 
 
-def load_2014(
+@dataclass(frozen=True)
+class Layout:
+    """Where one Amazon release keeps its files and how its metadata lines are written."""
+
+    reviews: tuple[str, ...]        # candidate review file names, in order ({category} filled in)
+    meta: tuple[str, ...]
+    parse_meta_object: Callable[[str], Any]
+    categories_key: str
+
+
+# 2014: `reviews_<category>_5.json` (or the full `reviews_<category>.json`) and `meta_<category>.json`
+# (Python-literal lines), plain or .gz. 2018: `<category>.json.gz` (or the 5-core
+# `<category>_5.json.gz`) and `meta_<category>.json.gz` (JSON lines), gzip or plain.
+LAYOUT_2014 = Layout(("reviews_{category}_5.json", "reviews_{category}_5.json.gz", "reviews_{category}.json",
+                      "reviews_{category}.json.gz"), ("meta_{category}.json", "meta_{category}.json.gz"),
+                     python_literal_object, "categories")
+LAYOUT_2018 = Layout(("{category}.json.gz", "{category}.json", "{category}_5.json.gz", "{category}_5.json"),
+                     ("meta_{category}.json.gz", "meta_{category}.json"), json_object, "category")
+
+
+def load_release(
+    layout: Layout,
     *,
     path: str | Path,
     name: str,
@@ -250,14 +273,7 @@ def load_2014(
     description_chars: int = 0,
     require_attributes: bool = True,
 ) -> Dataset:
-    """`reviews_<category>_5.json` (or the full `reviews_<category>.json`) and `meta_<category>.json`, plain or .gz."""
-    reviews = [reviews_file] if reviews_file else [
-        f"reviews_{category}_5.json",
-        f"reviews_{category}_5.json.gz",
-        f"reviews_{category}.json",
-        f"reviews_{category}.json.gz",
-    ]
-    meta = [meta_file] if meta_file else [f"meta_{category}.json", f"meta_{category}.json.gz"]
+    """One Amazon release's reviews and metadata for `category` (explicit file names win)."""
     return _load(
         path=path,
         name=name,
@@ -268,48 +284,12 @@ def load_2014(
         min_rating=min_rating,
         description_chars=description_chars,
         require_attributes=require_attributes,
-        review_candidates=reviews,
-        meta_candidates=meta,
-        parse_meta_object=python_literal_object,
-        categories_key="categories",
+        review_candidates=[reviews_file] if reviews_file else [f.format(category=category) for f in layout.reviews],
+        meta_candidates=[meta_file] if meta_file else [f.format(category=category) for f in layout.meta],
+        parse_meta_object=layout.parse_meta_object,
+        categories_key=layout.categories_key,
     )
 
 
-def load_2018(
-    *,
-    path: str | Path,
-    name: str,
-    domain: str,
-    user_core: int,
-    item_core: int,
-    category: str,
-    on_error: str = "raise",
-    reviews_file: str | None = None,
-    meta_file: str | None = None,
-    min_rating: float | None = None,
-    description_chars: int = 0,
-    require_attributes: bool = True,
-) -> Dataset:
-    """`<category>.json.gz` (or the 5-core `<category>_5.json.gz`) and `meta_<category>.json.gz`, gzip or plain."""
-    reviews = [reviews_file] if reviews_file else [
-        f"{category}.json.gz",
-        f"{category}.json",
-        f"{category}_5.json.gz",
-        f"{category}_5.json",
-    ]
-    meta = [meta_file] if meta_file else [f"meta_{category}.json.gz", f"meta_{category}.json"]
-    return _load(
-        path=path,
-        name=name,
-        domain=domain,
-        user_core=user_core,
-        item_core=item_core,
-        on_error=on_error,
-        min_rating=min_rating,
-        description_chars=description_chars,
-        require_attributes=require_attributes,
-        review_candidates=reviews,
-        meta_candidates=meta,
-        parse_meta_object=json_object,
-        categories_key="category",
-    )
+load_2014 = partial(load_release, LAYOUT_2014)
+load_2018 = partial(load_release, LAYOUT_2018)
