@@ -243,34 +243,10 @@ def topk_bench(n: int, d: int, repeats: int = 15) -> dict:
 
 
 # -------------------------------------------------------------------- main
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.bundle)
-    spec = bundle.encoder
-    rng = random.Random(0)
-    attrs = bundle.item_attributes[: args.texts]
-    prompts = [spec.prompt(a) for a in attrs]
-    model_path = resolve_model_path(bundle.base_model_id)
-    # The encoder the service builds from the bundle's spec (service.embedder.ItemEmbedder).
-    config = spec.encoder_config(model_path, token_budget=args.token_budget)
-    encoder = (ItemEncoder.from_pretrained_lora(config, bundle.lora_dir) if bundle.lora_dir
-               else ItemEncoder(config))
-    from sentence_transformers import SentenceTransformer
-
-    st_model = SentenceTransformer(model_path, device="cpu")
-    st_model.max_seq_length = spec.max_tokens
-    encoder.embed(prompts[:64])
-    st_model.encode(prompts[:64], batch_size=64, show_progress_bar=False)
-    results: dict = {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "bundle": str(args.bundle), "fingerprint": bundle.fingerprint, "base_model": bundle.base_model_id,
-        "lora": bundle.lora_dir is not None, "catalogue_items": bundle.n_items,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
-                    "torch": torch.__version__, "load_average_at_start": os.getloadavg()},
-    }
-
-    # 1. throughput, interleaved so that load from elsewhere hits every contender alike
+def measure_throughput(args, bundle, encoder, st_model, attrs, prompts, results: dict) -> list[float]:
+    """Phase 1 (into results): texts/s of the bare encoder, sentence-transformers and the service over
+    HTTP, interleaved so that load from elsewhere hits every contender alike; returns the service's
+    uncached single-item latencies, measured on the same service."""
     runs: dict[str, list[float]] = {f"bare_encoder_budget_{b}": [] for b in args.bare_budgets}
     runs |= {"sentence_transformers": [], "http_1_per_request": [], "http_8_per_request": []}
     failures = 0
@@ -305,9 +281,12 @@ def main() -> None:
         f"http_{per}_vs_sentence_transformers": best[f"http_{per}_per_request"] / best["sentence_transformers"]
         for per in (1, 8)
     } | {"goals": {"vs_bare_encoder": ">= 0.8", "vs_sentence_transformers": ">= 1.0"}}
-    del encoder, st_model
+    return uncached
 
-    # 2. cached latency (LRU hit; Redis hit with the LRU off) and 3. /v1/recommend
+
+def measure_latencies(args, bundle, rng: random.Random, uncached: list[float], results: dict) -> None:
+    """Phases 2 and 3 (into results): cached embedding latency (LRU hit; Redis hit with the LRU off)
+    beside the uncached one, and /v1/recommend latency."""
     one_item = {"items": [{"attributes": bundle.item_attributes[0]}]}
     n = args.latency_requests
     with service(args.bundle, args.threads, args.token_budget, {}) as url:
@@ -334,6 +313,39 @@ def main() -> None:
     }
     results["recommend_latency"] = latency_summary(recommend) | {"history_length": 20, "k": 10,
                                                                  "catalogue_items": bundle.n_items}
+
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    spec = bundle.encoder
+    rng = random.Random(0)
+    attrs = bundle.item_attributes[: args.texts]
+    prompts = [spec.prompt(a) for a in attrs]
+    model_path = resolve_model_path(bundle.base_model_id)
+    # The encoder the service builds from the bundle's spec (service.embedder.ItemEmbedder).
+    config = spec.encoder_config(model_path, token_budget=args.token_budget)
+    encoder = (ItemEncoder.from_pretrained_lora(config, bundle.lora_dir) if bundle.lora_dir
+               else ItemEncoder(config))
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(model_path, device="cpu")
+    st_model.max_seq_length = spec.max_tokens
+    encoder.embed(prompts[:64])
+    st_model.encode(prompts[:64], batch_size=64, show_progress_bar=False)
+    results: dict = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bundle": str(args.bundle), "fingerprint": bundle.fingerprint, "base_model": bundle.base_model_id,
+        "lora": bundle.lora_dir is not None, "catalogue_items": bundle.n_items,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
+                    "torch": torch.__version__, "load_average_at_start": os.getloadavg()},
+    }
+
+    uncached = measure_throughput(args, bundle, encoder, st_model, attrs, prompts, results)
+    del encoder, st_model
+    measure_latencies(args, bundle, rng, uncached, results)
 
     # 4. top-k at 1M items, with the service processes gone
     results["topk_1m"] = topk_bench(args.topk_items, args.topk_dim)
