@@ -160,6 +160,8 @@ def write_regimes(reports_dir: str | Path = "reports", backbone: str = "sasrec",
         results = json.loads(path.read_text(encoding="utf-8"))
         checks = []
         for shown in backbones:
+            if not any(key.startswith(f"main|{shown}|") for key in results["summary"]):
+                continue   # a backbone this report did not run
             section, more = _regime_lines(name, title, results, shown)
             lines += section
             checks += more
