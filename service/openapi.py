@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from service.settings import Settings
 
@@ -79,12 +78,14 @@ def with_limits(schema: Schema, settings: Settings) -> Schema:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Serve the schema with the limits (built once, on the first request for it)."""
+    """Serve FastAPI's own schema with the limits written into it (once: FastAPI keeps the schema
+    it builds in app.openapi_schema, and the limits go into that same dict)."""
+    generate = app.openapi
 
     def openapi() -> Schema:
         if app.openapi_schema is None:
-            app.openapi_schema = with_limits(get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes), settings)
+            with_limits(generate(), settings)
+        assert app.openapi_schema is not None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -72,3 +72,16 @@ def test_split_tables_can_be_overridden_per_task(tmp_path):
     assert second["settings_digest"] == _digest(run_settings(task.config, task.method, task.rat, other, id_table))
     assert first["settings_digest"] == _digest(run_settings(task.config, task.method, task.rat,
                                                             splits["main"].tables, id_table))
+
+
+def test_a_result_rewritten_in_place_is_not_done_until_it_completes(tmp_path):
+    from trainer.runs import is_done, recompute
+
+    with recompute(tmp_path, {"a": 1}):
+        (tmp_path / "out.txt").write_text("old")
+    assert is_done(tmp_path, {"a": 1}, "out.txt") and not is_done(tmp_path, {"a": 2}, "out.txt")
+    with pytest.raises(RuntimeError), recompute(tmp_path, {"a": 2}):
+        (tmp_path / "out.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    # neither the old settings (their output is overwritten) nor the new ones count as done
+    assert not is_done(tmp_path, {"a": 1}, "out.txt") and not is_done(tmp_path, {"a": 2}, "out.txt")

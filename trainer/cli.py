@@ -17,6 +17,7 @@ from trainer import prepare as prepare_stage
 from trainer.baselines import run_baselines
 from trainer.config import Config, load_config
 from trainer.evaluate import evaluate_run, metrics_table
+from trainer.experiments import train_id_run
 from trainer.prepare import prepared_dataset
 from trainer.runs import run_dir
 
@@ -59,8 +60,6 @@ def train(
     overrides: Overrides = None,
 ) -> None:
     """Train an ID-only backbone; write <runs_dir>/<dataset>/<run name>/ and print its test metrics."""
-    from trainer.experiments import train_id_run
-
     cfg = resolve(config, overrides, backbone, seed)
     directory = run_dir(cfg, run_name)
     metrics = train_id_run(cfg, directory).metrics

@@ -3,7 +3,7 @@
 `run_method` is the one way a run is trained: ID-only (`trainer train`, the baselines)
 and every RAT method (rat, quick, quality, tune, encoders). A finished run leaves the
 files of trainer/runs.py under its directory and is reused when the same settings ask
-again: the one reuse rule of runs is the digest of those settings (run_settings).
+again: trainer.runs.is_done over those settings (run_settings), the one reuse rule.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from llmemb.data.dataset import Dataset
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA
 from trainer.config import Config
+from trainer.prepare import prepared_dataset
 from trainer.rat import (
     USES_BASE_TABLE,
     USES_SCFT_TABLE,
@@ -30,7 +31,7 @@ from trainer.rat import (
     build_model,
     rat_extra_loss,
 )
-from trainer.runs import CHECKPOINT_FILE, METRICS_FILE, SETTINGS_FILE, is_done, load_item_table, mark_done, write_run
+from trainer.runs import CHECKPOINT_FILE, METRICS_FILE, is_done, load_item_table, recompute, write_run
 from trainer.train import fit, seed_everything
 
 
@@ -147,17 +148,14 @@ def run_method(
         "settings_digest": _digest(settings),
     }
     history = [{"epoch": r.epoch, "loss": r.loss, "valid": r.valid_score} for r in result.history]
-    (directory / SETTINGS_FILE).unlink(missing_ok=True)   # not finished until mark_done
-    write_run(directory, config, dataset, model, metrics, history)
-    mark_done(directory, settings)
+    with recompute(directory, settings):
+        write_run(directory, config, dataset, model, metrics, history)
     return MethodRun(method, config.backbone.name, seed, metrics, model, pca)
 
 
 def train_id_run(config: Config, directory: Path, reuse: bool = True) -> MethodRun:
     """The ID-only run of config.backbone, seed config.train.seed (`trainer train`, the baselines):
     run_method("none") on the prepared dataset (its `model` is None when the run was reused)."""
-    from trainer.prepare import prepared_dataset
-
     dataset, data_dir = prepared_dataset(config)
     evaluator = Evaluator(dataset, config.eval, cache_dir=data_dir)
     return run_method(config, dataset, evaluator, "none", RATConfig(), Tables(), directory, reuse=reuse)

@@ -33,7 +33,7 @@ from llmemb.sections import checked
 from llmemb.spec import EncoderSpec
 from trainer.config import Config
 from trainer.export import export_embeddings, load_embeddings, summary_path
-from trainer.runs import is_done, mark_done, settings_of
+from trainer.runs import is_done, plain_json, recompute, settings_of
 from trainer.scft import SCFTConfig, run_scft
 
 SPEC_KEYS = {"pooling", "normalize", "max_tokens", "dtype", "append_eos", "max_value_chars", "instruction"}
@@ -86,10 +86,6 @@ def _step_dir(config: Config, name: str, settings: dict[str, Any]) -> Path:
     return llm_dir(config) / f"{name}-{digest}"
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
 def ensure_scft(config: Config, dataset: Dataset, tag: str = "scft", item_rows: list[int] | None = None,
                 **changes: Any) -> Path:
     """SCFT on the dataset's items (or the rows `item_rows`); returns the LoRA directory."""
@@ -99,14 +95,14 @@ def ensure_scft(config: Config, dataset: Dataset, tag: str = "scft", item_rows: 
     items = dataset.attributes if item_rows is None else [dataset.attributes[r] for r in item_rows]
     # The progress bar changes nothing that is saved, so it is not part of the settings.
     trained = {k: v for k, v in scft.__dict__.items() if k != "progress"}
-    settings = _jsonable({"encoder": enc.to_dict(), "spec": spec.to_dict(), "scft": trained,
+    settings = plain_json({"encoder": enc.to_dict(), "spec": spec.to_dict(), "scft": trained,
                           "dataset": config.dataset, "items": len(items),
                           "item_rows": None if item_rows is None else list(map(int, item_rows))})
     directory = _step_dir(config, tag, settings)
     if is_done(directory, settings, "lora"):
         return directory / "lora"
-    run_scft(enc, scft, items, spec, directory)
-    mark_done(directory, settings)
+    with recompute(directory, settings):
+        run_scft(enc, scft, items, spec, directory)
     return directory / "lora"
 
 
@@ -115,7 +111,7 @@ def _export_step(config: Config, dataset: Dataset, lora_dir: Path | None, tag: s
     enc = encoder_config(config, spec)
     # The LoRA stands for the settings it was trained with (a LoRA from elsewhere: for its path).
     lora_stamp = None if lora_dir is None else settings_of(Path(lora_dir).parent) or str(lora_dir)
-    settings = _jsonable({"encoder": enc.to_dict(), "spec": spec.to_dict(), "lora": lora_stamp,
+    settings = plain_json({"encoder": enc.to_dict(), "spec": spec.to_dict(), "lora": lora_stamp,
                           "dataset": config.dataset})
     return spec, enc, settings, _step_dir(config, f"export-{tag}", settings)
 
@@ -128,8 +124,8 @@ def ensure_export(config: Config, dataset: Dataset, lora_dir: Path | None, tag: 
     if is_done(directory, settings, path.name):
         return load_embeddings(path)
     encoder = ItemEncoder.from_pretrained_lora(enc, lora_dir) if lora_dir is not None else ItemEncoder(enc)
-    table = export_embeddings(encoder, dataset.attributes, spec, path)
-    mark_done(directory, settings)
+    with recompute(directory, settings):
+        table = export_embeddings(encoder, dataset.attributes, spec, path)
     return table
 
 

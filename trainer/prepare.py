@@ -10,18 +10,17 @@ from pathlib import Path
 from llmemb.data import load_dataset
 from llmemb.data.dataset import Dataset
 from trainer.config import Config
-from trainer.runs import dataset_dir, is_done, mark_done, write_json
+from trainer.runs import dataset_dir, is_done, recompute, write_json
 
 STATS_FILE = "stats.json"
 
 
 def prepare(config: Config) -> tuple[Dataset, Path]:
     """Load the dataset from its raw files and save it under runs/<dataset>/data."""
-    directory = dataset_dir(config)
     dataset = load_dataset(dict(config.dataset))
-    dataset.save(directory)
-    write_json(directory / STATS_FILE, dataset.stats(config.eval.head_fraction))
-    mark_done(directory, config.dataset)
+    with recompute(dataset_dir(config), config.dataset) as directory:
+        dataset.save(directory)
+        write_json(directory / STATS_FILE, dataset.stats(config.eval.head_fraction))
     return dataset, directory
 
 

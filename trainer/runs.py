@@ -14,12 +14,16 @@ run rebuilds on its own and `trainer evaluate` reads any run.
 
 One reuse rule for every stage that writes a directory (the prepared dataset, SCFT, the
 exports, the runs): `is_done(directory, settings, outputs...)`: the directory's
-settings.json equals what the result depends on, and its outputs exist. `mark_done`
-writes settings.json last, so an interrupted stage is never taken as finished.
+settings.json equals what the result depends on, and its outputs exist. A stage makes
+its result inside `with recompute(directory, settings)`, which removes settings.json
+first and writes it last, so an interrupted or half-rewritten result is never taken
+as finished, under the old settings or the new.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +65,7 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _plain(settings: Any) -> Any:
+def plain_json(settings: Any) -> Any:
     """Settings as JSON gives them back (tuples as lists, paths and numbers as written)."""
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
@@ -75,13 +79,18 @@ def settings_of(directory: Path) -> Any:
 def is_done(directory: Path, settings: Any, *outputs: str) -> bool:
     """The one reuse rule: `directory` holds the finished result of `settings`."""
     directory = Path(directory)
-    return settings_of(directory) == _plain(settings) and all((directory / o).exists() for o in outputs)
+    return settings_of(directory) == plain_json(settings) and all((directory / o).exists() for o in outputs)
 
 
-def mark_done(directory: Path, settings: Any) -> None:
-    """Record `settings` as those of the finished result in `directory` (after its outputs)."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    write_json(Path(directory) / SETTINGS_FILE, _plain(settings))
+@contextmanager
+def recompute(directory: Path, settings: Any) -> Iterator[Path]:
+    """Make the result of `settings` in `directory` anew: not done while the block runs,
+    done (settings.json written) once it completes."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SETTINGS_FILE).unlink(missing_ok=True)
+    yield directory
+    write_json(directory / SETTINGS_FILE, plain_json(settings))
 
 
 def save_checkpoint(model: SequentialBackbone, path: Path) -> None:

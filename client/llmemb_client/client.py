@@ -90,10 +90,12 @@ def decode_base64_embedding(data: str) -> list[float]:
     return values.tolist()
 
 
-def _wait(attempt: int, response: httpx.Response | None) -> float | None:
-    """Seconds to wait before retry `attempt` + 1, or None when the answer is final.
+def _wait(call: _Call, attempt: int, max_retries: int, response: httpx.Response | None) -> float | None:
+    """Seconds to wait before retry `attempt` + 1 of `call`, or None when `response` is the answer.
 
-    `response` None means the request failed to connect or was cut off."""
+    `response` None means the request failed to connect or was cut off (and retries are left)."""
+    if response is not None and (attempt >= max_retries or response.status_code in call.ok_statuses):
+        return None
     if response is None:
         return min(MAX_WAIT_S, BACKOFF_S * 2 ** attempt * (0.5 + random.random()))
     if response.status_code not in RETRYABLE:
@@ -181,10 +183,9 @@ class LLMEmbClient:
                 if attempt >= self.max_retries:
                     raise
                 response = None
-            wait = None if response is not None and response.status_code in call.ok_statuses \
-                else _wait(attempt, response)
-            if wait is None or attempt >= self.max_retries:
-                assert response is not None
+            wait = _wait(call, attempt, self.max_retries, response)
+            if wait is None:
+                assert response is not None   # _wait answers None only for a response
                 return _parse(call, response)
             time.sleep(wait)
             attempt += 1
@@ -262,10 +263,9 @@ class AsyncLLMEmbClient:
                 if attempt >= self.max_retries:
                     raise
                 response = None
-            wait = None if response is not None and response.status_code in call.ok_statuses \
-                else _wait(attempt, response)
-            if wait is None or attempt >= self.max_retries:
-                assert response is not None
+            wait = _wait(call, attempt, self.max_retries, response)
+            if wait is None:
+                assert response is not None   # _wait answers None only for a response
                 return _parse(call, response)
             await asyncio.sleep(wait)
             attempt += 1
