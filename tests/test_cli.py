@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -128,3 +129,27 @@ def test_module_entry_point_lists_the_stages():
     assert out.returncode == 0
     for stage in ("prepare", "train", "evaluate", "baselines"):
         assert stage in out.stdout
+
+
+def test_rat_command_trains_the_id_run_then_the_method_and_bundles_the_run(tmp_path: Path) -> None:
+    """`trainer rat --bundle` runs trainer.pipeline (ID run, then LLMEmb aligned to it) and writes the
+    bundle from the run directory; the metrics it prints are the run's."""
+    from llmemb.bundle import load_bundle
+    from tests.movies import movie_config
+    from trainer.runs import load_item_table
+
+    path, _ = movie_config(tmp_path)
+    out = invoke("rat", "--config", str(path), "--method", "llmemb", "--bundle", str(tmp_path / "bundle"))
+    root = tmp_path / "runs" / "movies" / "rat" / "sasrec-seed0"
+    assert json.loads((root / "none" / "metrics.json").read_text())["method"] == "none"
+    saved = json.loads((root / "llmemb" / "metrics.json").read_text())
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.method == "llmemb" and bundle.residual is None
+    assert torch.equal(bundle.item_table, load_item_table(root / "llmemb"))
+    assert bundle.manifest["metrics"]["test"] == saved["test"]
+    assert f"{saved['test']['full']['overall']['ndcg@10']:.4f}" in out and bundle.fingerprint in out
+    # a method without an adapter has no bundle: a clear error, not a broken bundle
+    result = CliRunner().invoke(app, ["rat", "--config", str(path), "--method", "llm2x", "--bundle",
+                                      str(tmp_path / "b2")])
+    assert result.exit_code != 0 and "item_layer.safetensors" in str(result.exception)
+    assert not (tmp_path / "b2").exists()

@@ -28,7 +28,7 @@ from trainer import report
 from trainer.experiments import Tables, run_method
 from trainer.quick import run_quick
 from trainer.rat import RATConfig
-from trainer.runs import CHECKPOINT_FILE, TABLE_KEY, load_checkpoint, load_item_table
+from trainer.runs import CHECKPOINT_FILE, TABLE_KEY, load_checkpoint, load_item_layer, load_item_table
 
 # ===================================================================== run_method
 
@@ -163,14 +163,14 @@ def quick_run(tmp_path_factory):
     out = root / "bundle"
     logs: list[str] = []
     summary = run_quick(path, out, log=logs.append)
-    return {"root": root, "out": out, "summary": summary, "attrs": attrs, "logs": logs}
+    return {"root": root, "out": out, "summary": summary, "attrs": attrs, "logs": logs, "path": path}
 
 
 def test_quick_pipeline_writes_a_verified_bundle(quick_run):
     out, summary, root = quick_run["out"], quick_run["summary"], quick_run["root"]
     bundle = load_bundle(out)                       # verifies every hash
     assert summary["bundle"] == str(out) and summary["fingerprint"] == bundle.fingerprint
-    assert set(summary["seconds"]) == {"prepare", "scft", "export", "id_pretrain", "rat", "bundle"}
+    assert set(summary["seconds"]) == {"prepare", "llm_tables", "id_and_rat", "bundle"}
     assert json.loads((root / "runs" / "movies" / "quick" / "quick.json").read_text())["fingerprint"] \
         == bundle.fingerprint
     assert bundle.manifest["metrics"]["test"] == json.loads(json.dumps(summary["test"]))
@@ -191,6 +191,16 @@ def test_quick_pipeline_writes_a_verified_bundle(quick_run):
     # make run's default item layer is Hybrid: the bundle says so and stores its residual
     assert json.loads((quick_dir / "hybrid" / "metrics.json").read_text())["method"] == "hybrid"
     assert bundle.method == "hybrid" and bundle.residual.shape == bundle.item_table.shape
+    # the bundle is written from the run directory: its checkpoint and item layer, bit for bit
+    parts = load_item_layer(quick_dir / "hybrid")
+    assert torch.equal(bundle.item_table, load_item_table(quick_dir / "hybrid"))
+    assert torch.equal(bundle.residual, parts.residual)
+    assert all(torch.equal(bundle.adapter_state[k], v) for k, v in parts.adapter.items())
+    assert all(torch.equal(bundle.pca_state[k], v) for k, v in parts.pca.items())
+    # a second quick run with the same settings reuses every run and writes the same bundle
+    again = run_quick(quick_run["path"], root / "bundle-again", log=lambda _: None)
+    assert load_bundle(root / "bundle-again").manifest["files"] == bundle.manifest["files"]
+    assert again["test"] == summary["test"]
 
 
 def test_bundle_item_table_is_the_adapter_of_the_pca_of_the_scft_export(quick_run):

@@ -1,5 +1,5 @@
-"""Chains of RAT runs on worker processes: the same metrics as in-process, chain
-order respected (the alignment run reads the ID table its chain wrote first)."""
+"""RAT runs on worker processes (trainer.pipeline.run_pipeline over run_pool): the same
+metrics as in-process, the ID runs first (an alignment run reads the table its ID run wrote)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,9 @@ import torch
 
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 from trainer.experiments import Tables, _digest, run_settings
+from trainer.pipeline import method_tasks, run_pipeline
 from trainer.rat import RATConfig
-from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
+from trainer.run_pool import RunSplit, prepare_negatives
 from trainer.runs import load_item_table
 
 
@@ -21,57 +22,64 @@ def grid(tmp_path, root_name):
                             tmp_path / "cache")}
     rat = RATConfig(d_pca=6)
     root = tmp_path / root_name
-    chains = []
+    tasks = []
     for seed in (0, 1, 2):
         cfg = tiny_config(tmp_path, seed=seed)
         cfg = replace(cfg, train=replace(cfg.train, threads=1))
-        chains.append([MethodTask("main", cfg, "none", rat, root / f"none-{seed}"),
-                       MethodTask("main", cfg, "llmemb", rat, root / f"llmemb-{seed}", id_dir=root / f"none-{seed}")])
-    return splits, chains
+        tasks += method_tasks("main", cfg, ["llmemb"], rat, root, name=lambda m, s=seed: f"{m}-{s}")
+    return splits, tasks
 
 
 @pytest.mark.slow
 def test_workers_give_the_in_process_metrics(tmp_path):
-    splits, chains = grid(tmp_path, "serial")
-    prepare_negatives(splits, chains[0][0].config.eval)
+    splits, tasks = grid(tmp_path, "serial")
+    assert [(t.method, t.directory.name, t.id_dir and t.id_dir.name) for t in tasks[:2]] == [
+        ("none", "none-0", None), ("llmemb", "llmemb-0", "none-0")]
+    prepare_negatives(splits, tasks[0].config.eval)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
         "negatives-test-n5-seed2025.npz", "negatives-valid-n5-seed2025.npz"]
-    serial = run_chains(splits, chains, workers=1, log=lambda _: None)
-    splits2, chains2 = grid(tmp_path, "pool")
+    serial = run_pipeline(splits, tasks, workers=1, log=lambda _: None)
+    splits2, tasks2 = grid(tmp_path, "pool")
     logs: list[str] = []
-    pooled = run_chains(splits2, chains2, workers=2, log=logs.append)
-    assert len(pooled) == 3 and [len(c) for c in pooled] == [2, 2, 2]
-    for a_chain, b_chain, chain in zip(serial, pooled, chains2):
-        for a, b, task in zip(a_chain, b_chain, chain):
-            assert (b["method"], b["seed"]) == (task.method, task.config.train.seed)
-            assert b["test"]["full"]["overall"]["ndcg@10"] == pytest.approx(a["test"]["full"]["overall"]["ndcg@10"], abs=1e-6)
-            assert b["test"]["sampled"]["overall"]["hr@10"] == pytest.approx(a["test"]["sampled"]["overall"]["hr@10"], abs=1e-6)
-            saved = json.loads((task.directory / "metrics.json").read_text())
-            assert saved["settings_digest"] == b["settings_digest"]
-    assert sum("done" in line for line in logs) == 3
+    pooled = run_pipeline(splits2, tasks2, workers=2, log=logs.append)
+    assert len(pooled) == 6
+    for a, b, task in zip(serial, pooled, tasks2):
+        assert (b["method"], b["seed"]) == (task.method, task.config.train.seed)
+        assert b["test"]["full"]["overall"]["ndcg@10"] == pytest.approx(a["test"]["full"]["overall"]["ndcg@10"], abs=1e-6)
+        assert b["test"]["sampled"]["overall"]["hr@10"] == pytest.approx(a["test"]["sampled"]["overall"]["hr@10"], abs=1e-6)
+        saved = json.loads((task.directory / "metrics.json").read_text())
+        assert saved["settings_digest"] == b["settings_digest"]
+    # the three ID runs finish before any alignment run starts
+    done = [line for line in logs if "done" in line]
+    assert len(done) == 6 and all("none" in line for line in done[:3])
+
+
+def test_an_alignment_run_without_its_id_run_is_refused(tmp_path):
+    splits, tasks = grid(tmp_path, "bad")
+    with pytest.raises(ValueError, match="its ID run .*none-0 is neither a task here nor a finished run"):
+        run_pipeline(splits, tasks[1:2], workers=1, log=lambda _: None)
 
 
 def test_a_failing_run_stops_the_grid_with_its_error(tmp_path):
-    splits, chains = grid(tmp_path, "bad")
-    # the alignment run of chain 0 names an ID run that nobody wrote
-    chains[0][1] = replace(chains[0][1], id_dir=tmp_path / "missing")
-    chains[0] = chains[0][1:]
-    with pytest.raises(Exception, match="No such file|does not exist|missing"):
-        run_chains(splits, chains[:1], workers=1, log=lambda _: None)
+    splits, tasks = grid(tmp_path, "broken")
+    (tmp_path / "broken" / "none-0").mkdir(parents=True)
+    (tmp_path / "broken" / "none-0" / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="header|safetensors|deserializ"):
+        run_pipeline(splits, tasks[1:2], workers=1, log=lambda _: None)
 
 
 def test_split_tables_can_be_overridden_per_task(tmp_path):
-    splits, chains = grid(tmp_path, "override")
+    splits, tasks = grid(tmp_path, "override")
     other = Tables(scft=torch.randn(N_ITEMS, 20, generator=torch.Generator().manual_seed(9)))
-    first = run_chains(splits, [chains[0]], workers=1, log=lambda _: None)[0][1]
-    moved = [chains[0][0], replace(chains[0][1], tables=other, directory=tmp_path / "override" / "other")]
-    second = run_chains(splits, [moved], workers=1, log=lambda _: None)[0][1]
+    first = run_pipeline(splits, tasks[:2], workers=1, log=lambda _: None)[1]
+    moved = replace(tasks[1], tables=other, directory=tmp_path / "override" / "other")
+    second = run_pipeline(splits, [moved], workers=1, log=lambda _: None)[0]
     # The run saw the other table: its recorded settings are exactly those of that table.
-    id_table = load_item_table(chains[0][0].directory)
-    task = moved[1]
-    assert second["settings_digest"] == _digest(run_settings(task.config, task.method, task.rat, other, id_table))
-    assert first["settings_digest"] == _digest(run_settings(task.config, task.method, task.rat,
+    id_table = load_item_table(tasks[0].directory)
+    assert second["settings_digest"] == _digest(run_settings(moved.config, moved.method, moved.rat, other, id_table))
+    assert first["settings_digest"] == _digest(run_settings(moved.config, moved.method, moved.rat,
                                                             splits["main"].tables, id_table))
+    assert second["settings_digest"] != first["settings_digest"]
 
 
 def test_a_result_rewritten_in_place_is_not_done_until_it_completes(tmp_path):

@@ -127,24 +127,20 @@ def rat(config: ConfigPath,
         bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (llmemb or hybrid).")] = None,
         overrides: Overrides = None) -> None:
     """PCA + ID pretraining + RAT for one method; prints its test metrics."""
-    from llmemb.metrics import Evaluator
-    from trainer.experiments import Tables, run_aligned
-    from trainer.llm_stages import ensure_export, ensure_scft
     from trainer.make_bundle import bundle_from_run
-    from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
+    from trainer.pipeline import llm_tables, method_tasks, run_pipeline
+    from trainer.rat import RATConfig
+    from trainer.run_pool import RunSplit
 
     cfg = resolve(config, overrides, backbone, seed)
     dataset, data_dir = prepared_dataset(cfg)
-    rat_cfg = RATConfig.from_dict(cfg.sections.get("rat"))
-    lora = ensure_scft(cfg, dataset) if method in USES_SCFT_TABLE else None
-    tables = Tables(base=ensure_export(cfg, dataset, None, "base") if method in USES_BASE_TABLE else None,
-                    scft=ensure_export(cfg, dataset, lora, "scft") if lora is not None else None)
-    evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
-    root = run_dir(cfg, f"rat/{cfg.backbone.name}-seed{cfg.train.seed}")
-    run, _ = run_aligned(cfg, dataset, evaluator, method, rat_cfg, tables, root, reuse=bundle is None)
-    typer.echo(metrics_table(run.metrics))
+    lora, tables = llm_tables(cfg, dataset, [method])
+    tasks = method_tasks("main", cfg, [method], RATConfig.from_dict(cfg.sections.get("rat")),
+                         run_dir(cfg, f"rat/{cfg.backbone.name}-seed{cfg.train.seed}"))
+    metrics = run_pipeline({"main": RunSplit(dataset, tables, data_dir)}, tasks)[-1]
+    typer.echo(metrics_table(metrics))
     if bundle is not None:
-        manifest = bundle_from_run(cfg, dataset, run, lora, bundle)
+        manifest = bundle_from_run(tasks[-1].directory, dataset, lora, bundle)
         typer.echo(f"bundle {bundle} fingerprint {manifest['fingerprint']}")
 
 

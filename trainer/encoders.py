@@ -33,11 +33,12 @@ import yaml
 from llmemb.sections import checked
 from trainer.config import Config, load_config
 from trainer.experiments import Tables
-from trainer.llm_stages import base_model_id, ensure_export, ensure_scft, export_summary
+from trainer.llm_stages import base_model_id, export_summary
+from trainer.pipeline import llm_tables, run_pipeline
 from trainer.prepare import prepared_dataset
 from trainer.rat import METHODS, RATConfig
 from trainer.report import LABELS, aggregate, mean_std, pm, separation
-from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
+from trainer.run_pool import MethodTask, RunSplit, prepare_negatives
 
 COMPARISON_KEYS = {"encoders", "backbone", "seeds", "methods", "workers"}
 ENCODER_SECTIONS = {"encoder", "scft", "quick"}
@@ -81,8 +82,8 @@ def run_encoders(comparison_path: Path, log: Callable[[str], None] = print) -> d
     for name, by_seed in configs.items():
         cfg = by_seed[seeds[0]]
         t = time.perf_counter()
-        lora = ensure_scft(cfg, dataset)
-        tables[name] = Tables(base=ensure_export(cfg, dataset, None, "base"), scft=ensure_export(cfg, dataset, lora, "scft"))
+        lora, tables[name] = llm_tables(cfg, dataset, ["llm2x", "llmemb"])
+        assert lora is not None
         scft = json.loads((lora.parent / "scft.json").read_text(encoding="utf-8"))
         export = export_summary(cfg, dataset, lora, "scft")
         llm[name] = {"model": base_model_id(cfg), "dim": int(tables[name].scft.shape[1]),
@@ -97,16 +98,14 @@ def run_encoders(comparison_path: Path, log: Callable[[str], None] = print) -> d
     prepare_negatives(splits, reference.eval)
     rat = {name: RATConfig.from_dict(by_seed[seeds[0]].sections.get("rat")) for name, by_seed in configs.items()}
     id_dirs = {s: root / f"none-{backbone}-seed{s}" for s in seeds}
-    id_runs = run_chains(splits, [[MethodTask("main", configs[first_name][s], "none", rat[first_name], id_dirs[s],
-                                              label="none")] for s in seeds],
-                         workers=int(comp["workers"]), log=log)
-    chains = [[MethodTask("main", configs[name][s], method, rat[name], root / name / f"{method}-{backbone}-seed{s}",
-                          id_dir=id_dirs[s], tables=tables[name], label=f"{name}/{method}")]
-              for name in configs for method in comp["methods"] for s in seeds]
-    results = run_chains(splits, chains, workers=int(comp["workers"]), log=log)
-
-    runs = [{**out[0], "split": "ids"} for out in id_runs]
-    runs += [{**out[0], "split": chain[0].label.split("/")[0]} for chain, out in zip(chains, results)]
+    id_tasks = [MethodTask("main", configs[first_name][s], "none", rat[first_name], id_dirs[s], label="none")
+                for s in seeds]
+    method_runs = [MethodTask("main", configs[name][s], method, rat[name], root / name / f"{method}-{backbone}-seed{s}",
+                              id_dir=id_dirs[s], tables=tables[name], label=f"{name}/{method}")
+                   for name in configs for method in comp["methods"] for s in seeds]
+    results = run_pipeline(splits, id_tasks + method_runs, workers=int(comp["workers"]), log=log)
+    runs = [{**metrics, "split": "ids" if task.method == "none" else task.label.split("/")[0]}
+            for task, metrics in zip(id_tasks + method_runs, results)]
     report = {
         "comparison": str(comparison_path), "backbone": backbone, "seeds": seeds, "methods": comp["methods"],
         "encoders": llm, "runs": runs, "dataset": dataset.stats(reference.eval.head_fraction),

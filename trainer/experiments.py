@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,13 @@ from trainer.config import Config
 from trainer.prepare import prepared_dataset
 from trainer.rat import (
     USES_BASE_TABLE,
+    USES_PCA,
     USES_SCFT_TABLE,
     RATConfig,
     build_model,
     rat_extra_loss,
 )
-from trainer.runs import CHECKPOINT_FILE, METRICS_FILE, is_done, load_item_table, recompute, write_run
+from trainer.runs import CHECKPOINT_FILE, ITEM_LAYER_FILE, METRICS_FILE, is_done, recompute, write_run
 from trainer.train import fit, seed_everything
 
 
@@ -124,7 +123,8 @@ def run_method(
     seed = config.train.seed
     settings = run_settings(config, method, rat, tables, id_table, loss_items, fit_rows, user_groups)
     metrics_path = directory / METRICS_FILE
-    if reuse and is_done(directory, settings, METRICS_FILE, CHECKPOINT_FILE):
+    outputs = (METRICS_FILE, CHECKPOINT_FILE) + ((ITEM_LAYER_FILE,) if method in USES_PCA else ())
+    if reuse and is_done(directory, settings, *outputs):
         return MethodRun(method, config.backbone.name, seed, json.loads(metrics_path.read_text(encoding="utf-8")))
 
     extra = rat_extra_loss(method, id_table, rat)
@@ -149,7 +149,7 @@ def run_method(
     }
     history = [{"epoch": r.epoch, "loss": r.loss, "valid": r.valid_score} for r in result.history]
     with recompute(directory, settings):
-        write_run(directory, config, dataset, model, metrics, history)
+        write_run(directory, config, dataset, model, metrics, history, pca)
     return MethodRun(method, config.backbone.name, seed, metrics, model, pca)
 
 
@@ -169,25 +169,3 @@ def trained_items(dataset: Dataset, loss_items: np.ndarray | None = None) -> np.
         trained &= np.asarray(loss_items, dtype=bool)
     trained[0] = False
     return trained
-
-
-def run_aligned(config: Config, dataset: Dataset, evaluator: Evaluator, method: str, rat: RATConfig,
-                tables: Tables, root: Path, reuse: bool = True,
-                log: Callable[[str], None] | None = None) -> tuple[MethodRun, dict[str, float]]:
-    """The pipeline of one method: the ID-only run under root/none (its table, kept, is the alignment
-    target), then `method` under root/<method>; returns the method's run and each step's seconds."""
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    if log is not None:
-        log("ID-only pretraining (the alignment target)")
-    id_run = run_method(config, dataset, evaluator, "none", rat, tables, root / "none")
-    seconds["id_pretrain"] = time.perf_counter() - t
-    if method == "none":
-        return id_run, seconds
-    t = time.perf_counter()
-    if log is not None:
-        log(f"RAT ({method}): adapter + backbone on the frozen LLM table")
-    run = run_method(config, dataset, evaluator, method, rat, tables, root / method,
-                     id_table=load_item_table(root / "none"), reuse=reuse)
-    seconds["rat"] = time.perf_counter() - t
-    return run, seconds

@@ -1,45 +1,37 @@
-"""A RAT-trained LLMEmb model -> the immutable bundle the service loads."""
+"""A finished LLMEmb or Hybrid run directory -> the immutable bundle the service loads."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from llmemb.backbones import SequentialBackbone
 from llmemb.bundle import BundleParts, write_bundle
 from llmemb.data.dataset import Dataset
-from llmemb.item_tables import AdaptedItemEmbedding, HybridItemEmbedding
-from llmemb.projection import PCA
-from trainer.config import Config
+from trainer.config import load_config
 from trainer.llm_stages import base_model_id, encoder_spec
+from trainer.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, load_checkpoint, load_item_layer, read_json
 
 
-def bundle_from_model(
-    config: Config,
-    dataset: Dataset,
-    model: SequentialBackbone,
-    pca: PCA,
-    lora_dir: Path | None,
-    metrics: dict[str, Any],
-    out_dir: Path,
-) -> dict[str, Any]:
-    """Write `out_dir` from a RAT-trained model whose item layer is Adapter(PCA(E_llm)),
-    or Hybrid's Adapter(PCA(E_llm)) + r (the bundle then stores r as well)."""
-    layer = model.item_embedding
-    if not isinstance(layer, AdaptedItemEmbedding) or layer.adapter is None:
-        raise ValueError("a bundle needs the LLMEmb item layer (PCA table + adapter); "
-                         f"got {type(layer).__name__} without an adapter")
-    hybrid = isinstance(layer, HybridItemEmbedding)
-    layer.eval()
-    with torch.no_grad():
-        table = layer.table().detach().cpu()
-        residual = layer.residual_rows().detach().cpu() if hybrid else None
+def bundle_from_run(run_dir: Path, dataset: Dataset, lora_dir: Path | None, out_dir: Path) -> dict[str, Any]:
+    """Write `out_dir` from a run (trainer/runs.py) whose item layer is Adapter(PCA(E_llm)), or
+    Hybrid's Adapter(PCA(E_llm)) + r (the bundle then stores r as well); `dataset` is the one the
+    run trained on, `lora_dir` the SCFT adapter its table was exported with. Returns the manifest."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / CONFIG_FILE)
+    model = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    layer = load_item_layer(run_dir)
+    if layer.adapter is None:
+        raise ValueError(f"{run_dir}: a bundle needs the LLMEmb item layer (PCA table + adapter); "
+                         "this run has no adapter")
+    table = model.item_embedding.table().detach()
+    if table.shape[0] != dataset.n_items + 1:
+        raise ValueError(f"{run_dir}: the run has {table.shape[0] - 1} items, the dataset {dataset.n_items}")
+    metrics = read_json(run_dir / METRICS_FILE)
+    residual = layer.residual
     return write_bundle(out_dir, BundleParts(
         base_model_id=base_model_id(config),
         encoder=encoder_spec(config, dataset.domain),
-        pca_state=pca.state_dict(),
-        adapter_state={k: v.detach().cpu() for k, v in layer.adapter.state_dict().items()},
+        pca_state=layer.pca,
+        adapter_state=layer.adapter,
         backbone_config=model.config,
         backbone_state=model.backbone_state_dict(),
         item_table=table,
@@ -47,14 +39,7 @@ def bundle_from_model(
         item_attributes=list(dataset.attributes),
         lora_dir=lora_dir,
         dataset=dataset.stats(config.eval.head_fraction),
-        metrics=metrics,
-        method="hybrid" if hybrid else "llmemb",
+        metrics={"test": metrics["test"], "fit": metrics["fit"]},
+        method="llmemb" if residual is None else "hybrid",
         residual=residual,
     ))
-
-
-def bundle_from_run(config: Config, dataset: Dataset, run, lora_dir: Path | None, out_dir: Path) -> dict[str, Any]:
-    """The bundle of a method's run (trainer.experiments.MethodRun, trained in this process), with its
-    test and fit metrics in the manifest."""
-    return bundle_from_model(config, dataset, run.model, run.pca, lora_dir,
-                             {"test": run.metrics["test"], "fit": run.metrics["fit"]}, out_dir)

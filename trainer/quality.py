@@ -29,14 +29,15 @@ from typing import Any
 import torch
 
 from llmemb.data.coldstart import cold_start_split
+from llmemb.data.dataset import Dataset
 from llmemb.sections import checked
 from trainer.config import Config, load_config
 from trainer.experiments import Tables
-from trainer.llm_stages import ensure_export, ensure_scft
+from trainer.pipeline import llm_tables, method_tasks, run_pipeline
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
 from trainer.report import write_report
-from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
+from trainer.run_pool import MethodTask, RunSplit, prepare_negatives
 
 DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
@@ -62,19 +63,31 @@ def _config(path: Path, overrides: Sequence[str], backbone: str, seed: int) -> C
     return load_config(path, [*overrides, f"train.seed={seed}"], backbone=backbone)
 
 
-def _chains(split: str, root: Path, backbone: str, methods: Sequence[str], seeds: Sequence[int], config_path: Path,
-            overrides: Sequence[str], rat: RATConfig) -> list[list[MethodTask]]:
-    """One chain per seed: the ID run first (the others align to its table), then the other methods."""
-    chains = []
-    for seed in seeds:
-        cfg = _config(config_path, overrides, backbone, seed)
-        id_dir = root / split / f"none-{backbone}-seed{seed}"
-        chains.append([
-            MethodTask(split, cfg, method, rat, root / split / f"{method}-{backbone}-seed{seed}",
-                       id_dir=id_dir if method != "none" else None)
-            for method in ["none"] + [m for m in methods if m != "none"]
-        ])
-    return chains
+def _grid_tasks(split: str, root: Path, backbone: str, methods: Sequence[str], seeds: Sequence[int],
+                config_path: Path, overrides: Sequence[str], rat: RATConfig) -> list[MethodTask]:
+    """Per seed: the ID run, then the other methods (aligned to it), under root/split/."""
+    return [task for seed in seeds
+            for task in method_tasks(split, _config(config_path, overrides, backbone, seed), methods, rat, root / split,
+                                     name=lambda m, s=seed: f"{m}-{backbone}-seed{s}")]
+
+
+def _cold_split(base: Config, dataset: Dataset, data_dir: Path, tables: Tables,
+                q: dict[str, Any]) -> tuple[RunSplit, dict[str, Any]]:
+    """The cold-start split: q["cold_fraction"] of the items held out of training, and of SCFT and PCA
+    (strict cold start: its own LoRA trained on the warm items only); its summary for the report."""
+    cold = cold_start_split(dataset, q["cold_fraction"], q["cold_seed"])
+    warm_rows = cold.warm_rows
+    _, cold_tables = llm_tables(base, cold.dataset, ["llmemb"], scft_tag="scft-cold", item_rows=warm_rows.tolist(),
+                                scft_changes={"steps": int(q["cold_scft_steps"])})
+    cold_users = cold.cold_test_users()
+    loss_items = ~cold.cold
+    loss_items[0] = False
+    info = {"scft_steps": int(q["cold_scft_steps"]), "items": int(cold.cold.sum()),
+            "test_users_with_cold_target": int(cold_users.sum()), "users": cold.dataset.n_users,
+            "fraction": q["cold_fraction"], "seed": q["cold_seed"]}
+    split = RunSplit(cold.dataset, Tables(base=tables.base, scft=cold_tables.scft), data_dir / "cold",
+                     loss_items=loss_items, fit_rows=warm_rows, user_groups={"cold_targets": cold_users})
+    return split, info
 
 
 def run_quality(
@@ -91,44 +104,30 @@ def run_quality(
 
     stage_seconds: dict[str, float] = {}
     t = time.perf_counter()
-    lora = ensure_scft(base, dataset)
-    stage_seconds["scft"] = time.perf_counter() - t
-    t = time.perf_counter()
-    tables = Tables(base=ensure_export(base, dataset, None, "base"), scft=ensure_export(base, dataset, lora, "scft"))
-    stage_seconds["export"] = time.perf_counter() - t
+    every_method = {*q["methods"], *q["ablations"], *(q["cold_methods"] if q["cold_fraction"] > 0 else [])}
+    lora, tables = llm_tables(base, dataset, every_method)
+    stage_seconds["llm_tables"] = time.perf_counter() - t
     report = str(q["report"] or base.name)
     root = Path(base.runs_dir) / base.name / "quality" / report
 
     splits = {"main": RunSplit(dataset, tables, data_dir)}
-    chains: list[list[MethodTask]] = []
+    tasks: list[MethodTask] = []
     for backbone in q["backbones"]:
         methods = list(q["methods"]) + (list(q["ablations"]) if backbone == q["ablation_backbone"] else [])
-        chains += _chains("main", root, backbone, methods, q["seeds"], config_path, overrides, rat)
+        tasks += _grid_tasks("main", root, backbone, methods, q["seeds"], config_path, overrides, rat)
 
     cold_info: dict[str, Any] | None = None
     if q["cold_fraction"] > 0:
         t = time.perf_counter()
-        cold = cold_start_split(dataset, q["cold_fraction"], q["cold_seed"])
-        warm_rows = cold.warm_rows
-        # Strict cold start: SCFT and PCA never see the held-out items.
-        lora_cold = ensure_scft(base, cold.dataset, tag="scft-cold", item_rows=warm_rows.tolist(),
-                                steps=int(q["cold_scft_steps"]))
-        cold_tables = Tables(base=tables.base, scft=ensure_export(base, cold.dataset, lora_cold, "scft-cold"))
+        splits["cold"], cold_info = _cold_split(base, dataset, data_dir, tables, q)
         stage_seconds["cold_scft_export"] = time.perf_counter() - t
-        cold_users = cold.cold_test_users()
-        loss_items = ~cold.cold
-        loss_items[0] = False
-        cold_info = {"scft_steps": int(q["cold_scft_steps"]), "items": int(cold.cold.sum()), "test_users_with_cold_target": int(cold_users.sum()),
-                     "users": cold.dataset.n_users, "fraction": q["cold_fraction"], "seed": q["cold_seed"]}
-        splits["cold"] = RunSplit(cold.dataset, cold_tables, data_dir / "cold", loss_items=loss_items,
-                               fit_rows=warm_rows, user_groups={"cold_targets": cold_users})
-        chains += _chains("cold", root, q["cold_backbone"], q["cold_methods"], q["seeds"], config_path, overrides,
-                          rat)
+        tasks += _grid_tasks("cold", root, q["cold_backbone"], q["cold_methods"], q["seeds"], config_path, overrides,
+                             rat)
 
     t = time.perf_counter()
     prepare_negatives(splits, base.eval)
-    results_by_chain = run_chains(splits, chains, workers=int(q["workers"]), log=log)
-    runs = [{"split": chain[0].split, **metrics} for chain, out in zip(chains, results_by_chain) for metrics in out]
+    by_task = run_pipeline(splits, tasks, workers=int(q["workers"]), log=log)
+    runs = [{"split": task.split, **metrics} for task, metrics in zip(tasks, by_task)]
     stage_seconds["grid"] = time.perf_counter() - t
 
     results = {
@@ -144,7 +143,7 @@ def run_quality(
         "wall_seconds": time.perf_counter() - started,
         "environment": f"{platform.machine()}, {q['workers']} worker process(es) x {base.train.threads} torch thread(s), "
                        f"torch {torch.__version__}",
-        "scft_summary_path": str(lora.parent / "scft.json"),
+        "scft_summary_path": None if lora is None else str(lora.parent / "scft.json"),
     }
     out = Path(base.reports_dir) / report
     write_report(results, out, root, log=log)

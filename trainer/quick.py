@@ -1,5 +1,6 @@
 """The quick pipeline behind `make run`: short SCFT, export, PCA, ID pretraining,
-RAT on one backbone, evaluation, bundle. Minutes on a laptop-class CPU.
+RAT on one backbone, evaluation, bundle (trainer.pipeline's sequence, one seed, a time cap
+per model). Minutes on a laptop-class CPU.
 
 Config section `quick` (optional): scft_steps (default 60), backbone (sasrec),
 seed (0), max_seconds (training time cap per model, default 120), method (the
@@ -14,14 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmemb.metrics import Evaluator
 from llmemb.sections import checked
 from trainer.config import load_config
-from trainer.experiments import Tables, run_aligned
-from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.make_bundle import bundle_from_run
+from trainer.pipeline import llm_tables, method_tasks, run_pipeline
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
+from trainer.run_pool import RunSplit
 
 DEFAULTS: dict[str, Any] = {"scft_steps": 60, "backbone": "sasrec", "seed": 0, "max_seconds": 120,
                             "method": "hybrid"}
@@ -46,21 +46,20 @@ def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
     seconds["prepare"] = time.perf_counter() - t
     log(f"dataset {dataset.name}: {dataset.n_users} users, {dataset.n_items} items")
     t = time.perf_counter()
-    lora = ensure_scft(config, dataset, tag="scft-quick", steps=int(q["scft_steps"]))
-    seconds["scft"] = time.perf_counter() - t
-    t = time.perf_counter()
-    tables = Tables(scft=ensure_export(config, dataset, lora, "scft-quick"))
-    seconds["export"] = time.perf_counter() - t
+    lora, tables = llm_tables(config, dataset, [method], scft_tag="scft-quick",
+                              scft_changes={"steps": int(q["scft_steps"])})
+    seconds["llm_tables"] = time.perf_counter() - t
 
-    evaluator = Evaluator(dataset, config.eval, cache_dir=data_dir)
     root = Path(config.runs_dir) / config.name / "quick"
-    run, steps = run_aligned(config, dataset, evaluator, method, rat, tables, root, reuse=False, log=log)
-    seconds.update(steps)
+    tasks = method_tasks("main", config, [method], rat, root)
     t = time.perf_counter()
-    manifest = bundle_from_run(config, dataset, run, lora, out_dir)
+    (metrics,) = run_pipeline({"main": RunSplit(dataset, tables, data_dir)}, tasks, log=log)[1:]
+    seconds["id_and_rat"] = time.perf_counter() - t
+    t = time.perf_counter()
+    manifest = bundle_from_run(tasks[-1].directory, dataset, lora, out_dir)
     seconds["bundle"] = time.perf_counter() - t
     summary = {"bundle": str(out_dir), "fingerprint": manifest["fingerprint"], "seconds": seconds,
-               "wall_seconds": time.perf_counter() - started, "test": run.metrics["test"]}
+               "wall_seconds": time.perf_counter() - started, "test": metrics["test"]}
     (root / "quick.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log(f"bundle {out_dir} ({manifest['fingerprint'][:12]}) in {summary['wall_seconds']:.0f} s")
     return summary

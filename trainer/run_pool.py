@@ -1,8 +1,7 @@
-"""Run chains of RAT experiments on a pool of worker processes.
+"""Run independent RAT experiments (`MethodTask`s) on a pool of worker processes.
 
-A chain is a list of `MethodTask`s run in order by one worker: the ID-only
-("none") run comes first and the runs that align with its item table follow,
-so dependencies never cross chains and chains run in any order. On a 2-core
+The tasks given together must not depend on each other: trainer.pipeline runs the
+ID-only tasks first and the ones that align to their tables after. On a 2-core
 machine two workers with one torch thread each finish a grid about twice as fast
 as one process (a single small model does not scale across threads).
 
@@ -70,10 +69,6 @@ def run_task(task: MethodTask, splits: dict[str, RunSplit] | None = None) -> dic
     return run.metrics
 
 
-def _run_chain(chain: list[MethodTask]) -> list[dict[str, Any]]:
-    return [run_task(task) for task in chain]
-
-
 def prepare_negatives(splits: dict[str, RunSplit], eval_config: Any) -> None:
     """Draw and store every split's sampled negatives before workers read them."""
     for split in splits.values():
@@ -83,35 +78,34 @@ def prepare_negatives(splits: dict[str, RunSplit], eval_config: Any) -> None:
                 evaluator.negatives(which)
 
 
-def run_chains(
+def run_tasks(
     splits: dict[str, RunSplit],
-    chains: Sequence[list[MethodTask]],
+    tasks: Sequence[MethodTask],
     workers: int = 1,
     log: Callable[[str], None] = print,
-) -> list[list[dict[str, Any]]]:
-    """Metrics of every task, in the chains' order. workers <= 1 runs in this process."""
-    results: list[list[dict[str, Any]] | None] = [None] * len(chains)
-    if workers <= 1 or len(chains) <= 1:
-        for i, chain in enumerate(chains):
-            out = []
-            for task in chain:
-                log(f"[{task.split}] {task.label or task.method} {task.config.backbone.name} seed {task.config.train.seed}")
-                out.append(run_task(task, splits))
-            results[i] = out
-        return results  # type: ignore[return-value]
+) -> list[dict[str, Any]]:
+    """Metrics of every task, in the tasks' order. workers <= 1 runs them in this process."""
+    def name(task: MethodTask) -> str:
+        return f"[{task.split}] {task.label or task.method} {task.config.backbone.name} seed {task.config.train.seed}"
 
+    if workers <= 1 or len(tasks) <= 1:
+        results = []
+        for task in tasks:
+            log(name(task))
+            results.append(run_task(task, splits))
+        return results
+
+    out: list[dict[str, Any] | None] = [None] * len(tasks)
     context = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                              initargs=(splits,)) as pool:
-        pending = {pool.submit(_run_chain, chain): i for i, chain in enumerate(chains)}
+        pending = {pool.submit(run_task, task): i for i, task in enumerate(tasks)}
         done_count = 0
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 i = pending.pop(future)
-                results[i] = future.result()   # a failed run stops the grid with its error
+                out[i] = future.result()   # a failed run stops the grid with its error
                 done_count += 1
-                first = chains[i][0]
-                log(f"[{first.split}] chain {done_count}/{len(chains)} done: {first.config.backbone.name} "
-                    f"seed {first.config.train.seed} ({', '.join(t.label or t.method for t in chains[i])})")
-    return results  # type: ignore[return-value]
+                log(f"{name(tasks[i])} done ({done_count}/{len(tasks)})")
+    return out  # type: ignore[return-value]

@@ -3,14 +3,17 @@
     <runs_dir>/<dataset>/data/         prepared Dataset (Dataset.save), stats.json, settings.json,
                                        cached sampled negatives
     <run directory>/                   config.yaml (resolved), dataset_stats.json,
-                                       model.safetensors, metrics.json, history.json
+                                       model.safetensors, metrics.json, history.json,
+                                       item_layer.safetensors (methods with a PCA)
 
 Every run has these files, whatever its method (the ID-only `train` runs and the
 RAT runs of rat, quick, quality, tune and encoders alike; trainer/experiments.py
 writes them). model.safetensors holds the backbone's parameters and the item table
 as trained (for a RAT method, the adapter's output over the frozen LLM table, plus
 Hybrid's residual), with the backbone config and item count in its metadata, so any
-run rebuilds on its own and `trainer evaluate` reads any run.
+run rebuilds on its own and `trainer evaluate` reads any run. item_layer.safetensors keeps
+what the item table was made from where a PCA made it (the PCA, the adapter, Hybrid's
+residual rows): a bundle is written from any LLMEmb or Hybrid run directory.
 
 One reuse rule for every stage that writes a directory (the prepared dataset, SCFT, the
 exports, the runs): `is_done(directory, settings, outputs...)`: the directory's
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,8 @@ from safetensors.torch import load_file, save_file
 
 from llmemb.backbones import BackboneConfig, FixedItemEmbedding, SequentialBackbone, build_backbone
 from llmemb.data.dataset import Dataset
+from llmemb.item_tables import AdaptedItemEmbedding, HybridItemEmbedding
+from llmemb.projection import PCA
 from trainer.config import Config, load_config, save_config
 
 CONFIG_FILE = "config.yaml"
@@ -42,6 +48,7 @@ HISTORY_FILE = "history.json"
 DATASET_STATS_FILE = "dataset_stats.json"
 TABLE_KEY = "item_embedding.table"
 SETTINGS_FILE = "settings.json"
+ITEM_LAYER_FILE = "item_layer.safetensors"
 
 
 def dataset_dir(config: Config) -> Path:
@@ -129,6 +136,43 @@ def load_item_table(directory: Path) -> torch.Tensor:
         return f.get_tensor(TABLE_KEY)
 
 
+def save_item_layer(model: SequentialBackbone, pca: PCA, path: Path) -> None:
+    """pca.*, adapter.* (when the layer has an adapter) and, for Hybrid, residual: the
+    residual rows as evaluated (zero for items without training interactions)."""
+    layer = model.item_embedding
+    if not isinstance(layer, AdaptedItemEmbedding):
+        raise TypeError(f"a PCA item layer was expected, found {type(layer).__name__}")
+    state = {f"pca.{k}": v for k, v in pca.state_dict().items()}
+    if layer.adapter is not None:
+        state.update({f"adapter.{k}": v.detach() for k, v in layer.adapter.state_dict().items()})
+    if isinstance(layer, HybridItemEmbedding):
+        layer.eval()
+        with torch.no_grad():
+            state["residual"] = layer.residual_rows().detach()
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(path),
+              metadata={"method": "hybrid" if "residual" in state else "llmemb"})
+
+
+@dataclass
+class ItemLayerParts:
+    pca: dict[str, torch.Tensor]
+    adapter: dict[str, torch.Tensor] | None       # None: the "w/o adapter" ablation
+    residual: torch.Tensor | None                 # Hybrid's residual rows [N+1, d]
+
+
+def load_item_layer(directory: Path) -> ItemLayerParts:
+    """The item layer's parts of a run directory (save_item_layer)."""
+    path = Path(directory) / ITEM_LAYER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no {ITEM_LAYER_FILE} (only runs of a method with a PCA have one)")
+    state = load_file(str(path))
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+    return ItemLayerParts(part("pca"), part("adapter") or None, state.get("residual"))
+
+
 def write_run(
     directory: Path,
     config: Config,
@@ -136,11 +180,16 @@ def write_run(
     model: SequentialBackbone,
     metrics: dict[str, Any],
     history: list[dict[str, Any]],
+    pca: PCA | None = None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_config(config, directory / CONFIG_FILE)
     write_json(directory / DATASET_STATS_FILE, dataset.stats(config.eval.head_fraction))
     save_checkpoint(model, directory / CHECKPOINT_FILE)
+    if pca is not None:
+        save_item_layer(model, pca, directory / ITEM_LAYER_FILE)
+    else:
+        (directory / ITEM_LAYER_FILE).unlink(missing_ok=True)
     write_json(directory / HISTORY_FILE, history)
     write_json(directory / METRICS_FILE, metrics)
 

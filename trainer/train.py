@@ -172,6 +172,31 @@ def _stop(record: EpochRecord, model: SequentialBackbone, callbacks, best_epoch:
     return None
 
 
+def _validate(model: SequentialBackbone, evaluator: Evaluator, epoch: int, sums: tuple[float, float, int],
+              train_seconds: float, started: float) -> EpochRecord:
+    """The epoch's record: its training sums (loss, extra loss, predictions) and the validation score."""
+    loss_sum, extra_sum, n_pred = sums
+    eval_start = time.perf_counter()
+    score = evaluator.selection_score(model)
+    now = time.perf_counter()
+    return EpochRecord(
+        epoch=epoch,
+        loss=loss_sum / max(n_pred, 1),
+        extra_loss=extra_sum / max(n_pred, 1),
+        predictions=n_pred,
+        train_seconds=train_seconds,
+        predictions_per_s=n_pred / max(train_seconds, 1e-9),
+        valid_score=score,
+        eval_seconds=now - eval_start,
+        elapsed_seconds=now - started,
+    )
+
+
+def _print_epoch(record: EpochRecord, metric: str) -> None:
+    tqdm.write(f"epoch {record.epoch:3d}  loss {record.loss:.4f}  valid {metric} {record.valid_score:.4f}  "
+               f"{record.predictions_per_s:,.0f} pred/s  {record.train_seconds:.1f}s")
+
+
 def fit(
     model: SequentialBackbone,
     dataset: Dataset,
@@ -216,24 +241,11 @@ def fit(
         epoch_train = time.perf_counter() - epoch_start
         train_seconds += epoch_train
 
-        eval_start = time.perf_counter()
-        score = evaluator.selection_score(model)
-        now = time.perf_counter()
-        record = EpochRecord(
-            epoch=epoch,
-            loss=loss_sum / max(n_pred, 1),
-            extra_loss=extra_sum / max(n_pred, 1),
-            predictions=n_pred,
-            train_seconds=epoch_train,
-            predictions_per_s=n_pred / max(epoch_train, 1e-9),
-            valid_score=score,
-            eval_seconds=now - eval_start,
-            elapsed_seconds=now - started,
-        )
+        record = _validate(model, evaluator, epoch, (loss_sum, extra_sum, n_pred), epoch_train, started)
         history.append(record)
         if train_cfg.progress:
-            tqdm.write(f"epoch {epoch:3d}  loss {record.loss:.4f}  valid {evaluator.config.select_metric} "
-                       f"{score:.4f}  {record.predictions_per_s:,.0f} pred/s  {epoch_train:.1f}s")
+            _print_epoch(record, evaluator.config.select_metric)
+        score = record.valid_score
         if score > best_score:
             best_score, best_epoch, best_elapsed = score, epoch, record.elapsed_seconds
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -35,11 +35,11 @@ import yaml
 from llmemb.sections import checked
 from trainer.config import Config, load_config
 from trainer.experiments import Tables
-from trainer.llm_stages import ensure_export, ensure_scft
+from trainer.pipeline import llm_tables, run_pipeline
 from trainer.prepare import prepared_dataset
-from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
+from trainer.rat import RATConfig
 from trainer.report import mean_std
-from trainer.run_pool import MethodTask, RunSplit, prepare_negatives, run_chains
+from trainer.run_pool import MethodTask, RunSplit, prepare_negatives
 
 GRID_KEYS = {"method", "backbone", "seeds", "workers", "overrides", "variants"}
 LLM_SECTIONS = ("encoder", "scft")
@@ -98,9 +98,7 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
                          for s in grid["seeds"]}
         cfg = configs[name][grid["seeds"][0]]
         scft_tag, base_tag = _llm_tag(cfg, reference, "scft"), _llm_tag(cfg, reference, "base")
-        lora = ensure_scft(cfg, dataset, tag=scft_tag) if method in USES_SCFT_TABLE else None
-        tables[name] = Tables(base=ensure_export(cfg, dataset, None, base_tag) if method in USES_BASE_TABLE else None,
-                              scft=ensure_export(cfg, dataset, lora, scft_tag) if lora is not None else None)
+        lora, tables[name] = llm_tables(cfg, dataset, [method], scft_tag=scft_tag, base_tag=base_tag)
         if lora is not None:
             summary = json.loads((lora.parent / "scft.json").read_text(encoding="utf-8"))
             scft_val[name] = {"before": summary["val_before"], "after": summary["val_after"],
@@ -111,26 +109,21 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
     prepare_negatives(splits, reference.eval)
     ref_rat = RATConfig.from_dict(reference.sections.get("rat"))
     id_dirs = {s: root / f"none-{grid['backbone']}-seed{s}" for s in grid["seeds"]}
-    id_runs = run_chains(splits, [[MethodTask("main", load_config(config_path, [*shared, f"train.seed={s}"],
-                                                                  backbone=grid["backbone"]),
-                                              "none", ref_rat, id_dirs[s], label="none")]
-                                  for s in grid["seeds"]], workers=int(grid["workers"]), log=log)
-    chains = []
-    for name in grid["variants"]:
-        for s in grid["seeds"]:
-            cfg = configs[name][s]
-            chains.append([MethodTask("main", cfg, method, RATConfig.from_dict(cfg.sections.get("rat")),
-                                      root / f"{name}-seed{s}", id_dir=id_dirs[s], tables=tables[name], label=name)])
-    results = run_chains(splits, chains, workers=int(grid["workers"]), log=log)
+    id_tasks = [MethodTask("main", load_config(config_path, [*shared, f"train.seed={s}"], backbone=grid["backbone"]),
+                           "none", ref_rat, id_dirs[s], label="none") for s in grid["seeds"]]
+    variant_tasks = [MethodTask("main", configs[name][s], method, RATConfig.from_dict(configs[name][s].sections.get("rat")),
+                                root / f"{name}-seed{s}", id_dir=id_dirs[s], tables=tables[name], label=name)
+                     for name in grid["variants"] for s in grid["seeds"]]
+    results = run_pipeline(splits, id_tasks + variant_tasks, workers=int(grid["workers"]), log=log)
 
     select = reference.eval.select_protocol
     by_variant: dict[str, list[dict[str, Any]]] = {name: [] for name in grid["variants"]}
-    for chain, out in zip(chains, results):
-        by_variant[chain[0].label].extend(out)
+    for task, metrics in zip(variant_tasks, results[len(id_tasks):]):
+        by_variant[task.label].append(metrics)
     rows = [{**_row(name, grid["variants"][name], runs, select), "scft_val": scft_val.get(name)}
             for name, runs in by_variant.items()]
     rows.sort(key=lambda r: -r["valid_ndcg@10"]["mean"])
-    reference_row = _row("None (ID only)", [], [out[0] for out in id_runs], select)
+    reference_row = _row("None (ID only)", [], results[:len(id_tasks)], select)
     report = {"config": str(config_path), "grid": str(grid_path), "method": method, "backbone": grid["backbone"],
               "seeds": grid["seeds"], "shared_overrides": shared, "select_protocol": select,
               "reference": reference_row, "variants": rows, "wall_seconds": time.perf_counter() - started}

@@ -1,0 +1,67 @@
+"""The one id -> method -> bundle sequence behind every entry point that trains RAT methods
+(`trainer rat`, quick, quality, tune, encoders).
+
+1. `llm_tables`: SCFT and the exported tables the methods read (each reused when unchanged);
+2. `run_pipeline`: every ID-only run first (its item table is the alignment target), then every
+   method run, each aligned to the ID run named by its task; on run_pool's worker processes;
+3. `trainer.make_bundle.bundle_from_run`: a bundle from a finished LLMEmb or Hybrid run directory.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from llmemb.data.dataset import Dataset
+from trainer.config import Config
+from trainer.experiments import Tables
+from trainer.llm_stages import ensure_export, ensure_scft
+from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
+from trainer.run_pool import MethodTask, RunSplit, run_tasks
+from trainer.runs import CHECKPOINT_FILE
+
+
+def llm_tables(config: Config, dataset: Dataset, methods: Iterable[str], *, scft_tag: str = "scft",
+               base_tag: str = "base", item_rows: list[int] | None = None,
+               scft_changes: dict[str, Any] | None = None) -> tuple[Path | None, Tables]:
+    """The LoRA directory of SCFT (None when no method needs it) and the tables `methods` read.
+
+    item_rows: the catalogue rows SCFT may see (cold start: the warm items only);
+    scft_changes: SCFT settings that differ from config's scft section (e.g. steps)."""
+    methods = set(methods)
+    lora = (ensure_scft(config, dataset, tag=scft_tag, item_rows=item_rows, **(scft_changes or {}))
+            if methods & USES_SCFT_TABLE else None)
+    base = ensure_export(config, dataset, None, base_tag) if methods & USES_BASE_TABLE else None
+    scft = ensure_export(config, dataset, lora, scft_tag) if lora is not None else None
+    return lora, Tables(base=base, scft=scft)
+
+
+def method_tasks(split: str, config: Config, methods: Sequence[str], rat: RATConfig, root: Path,
+                 name: Callable[[str], str] = lambda method: method) -> list[MethodTask]:
+    """The ID-only run of `config` (backbone, seed) under root/name("none"), then each other method
+    under root/name(method), aligned to it."""
+    id_dir = root / name("none")
+    return [MethodTask(split, config, "none", rat, id_dir)] + [
+        MethodTask(split, config, m, rat, root / name(m), id_dir=id_dir) for m in methods if m != "none"]
+
+
+def run_pipeline(splits: dict[str, RunSplit], tasks: Sequence[MethodTask], workers: int = 1,
+                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train and evaluate every task; their metrics, in the tasks' order.
+
+    The ID-only tasks run first, side by side; then the others, each of which aligns to the table
+    of the run in its id_dir: one of those ID tasks, or a finished run. Every run is reused when
+    its settings are unchanged (trainer.runs.is_done)."""
+    first = [i for i, t in enumerate(tasks) if t.method == "none"]
+    then = [i for i, t in enumerate(tasks) if t.method != "none"]
+    id_dirs = {tasks[i].directory for i in first}
+    for i in then:
+        d = tasks[i].id_dir
+        if d is not None and d not in id_dirs and not (d / CHECKPOINT_FILE).is_file():
+            raise ValueError(f"{tasks[i].label or tasks[i].method}: its ID run {d} is neither a task here nor "
+                             "a finished run")
+    results: list[dict[str, Any] | None] = [None] * len(tasks)
+    for phase in (first, then):
+        for i, metrics in zip(phase, run_tasks(splits, [tasks[i] for i in phase], workers=workers, log=log)):
+            results[i] = metrics
+    return results  # type: ignore[return-value]
