@@ -11,9 +11,9 @@ import torch
 from llmemb.backbones import BackboneConfig
 from llmemb.data.coldstart import cold_start_split
 from llmemb.data.dataset import Dataset
-from llmemb.metrics import EvalConfig, Evaluator
+from llmemb.metrics import EvalConfig
 from trainer.config import Config, TrainConfig
-from trainer.experiments import Tables, run_method
+from trainer.experiments import RunSplit, Tables, run_method
 from trainer.rat import RATConfig, build_model
 from trainer.runs import load_item_table
 from trainer.train import seed_everything
@@ -137,16 +137,13 @@ def test_cold_start_run_keeps_cold_items_out_of_training_and_pca(tmp_path):
     loss_items[0] = False
     scft = torch.randn(N_ITEMS, 24, generator=torch.Generator().manual_seed(0)) + 1.0
     config = tiny_config(tmp_path)
-    ev = Evaluator(cold_ds, config.eval)
     users = split.cold_test_users()
     rat = RATConfig(d_pca=6)
-    none = run_method(config, cold_ds, ev, "none", rat, Tables(scft=scft), tmp_path / "none",
-                      loss_items=loss_items, fit_rows=split.warm_rows,
-                      user_groups={"cold_targets": users})
+    run_split = RunSplit(cold_ds, Tables(scft=scft), loss_items=loss_items, fit_rows=split.warm_rows,
+                         user_groups={"cold_targets": users})
+    none = run_method(config, run_split, "none", rat, tmp_path / "none")
     id_table = load_item_table(tmp_path / "none")
-    run = run_method(config, cold_ds, ev, "llmemb", rat, Tables(scft=scft), tmp_path / "llmemb",
-                     id_table=id_table, loss_items=loss_items, fit_rows=split.warm_rows,
-                     user_groups={"cold_targets": users})
+    run = run_method(config, run_split, "llmemb", rat, tmp_path / "llmemb", id_table=id_table)
     # the PCA saw only warm rows
     assert torch.allclose(run.pca.mean, scft[torch.from_numpy(split.warm_rows)].mean(0), atol=1e-5)
     # the ID model never trained the cold rows: they are still at their initial values

@@ -25,7 +25,7 @@ from llmemb_cli.main import app
 from tests.movies import Q_ITEMS, movie_config
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 from trainer import report
-from trainer.experiments import Tables, run_method
+from trainer.experiments import RunSplit, Tables, run_method
 from trainer.quick import run_quick
 from trainer.rat import RATConfig
 from trainer.runs import CHECKPOINT_FILE, TABLE_KEY, load_checkpoint, load_item_layer, load_item_table
@@ -46,7 +46,7 @@ def test_run_method_writes_metrics_and_reuses_unchanged_runs(setup, tmp_path):
     ds, config, ev, tables = setup
     rat = RATConfig(d_pca=6)
     none_dir = tmp_path / "none"
-    first = run_method(config, ds, ev, "none", rat, tables, none_dir)
+    first = run_method(config, RunSplit(ds, tables), "none", rat, none_dir)
     assert first.model is not None and first.pca is None
     saved = json.loads((none_dir / "metrics.json").read_text())
     assert (saved["method"], saved["backbone"], saved["seed"]) == ("none", "sasrec", 0)
@@ -63,17 +63,17 @@ def test_run_method_writes_metrics_and_reuses_unchanged_runs(setup, tmp_path):
     assert saved["test_groups"] == {}
     assert torch.equal(load_item_table(none_dir), first.model.item_embedding.table().detach())
 
-    again = run_method(config, ds, ev, "none", rat, tables, none_dir)
+    again = run_method(config, RunSplit(ds, tables), "none", rat, none_dir)
     assert again.model is None and again.metrics == saved
     # a run without its checkpoint is not finished: it is done again
     (none_dir / CHECKPOINT_FILE).unlink()
-    assert run_method(config, ds, ev, "none", rat, tables, none_dir).model is not None
+    assert run_method(config, RunSplit(ds, tables), "none", rat, none_dir).model is not None
     # reuse=False always retrains
-    assert run_method(config, ds, ev, "none", rat, tables, none_dir, reuse=False).model is not None
+    assert run_method(config, RunSplit(ds, tables), "none", rat, none_dir, reuse=False).model is not None
 
     id_table = load_item_table(none_dir)
     llm_dir = tmp_path / "llmemb"
-    run = run_method(config, ds, ev, "llmemb", rat, tables, llm_dir, id_table=id_table)
+    run = run_method(config, RunSplit(ds, tables), "llmemb", rat, llm_dir, id_table=id_table)
     assert run.model is not None and run.pca.n_components == 6
     # a RAT run rebuilds from its own files alone (what `trainer evaluate` reads) and scores the same
     saved_llm = json.loads((llm_dir / "metrics.json").read_text())
@@ -83,19 +83,19 @@ def test_run_method_writes_metrics_and_reuses_unchanged_runs(setup, tmp_path):
             assert rerun[protocol]["overall"][metric] == pytest.approx(saved_llm["test"][protocol]["overall"][metric],
                                                                         abs=1e-6)
     digest = saved_llm["settings_digest"]
-    assert run_method(config, ds, ev, "llmemb", rat, tables, llm_dir, id_table=id_table).model is None
+    assert run_method(config, RunSplit(ds, tables), "llmemb", rat, llm_dir, id_table=id_table).model is None
     # a changed setting retrains and rewrites metrics.json
-    changed = run_method(config, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), tables, llm_dir,
+    changed = run_method(config, RunSplit(ds, tables), "llmemb", RATConfig(d_pca=6, alpha=0.5), llm_dir,
                          id_table=id_table)
     assert changed.model is not None
     assert json.loads((llm_dir / "metrics.json").read_text())["settings_digest"] != digest
-    assert run_method(config, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), tables, llm_dir,
+    assert run_method(config, RunSplit(ds, tables), "llmemb", RATConfig(d_pca=6, alpha=0.5), llm_dir,
                       id_table=id_table).model is None
     other_seed = tiny_config(tmp_path, seed=1)
-    assert run_method(other_seed, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), tables, llm_dir,
+    assert run_method(other_seed, RunSplit(ds, tables), "llmemb", RATConfig(d_pca=6, alpha=0.5), llm_dir,
                       id_table=id_table).model is not None
     new_table = Tables(scft=tables.scft + 1.0)
-    assert run_method(other_seed, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), new_table, llm_dir,
+    assert run_method(other_seed, RunSplit(ds, new_table), "llmemb", RATConfig(d_pca=6, alpha=0.5), llm_dir,
                       id_table=id_table).model is not None
 
 
@@ -105,31 +105,31 @@ def test_runs_depend_only_on_what_they_read(setup, tmp_path):
     ds, config, ev, tables = setup
     rat = RATConfig(d_pca=6)
     none_dir, llm_dir = tmp_path / "none", tmp_path / "llmemb"
-    assert run_method(config, ds, ev, "none", rat, tables, none_dir).model is not None
+    assert run_method(config, RunSplit(ds, tables), "none", rat, none_dir).model is not None
     id_table = load_item_table(none_dir)
-    assert run_method(config, ds, ev, "llmemb", rat, tables, llm_dir, id_table=id_table).model is not None
+    assert run_method(config, RunSplit(ds, tables), "llmemb", rat, llm_dir, id_table=id_table).model is not None
     # other stages' sections, the progress bar, a table the method does not read: reused
     edited = replace(config, sections={"quality": {"workers": 4}, "scft": {"steps": 7}},
                      train=replace(config.train, progress=True))
     with_base = Tables(scft=tables.scft, base=torch.ones(N_ITEMS, 20))
-    assert run_method(edited, ds, ev, "none", RATConfig(alpha=0.5), with_base, none_dir).model is None
-    assert run_method(edited, ds, ev, "llmemb", rat, with_base, llm_dir, id_table=id_table).model is None
+    assert run_method(edited, RunSplit(ds, with_base), "none", RATConfig(alpha=0.5), none_dir).model is None
+    assert run_method(edited, RunSplit(ds, with_base), "llmemb", rat, llm_dir, id_table=id_table).model is None
     # what the run reads: retrained
-    assert run_method(edited, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), with_base, llm_dir,
+    assert run_method(edited, RunSplit(ds, with_base), "llmemb", RATConfig(d_pca=6, alpha=0.5), llm_dir,
                       id_table=id_table).model is not None
     other = Tables(scft=tables.scft * 2.0)
-    assert run_method(edited, ds, ev, "llmemb", RATConfig(d_pca=6, alpha=0.5), other, llm_dir,
+    assert run_method(edited, RunSplit(ds, other), "llmemb", RATConfig(d_pca=6, alpha=0.5), llm_dir,
                       id_table=id_table).model is not None
     slower = replace(config, train=replace(config.train, lr=0.002))
-    assert run_method(slower, ds, ev, "none", rat, tables, none_dir).model is not None
+    assert run_method(slower, RunSplit(ds, tables), "none", rat, none_dir).model is not None
 
 
 def test_run_method_needs_the_id_table_to_align(setup, tmp_path):
     ds, config, ev, tables = setup
     with pytest.raises(ValueError, match="train 'none' first"):
-        run_method(config, ds, ev, "llmemb", RATConfig(), tables, tmp_path / "x")
+        run_method(config, RunSplit(ds, tables), "llmemb", RATConfig(), tmp_path / "x")
     # without alignment no ID table is needed
-    run = run_method(config, ds, ev, "wo_align", RATConfig(d_pca=6), tables, tmp_path / "y")
+    run = run_method(config, RunSplit(ds, tables), "wo_align", RATConfig(d_pca=6), tmp_path / "y")
     assert run.model is not None and not (tmp_path / "x").exists()
 
 
@@ -137,8 +137,8 @@ def test_user_groups_produce_test_groups(setup, tmp_path):
     ds, config, ev, tables = setup
     even = np.arange(ds.n_users) % 2 == 0
     everyone = np.ones(ds.n_users, dtype=bool)
-    run = run_method(config, ds, ev, "none", RATConfig(), tables, tmp_path / "g",
-                     user_groups={"even": even, "all": everyone})
+    run = run_method(config, RunSplit(ds, tables, user_groups={"even": even, "all": everyone}), "none",
+                     RATConfig(), tmp_path / "g")
     groups = run.metrics["test_groups"]
     assert set(groups) == {"even", "all"}
     for protocol in ("full", "sampled"):
@@ -148,8 +148,8 @@ def test_user_groups_produce_test_groups(setup, tmp_path):
         assert groups["even"][protocol] == direct
     assert json.loads((tmp_path / "g" / "metrics.json").read_text())["test_groups"] == groups
     # other groups are other settings
-    again = run_method(config, ds, ev, "none", RATConfig(), tables, tmp_path / "g",
-                       user_groups={"even": ~even, "all": everyone})
+    again = run_method(config, RunSplit(ds, tables, user_groups={"even": ~even, "all": everyone}), "none",
+                       RATConfig(), tmp_path / "g")
     assert again.model is not None
 
 

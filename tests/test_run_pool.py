@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
-from trainer.experiments import Tables, _digest, run_settings
+from trainer.experiments import RunSplit, Tables, _digest, run_settings
 from trainer.pipeline import method_tasks, run_pipeline
 from trainer.rat import RATConfig
-from trainer.run_pool import RunSplit, prepare_negatives
+from trainer.run_pool import prepare_negatives
 from trainer.runs import load_item_table
 
 

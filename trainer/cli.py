@@ -127,10 +127,10 @@ def rat(config: ConfigPath,
         bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (llmemb or hybrid).")] = None,
         overrides: Overrides = None) -> None:
     """PCA + ID pretraining + RAT for one method; prints its test metrics."""
+    from trainer.experiments import RunSplit
     from trainer.make_bundle import bundle_from_run
     from trainer.pipeline import llm_tables, method_tasks, run_pipeline
     from trainer.rat import RATConfig
-    from trainer.run_pool import RunSplit
 
     cfg = resolve(config, overrides, backbone, seed)
     dataset, data_dir = prepared_dataset(cfg)

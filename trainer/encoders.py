@@ -32,13 +32,13 @@ import yaml
 
 from llmemb.sections import checked
 from trainer.config import Config, load_config
-from trainer.experiments import Tables
+from trainer.experiments import RunSplit, Tables
 from trainer.llm_stages import base_model_id, export_summary
 from trainer.pipeline import llm_tables, run_pipeline
 from trainer.prepare import prepared_dataset
 from trainer.rat import METHODS, RATConfig
 from trainer.report import LABELS, aggregate, mean_std, pm, separation
-from trainer.run_pool import MethodTask, RunSplit, prepare_negatives
+from trainer.run_pool import MethodTask, prepare_negatives
 
 COMPARISON_KEYS = {"encoders", "backbone", "seeds", "methods", "workers"}
 ENCODER_SECTIONS = {"encoder", "scft", "quick"}

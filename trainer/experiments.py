@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,21 @@ class Tables:
 
     base: torch.Tensor | None = None
     scft: torch.Tensor | None = None
+
+
+@dataclass
+class RunSplit:
+    """The data a run trains and is evaluated on, and what the runs of one data split share."""
+
+    dataset: Dataset
+    tables: Tables = field(default_factory=Tables)
+    cache_dir: Path | None = None                     # sampled negatives (drawn once, then read)
+    loss_items: np.ndarray | None = None              # bool [N+1], the items the loss may score
+    fit_rows: np.ndarray | None = None                # rows of the export tables PCA is fitted on
+    user_groups: dict[str, np.ndarray] = field(default_factory=dict)   # extra named test-user masks
+
+    def evaluator(self, config: Config) -> Evaluator:
+        return Evaluator(self.dataset, config.eval, cache_dir=self.cache_dir)
 
 
 @dataclass
@@ -100,26 +115,25 @@ def run_settings(
 
 def run_method(
     config: Config,
-    dataset: Dataset,
-    evaluator: Evaluator,
+    split: RunSplit,
     method: str,
     rat: RATConfig,
-    tables: Tables,
     directory: Path,
     id_table: torch.Tensor | None = None,
-    loss_items: np.ndarray | None = None,
-    fit_rows: np.ndarray | None = None,
-    user_groups: dict[str, np.ndarray] | None = None,
     reuse: bool = True,
 ) -> MethodRun:
-    """Train `method` on config.backbone with seed config.train.seed; write directory/metrics.json.
+    """Train `method` on config.backbone with seed config.train.seed over `split`; write the run's files
+    under `directory` (trainer/runs.py).
 
     id_table: the ID model's item table (alignment target) for methods that align.
-    loss_items: bool [N+1], the items the training loss may score (cold-start: warm only).
-    fit_rows: rows of the export tables PCA is fitted on (cold-start: warm items only).
-    user_groups: extra named bool [U] masks of test users, reported under metrics["test_groups"]
-    (cold-start: users whose test target is a cold item).
+    split.loss_items: the items the training loss may score (cold start: warm only).
+    split.fit_rows: rows of the export tables PCA is fitted on (cold start: warm items only).
+    split.user_groups: extra named bool [U] masks of test users, reported under metrics["test_groups"]
+    (cold start: users whose test target is a cold item).
     """
+    dataset, tables, loss_items, fit_rows = split.dataset, split.tables, split.loss_items, split.fit_rows
+    user_groups = split.user_groups
+    evaluator = split.evaluator(config)
     seed = config.train.seed
     settings = run_settings(config, method, rat, tables, id_table, loss_items, fit_rows, user_groups)
     metrics_path = directory / METRICS_FILE
@@ -157,8 +171,7 @@ def train_id_run(config: Config, directory: Path, reuse: bool = True) -> MethodR
     """The ID-only run of config.backbone, seed config.train.seed (`trainer train`, the baselines):
     run_method("none") on the prepared dataset (its `model` is None when the run was reused)."""
     dataset, data_dir = prepared_dataset(config)
-    evaluator = Evaluator(dataset, config.eval, cache_dir=data_dir)
-    return run_method(config, dataset, evaluator, "none", RATConfig(), Tables(), directory, reuse=reuse)
+    return run_method(config, RunSplit(dataset, cache_dir=data_dir), "none", RATConfig(), directory, reuse=reuse)
 
 
 def trained_items(dataset: Dataset, loss_items: np.ndarray | None = None) -> np.ndarray:

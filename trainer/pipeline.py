@@ -14,10 +14,10 @@ from typing import Any
 
 from llmemb.data.dataset import Dataset
 from trainer.config import Config
-from trainer.experiments import Tables
+from trainer.experiments import RunSplit, Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
-from trainer.run_pool import MethodTask, RunSplit, run_tasks
+from trainer.run_pool import MethodTask, run_tasks
 from trainer.runs import CHECKPOINT_FILE
 
 

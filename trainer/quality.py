@@ -32,12 +32,12 @@ from llmemb.data.coldstart import cold_start_split
 from llmemb.data.dataset import Dataset
 from llmemb.sections import checked
 from trainer.config import Config, load_config
-from trainer.experiments import Tables
+from trainer.experiments import RunSplit, Tables
 from trainer.pipeline import llm_tables, method_tasks, run_pipeline
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
 from trainer.report import write_report
-from trainer.run_pool import MethodTask, RunSplit, prepare_negatives
+from trainer.run_pool import MethodTask, prepare_negatives
 
 DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],

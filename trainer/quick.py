@@ -17,11 +17,11 @@ from typing import Any
 
 from llmemb.sections import checked
 from trainer.config import load_config
+from trainer.experiments import RunSplit
 from trainer.make_bundle import bundle_from_run
 from trainer.pipeline import llm_tables, method_tasks, run_pipeline
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
-from trainer.run_pool import RunSplit
 
 DEFAULTS: dict[str, Any] = {"scft_steps": 60, "backbone": "sasrec", "seed": 0, "max_seconds": 120,
                             "method": "hybrid"}

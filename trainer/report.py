@@ -40,9 +40,11 @@ def mean_std(values: Sequence[float]) -> dict[str, Any]:
             "n": len(values), "values": list(values)}
 
 
-def pm(s: dict[str, float] | None) -> str:
-    """mean ± std of a `mean_std` summary, 4 decimals (n/a when missing)."""
-    return "n/a" if s is None else f"{s['mean']:.4f} ± {s['std']:.4f}"
+def pm(s: dict[str, Any] | None) -> str:
+    """mean ± std of a `mean_std` summary, 4 decimals; the value alone for one seed (n/a when missing)."""
+    if s is None:
+        return "n/a"
+    return f"{s['mean']:.4f}" if s.get("n") == 1 else f"{s['mean']:.4f} ± {s['std']:.4f}"
 
 
 def aggregate(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:

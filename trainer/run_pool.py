@@ -13,30 +13,15 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from llmemb.data.dataset import Dataset
 from llmemb.metrics import Evaluator
 from trainer.config import Config
-from trainer.experiments import Tables, run_method
+from trainer.experiments import RunSplit, Tables, run_method
 from trainer.rat import RATConfig
 from trainer.runs import load_item_table
-
-
-@dataclass
-class RunSplit:
-    """What the runs of one data split share."""
-
-    dataset: Dataset
-    tables: Tables
-    cache_dir: Path                                   # sampled negatives (drawn once, by the parent)
-    loss_items: np.ndarray | None = None
-    fit_rows: np.ndarray | None = None
-    user_groups: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,12 +46,10 @@ def _init_worker(splits: dict[str, RunSplit]) -> None:
 
 def run_task(task: MethodTask, splits: dict[str, RunSplit] | None = None) -> dict[str, Any]:
     split = (splits or _SPLITS)[task.split]
-    evaluator = Evaluator(split.dataset, task.config.eval, cache_dir=split.cache_dir)
-    run = run_method(task.config, split.dataset, evaluator, task.method, task.rat, task.tables or split.tables,
-                     task.directory, id_table=load_item_table(task.id_dir) if task.id_dir is not None else None,
-                     loss_items=split.loss_items, fit_rows=split.fit_rows,
-                     user_groups=split.user_groups or None)
-    return run.metrics
+    if task.tables is not None:
+        split = replace(split, tables=task.tables)
+    id_table = load_item_table(task.id_dir) if task.id_dir is not None else None
+    return run_method(task.config, split, task.method, task.rat, task.directory, id_table=id_table).metrics
 
 
 def prepare_negatives(splits: dict[str, RunSplit], eval_config: Any) -> None:

@@ -34,12 +34,12 @@ import yaml
 
 from llmemb.sections import checked
 from trainer.config import Config, load_config
-from trainer.experiments import Tables
+from trainer.experiments import RunSplit, Tables
 from trainer.pipeline import llm_tables, run_pipeline
 from trainer.prepare import prepared_dataset
 from trainer.rat import RATConfig
-from trainer.report import mean_std
-from trainer.run_pool import MethodTask, RunSplit, prepare_negatives
+from trainer.report import mean_std, pm
+from trainer.run_pool import MethodTask, prepare_negatives
 
 GRID_KEYS = {"method", "backbone", "seeds", "workers", "overrides", "variants"}
 LLM_SECTIONS = ("encoder", "scft")
@@ -137,9 +137,6 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
 
 
 def tuning_markdown(report: dict[str, Any]) -> str:
-    def pm(s: dict[str, float]) -> str:
-        return f"{s['mean']:.4f} ± {s['std']:.4f}" if len(report["seeds"]) > 1 else f"{s['mean']:.4f}"
-
     protocols = list(report["reference"]["test"])
     head = ("| variant | overrides | valid N@10 (" + report["select_protocol"] + ") | "
             + " | ".join(f"test {p} N@10 | test {p} tail H@10" for p in protocols)
