@@ -1,0 +1,1 @@
+"""The test suite: real processes, real Redis; shared fixtures in conftest.py."""

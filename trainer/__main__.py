@@ -1,3 +1,4 @@
+"""`python -m trainer`: the trainer's command (trainer/cli.py)."""
 import os
 
 # Idle OpenMP threads sleep instead of spinning (set before torch loads): on a
