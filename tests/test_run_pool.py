@@ -58,12 +58,18 @@ def test_an_alignment_run_without_its_id_run_is_refused(tmp_path):
     splits, tasks = grid(tmp_path, "bad")
     with pytest.raises(ValueError, match="its ID run .*none-0 is neither a task here nor a finished run"):
         run_pipeline(splits, tasks[1:2], workers=1, log=lambda _: None)
+    # a checkpoint without settings.json is an interrupted run, not a finished one
+    (tmp_path / "bad" / "none-0").mkdir(parents=True)
+    (tmp_path / "bad" / "none-0" / "model.safetensors").write_bytes(b"half written")
+    with pytest.raises(ValueError, match="neither a task here nor a finished run"):
+        run_pipeline(splits, tasks[1:2], workers=1, log=lambda _: None)
 
 
 def test_a_failing_run_stops_the_grid_with_its_error(tmp_path):
     splits, tasks = grid(tmp_path, "broken")
     (tmp_path / "broken" / "none-0").mkdir(parents=True)
     (tmp_path / "broken" / "none-0" / "model.safetensors").write_bytes(b"not a checkpoint")
+    (tmp_path / "broken" / "none-0" / "settings.json").write_text("{}")   # marked finished, yet unreadable
     with pytest.raises(Exception, match="header|safetensors|deserializ"):
         run_pipeline(splits, tasks[1:2], workers=1, log=lambda _: None)
 

@@ -18,7 +18,7 @@ from trainer.experiments import RunSplit, Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
 from trainer.run_pool import MethodTask, run_tasks
-from trainer.runs import CHECKPOINT_FILE
+from trainer.runs import CHECKPOINT_FILE, settings_of
 
 
 def llm_tables(config: Config, dataset: Dataset, methods: Iterable[str], *, scft_tag: str = "scft",
@@ -57,7 +57,8 @@ def run_pipeline(splits: dict[str, RunSplit], tasks: Sequence[MethodTask], worke
     id_dirs = {tasks[i].directory for i in first}
     for i in then:
         d = tasks[i].id_dir
-        if d is not None and d not in id_dirs and not (d / CHECKPOINT_FILE).is_file():
+        finished = d is not None and settings_of(d) is not None and (d / CHECKPOINT_FILE).is_file()
+        if d is not None and d not in id_dirs and not finished:
             raise ValueError(f"{tasks[i].label or tasks[i].method}: its ID run {d} is neither a task here nor "
                              "a finished run")
     results: list[dict[str, Any] | None] = [None] * len(tasks)

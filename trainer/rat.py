@@ -45,7 +45,7 @@ METHODS = ("none", "llm2x", "llmemb", "hybrid", "wo_scft", "wo_adapter", "wo_fre
 USES_SCFT_TABLE = {"llmemb", "hybrid", "wo_adapter", "wo_freeze", "wo_align"}
 ALIGN_LOSSES = ("paper", "infonce", "soft")
 USES_BASE_TABLE = {"llm2x", "wo_scft"}
-USES_PCA = {"llmemb", "hybrid", "wo_scft", "wo_adapter", "wo_freeze", "wo_align"}   # build_model returns a PCA
+USES_PCA = set(METHODS) - {"none", "llm2x"}   # build_model returns a PCA for every other method
 
 
 @dataclass
