@@ -425,10 +425,16 @@ def test_regimes_page_checks_the_goals_of_each_regime(tmp_path):
     quality = {"seeds": [0, 1, 2], "backbones": ["sasrec"], "methods": ["none", "llm2x", "llmemb", "hybrid"],
                "ablations": [], "ablation_backbone": "sasrec", "cold_backbone": "sasrec",
                "cold_methods": ["none", "llm2x", "llmemb", "hybrid"]}
-    runs = [make_run(m, s) for m in quality["methods"] for s in (0, 1, 2)]
-    runs += [make_run(m, s, split="cold") for m in quality["methods"] for s in (0, 1, 2)]
-    for name, extra in (("ml100k", {}), ("ml100k-last10", {"filter_last_items": 10})):
-        results = {"dataset": {**DATASET_STATS, **extra}, "quality": quality, "rat": {}, "cold_start": None,
+    main = [make_run(m, s) for m in quality["methods"] for s in (0, 1, 2)]
+    cold = [make_run(m, s, split="cold") for m in quality["methods"] for s in (0, 1, 2)]
+    # the sparse regime's cold-start split is a report of its own (no backbone on the main split)
+    for name, extra, runs, grid in (("ml100k", {}, main + cold, quality),
+                                    ("ml100k-last10", {"filter_last_items": 10}, main, quality),
+                                    ("ml100k-last10-cold", {"filter_last_items": 10}, cold,
+                                     {**quality, "backbones": []})):
+        results = {"dataset": {**DATASET_STATS, **extra}, "quality": grid, "rat": {},
+                   "cold_start": {"items": 1, "fraction": 0.1, "seed": 0, "test_users_with_cold_target": 3,
+                                  "users": 10} if runs is cold else None,
                    "config": {**CONFIG, "eval": {"protocols": PROTOCOLS, "select_protocol": "full",
                                                  "select_metric": "ndcg@10"}},
                    "popularity": [], "runs": runs, "stage_seconds": {}, "wall_seconds": 1.0, "environment": "x"}
@@ -448,4 +454,7 @@ def test_regimes_page_checks_the_goals_of_each_regime(tmp_path):
     assert sparse[("llmemb", "none", "full", "tail")]["met"]               # 0.20 vs 0.10, sd 0.03 each
     assert not sparse[("hybrid", "none", "full", "overall")]["met"]        # a tie is not "above"
     assert sparse[("hybrid", "llmemb", "full", "cold_targets")]["verdict"] == "tie"
+    assert "cold start from [ml100k-last10-cold/results.md]" in md and "ml100k-last10-cold" not in not_run
+    cold_md = (tmp_path / "ml100k-last10-cold" / "results.md").read_text()
+    assert "## Cold start" in cold_md and "## Overall" not in cold_md and "## Comparisons" not in cold_md
     assert "| Hybrid equal to LLMEmb on cold items |" in md

@@ -2,7 +2,8 @@
 
 Grid (config section `quality`, all optional):
     seeds:      [0, 1, 2]
-    backbones:  [sasrec, gru4rec, bert4rec]  every method on each
+    backbones:  [sasrec, gru4rec, bert4rec]  every method on each ([] = the cold-start split only, e.g.
+                                 a report <name>-cold that `trainer regimes` shows with report <name>)
     methods:    [none, llm2x, llmemb, hybrid]
     ablations:  [wo_scft, wo_adapter, wo_freeze, wo_align] on `ablation_backbone`
     ablation_backbone: sasrec
@@ -35,7 +36,7 @@ from trainer.config import Config, load_config
 from trainer.experiments import RunSplit, Tables
 from trainer.pipeline import llm_tables, method_tasks, run_pipeline
 from trainer.prepare import prepared_dataset
-from trainer.rat import RATConfig
+from trainer.rat import USES_BASE_TABLE, RATConfig
 from trainer.report import write_report
 from trainer.run_pool import MethodTask, prepare_negatives
 
@@ -104,8 +105,10 @@ def run_quality(
 
     stage_seconds: dict[str, float] = {}
     t = time.perf_counter()
-    every_method = {*q["methods"], *q["ablations"], *(q["cold_methods"] if q["cold_fraction"] > 0 else [])}
-    lora, tables = llm_tables(base, dataset, every_method)
+    main_methods = {*q["methods"], *q["ablations"]} if q["backbones"] else set()
+    cold_methods = set(q["cold_methods"]) if q["cold_fraction"] > 0 else set()
+    # the cold split trains its own SCFT and reads only the base table from here
+    lora, tables = llm_tables(base, dataset, main_methods | (cold_methods & USES_BASE_TABLE))
     stage_seconds["llm_tables"] = time.perf_counter() - t
     report = str(q["report"] or base.name)
     root = Path(base.runs_dir) / base.name / "quality" / report

@@ -4,7 +4,9 @@ Reads the quality reports (<reports_dir>/<report>/results.json) that exist among
 REGIMES, in that order, and writes <reports_dir>/regimes.{md,json}: per regime
 a table of SASRec's methods and the issue's goals checked with the report's own
 2-sd rule. Nothing is computed from runs here; each regime's results.md has the
-detail (every backbone, both protocols, popularity buckets, best epochs).
+detail (every backbone, both protocols, popularity buckets, best epochs). A regime's cold-start
+split may be a report of its own, <report>-cold (a quality grid with no backbones on the main
+split); its cold rows join the regime's.
 """
 from __future__ import annotations
 
@@ -89,7 +91,9 @@ def _regime_lines(name: str, title: str, results: dict[str, Any], backbone: str)
     lines = [f"## {title}" + ("" if backbone == "sasrec" else f": {backbone}"), "",
              f"[{name}/results.md]({name}/results.md): {ds['users']} users, {ds['items']} items, "
              f"{ds['interactions']} interactions; tail = {ds['tail_items']} items outside the top 20%; "
-             f"{backbone}, seeds {', '.join(map(str, results['quality']['seeds']))}.", "",
+             f"{backbone}, seeds {', '.join(map(str, results['quality']['seeds']))}"
+             + ("." if "cold_report" not in results else
+                f"; cold start from [{results['cold_report']}/results.md]({results['cold_report']}/results.md)."), "",
              "| method | " + " | ".join(h for *_, h in COLUMNS) + " | cold H@10 (full) | best epochs |",
              "|---|" + "---|" * (len(COLUMNS) + 2)]
     for method in METHODS:
@@ -158,6 +162,11 @@ def write_regimes(reports_dir: str | Path = "reports", backbone: str = "sasrec",
         if not path.is_file():
             continue
         results = json.loads(path.read_text(encoding="utf-8"))
+        cold_path = root / f"{name}-cold" / "results.json"
+        if cold_path.is_file():   # the regime's cold-start split, run as a report of its own
+            cold = json.loads(cold_path.read_text(encoding="utf-8"))
+            results["summary"].update({k: v for k, v in cold["summary"].items() if k.startswith("cold|")})
+            results["cold_report"] = f"{name}-cold"
         checks = []
         for shown in backbones:
             if not any(key.startswith(f"main|{shown}|") for key in results["summary"]):

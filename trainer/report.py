@@ -355,8 +355,10 @@ def _figure_lines(results: dict[str, Any], figures: dict[str, str]) -> list[str]
 
 
 def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, str]) -> str:
+    main = any(k[0] == "main" for k in agg)   # a cold-start-only report has no main-split tables
     return "\n".join([
-        *_header(results), *_group_tables(results, agg), *_claim_table(claims), *_popularity_table(results, agg),
+        *_header(results), *(_group_tables(results, agg) + _claim_table(claims) if main else []),
+        *_popularity_table(results, agg),
         *_training_table(results, agg), *_ablation_tables(results, agg), *_cold_tables(results, agg),
         *_scft_lines(results), *_figure_lines(results, figures),
     ])
