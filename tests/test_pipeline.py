@@ -437,7 +437,9 @@ def test_regimes_page_checks_the_goals_of_each_regime(tmp_path):
                                   "users": 10} if runs is cold else None,
                    "config": {**CONFIG, "eval": {"protocols": PROTOCOLS, "select_protocol": "full",
                                                  "select_metric": "ndcg@10"}},
-                   "popularity": [], "runs": runs, "stage_seconds": {}, "wall_seconds": 1.0, "environment": "x"}
+                   "popularity": [], "runs": runs, "stage_seconds": {}, "wall_seconds": 1.0, "environment": "x",
+                   # as run_quality writes it: a cold-only grid runs no SCFT on the main split
+                   "scft_summary_path": None if runs is cold else str(tmp_path / "missing-scft.json")}
         report.write_report(results, tmp_path / name, tmp_path / "nothing", log=lambda _: None)
     found = write_regimes(tmp_path, log=lambda _: None)
     assert list(found) == ["ml100k", "ml100k-last10"]

@@ -200,7 +200,8 @@ def _header(results: dict[str, Any]) -> list[str]:
         "tested once at its best epoch; mean ± sample std over seeds.",
         f"- Wall time {results['wall_seconds'] / 60:.1f} min "
         f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in results['stage_seconds'].items())}); "
-        f"{results['environment']}.",
+        f"{results['environment']}. Only what this invocation computed counts here: a table or run "
+        "finished by an earlier one is reused, and each run's own time is in the Training table.",
         "",
     ]
 
@@ -367,9 +368,9 @@ def results_markdown(results: dict[str, Any], agg, claims, figures: dict[str, st
 def write_report(results: dict[str, Any], out: Path, run_root: Path, log: Callable[[str], None] = print) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results["report_dir"] = str(out)
-    scft_path = Path(results.get("scft_summary_path", ""))
-    if scft_path.is_file():
-        results["scft"] = {k: v for k, v in json.loads(scft_path.read_text()).items() if k != "loss_curve"}
+    scft_path = results.get("scft_summary_path")  # None when no method of the grid ran SCFT
+    if scft_path and Path(scft_path).is_file():
+        results["scft"] = {k: v for k, v in json.loads(Path(scft_path).read_text()).items() if k != "loss_curve"}
     agg = aggregate(results["runs"])
     protocols = list(results["config"]["eval"]["protocols"])
     claims = claim_rows(agg, list(results["quality"]["backbones"]), protocols)
