@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import shutil
@@ -44,6 +45,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
+    """Await until predicate() holds; fail after timeout seconds (the asyncio twin of wait_for)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        await asyncio.sleep(0.01)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

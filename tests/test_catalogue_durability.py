@@ -16,7 +16,7 @@ from service.catalogue_io import CatalogueFileError, export_catalogue, import_ca
 from service.catalogue_io import main as catalogue_io_main
 from service.metrics import Metrics
 from service.redis_link import RedisLink
-from tests.servers import RedisServer
+from tests.servers import RedisServer, until
 
 FP = "fp0123456789abcdef"
 
@@ -40,15 +40,6 @@ async def close(pairs):
     for link, cat in pairs:
         await cat.stop()
         await link.close()
-
-
-async def until(predicate, timeout: float = 15.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
