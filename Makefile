@@ -24,7 +24,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lock models data test run bundle-archive compose-train quality quality-backbones quality-ablations hybrid-drop quality-sparse regimes regimes-ml1m regimes-ml1m-cold quality-ml1m encoders baselines bench bench-load bench-infinity lint redis backfill clean
+.PHONY: install lock models data test run bundle-archive compose-train quality quality-gru4rec quality-bert4rec quality-ablations hybrid-drop quality-sparse regimes regimes-ml1m regimes-ml1m-cold quality-ml1m encoders baselines bench bench-load bench-infinity lint redis backfill clean
 
 # torch is installed first, the build chosen by TORCH: cpu (default), cu128 for NVIDIA GPUs, or any
 # other wheel index of the PyTorch project. A plain resolve would pull PyPI's CUDA build (several GB)
@@ -83,8 +83,11 @@ QUALITY = $(PY) -m trainer quality --set train.max_seconds=0 --set train.progres
 quality: install
 	$(QUALITY) --config $(CONFIG)
 
-quality-backbones: install
-	$(QUALITY) --config configs/regimes/ml100k-backbones.yaml
+quality-gru4rec: install
+	$(QUALITY) --config configs/regimes/ml100k-gru4rec.yaml
+
+quality-bert4rec: install
+	$(QUALITY) --config configs/regimes/ml100k-bert4rec.yaml
 
 quality-ablations: install
 	$(QUALITY) --config configs/regimes/ml100k-ablations.yaml
