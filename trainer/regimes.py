@@ -20,8 +20,8 @@ from trainer.report import LABELS, pm, separation
 # (report name, how the regime is described, the backbones shown)
 REGIMES = (
     ("ml100k", "Dense: MovieLens-100K, every interaction, full-softmax CE", ("sasrec",)),
-    ("ml100k-gru4rec", "Dense, GRU4Rec", ("gru4rec",)),
-    ("ml100k-bert4rec", "Dense, BERT4Rec", ("bert4rec",)),
+    ("ml100k-gru4rec", "Dense: MovieLens-100K, every interaction, full-softmax CE", ("gru4rec",)),
+    ("ml100k-bert4rec", "Dense: MovieLens-100K, every interaction, full-softmax CE", ("bert4rec",)),
     ("ml100k-last10", "Sparse: MovieLens-100K, last 10 items per user, CE", ("sasrec",)),
     ("ml100k-last20", "Sparse: MovieLens-100K, last 20 items per user, CE", ("sasrec",)),
     ("ml1m-last20", "Sparse at scale: MovieLens-1M, last 20 items per user, CE", ("sasrec",)),
