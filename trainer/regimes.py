@@ -17,11 +17,12 @@ from typing import Any
 
 from trainer.report import LABELS, pm, separation
 
+DENSE = "Dense: MovieLens-100K, every interaction, full-softmax CE"
 # (report name, how the regime is described, the backbones shown)
 REGIMES = (
-    ("ml100k", "Dense: MovieLens-100K, every interaction, full-softmax CE", ("sasrec",)),
-    ("ml100k-gru4rec", "Dense: MovieLens-100K, every interaction, full-softmax CE", ("gru4rec",)),
-    ("ml100k-bert4rec", "Dense: MovieLens-100K, every interaction, full-softmax CE", ("bert4rec",)),
+    ("ml100k", DENSE, ("sasrec",)),
+    ("ml100k-gru4rec", DENSE, ("gru4rec",)),
+    ("ml100k-bert4rec", DENSE, ("bert4rec",)),
     ("ml100k-last10", "Sparse: MovieLens-100K, last 10 items per user, CE", ("sasrec",)),
     ("ml100k-last20", "Sparse: MovieLens-100K, last 20 items per user, CE", ("sasrec",)),
     ("ml1m-last20", "Sparse at scale: MovieLens-1M, last 20 items per user, CE", ("sasrec",)),
