@@ -211,7 +211,112 @@ def llm_stages(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return numbers, "\n".join(lines)
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] = {"srs": srs_training, "llm": llm_stages}
+# ----------------------------------------------------------- scale section
+SCALE_DATASETS = {"ml100k": "configs/ml100k.yaml", "amazon-beauty": "configs/amazon-beauty.yaml",
+                  "ml1m": "configs/regimes/ml1m.yaml"}
+SCALE_LOSSES = ("ce", "sampled_ce", "bce")
+
+
+def matmul_roofline(threads: int, size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Multiply-adds per second of a large square matmul, fp32 and bf16 (best of `repeats`),
+    on `threads` threads: the ceiling an epoch's counted multiply-adds are compared with."""
+    torch.set_num_threads(threads)
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        out[f"{name}_macs_per_s"] = size ** 3 / best
+    return out
+
+
+def epoch_macs(rows, batches, backbone, n_items: int, loss: str) -> dict[str, int]:
+    """Multiply-adds of one training epoch of SASRec, forward and backward (backward counted as
+    twice the forward, the usual rule), split into the transformer blocks and the output layer.
+    Per block and row of width L: QKV, output and the two FFN projections, L x (4 d^2 + 2 d inner),
+    plus attention's two L x L x d products; the output layer scores each prediction against N items
+    (ce), the batch's shared negatives plus its target (sampled_ce) or two items (bce)."""
+    d, inner = backbone.hidden, backbone.inner_size or 4 * backbone.hidden
+    blocks = output = 0
+    for index in batches:
+        batch = rows.batch(index, trim=True)
+        width = batch.shape[1] - 1
+        predictions = int(((batch[:, :-1] != 0) & (batch[:, 1:] != 0)).sum())
+        blocks += backbone.n_layers * len(index) * (width * (4 * d * d + 2 * d * inner) + 2 * width * width * d)
+        per = {"ce": n_items, "sampled_ce": backbone.loss_negatives + 1, "bce": 2}[loss]
+        output += predictions * per * d
+    return {"blocks": 3 * blocks, "output": 3 * output, "total": 3 * (blocks + output)}
+
+
+def scale_epoch(dataset_name: str, loss: str, threads: int, epochs: int) -> dict[str, Any]:
+    """`epochs` training epochs of the None (ID-only) SASRec with `loss`; timings of the last one."""
+    import numpy as np
+
+    overrides = ["train.progress=false", f"train.threads={threads}", f"train.epochs={epochs}",
+                 f"backbone.loss={loss}", "train.device=cpu"]
+    cfg = load_config(SCALE_DATASETS[dataset_name], overrides, backbone="sasrec")
+    dataset, data_dir = prepared_dataset(cfg)
+    seed_everything(cfg.train.seed)
+    model = build_id_backbone(cfg.backbone, dataset.n_items)
+    evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
+    result = fit(model, dataset, cfg.train, evaluator=evaluator)
+    last = result.history[-1]
+    rows = training_rows(evaluator.split.train, cfg.backbone.max_len, cfg.train.stride, cfg.train.windows)
+    macs = epoch_macs(rows, rows.order(np.random.default_rng(0), cfg.train.batching, cfg.train.batch_size),
+                      cfg.backbone, dataset.n_items, loss)
+    return {"seconds_per_epoch": last.train_seconds, "predictions": last.predictions,
+            "predictions_per_s": last.predictions_per_s, "eval_seconds": last.eval_seconds,
+            "macs": macs, "batching": cfg.train.batching, "n_items": dataset.n_items,
+            "windows": len(rows), "epochs_timed": len(result.history)}
+
+
+def scale_speed(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Seconds per epoch and the fraction of the matmul roofline, per dataset x loss x threads."""
+    datasets = [d.strip() for d in args.scale_datasets.split(",") if d.strip()]
+    thread_counts = [int(t) for t in args.scale_threads.split(",")]
+    numbers: dict[str, Any] = {"roofline": {}, "runs": {}}
+    for threads in thread_counts:
+        numbers["roofline"][str(threads)] = matmul_roofline(threads)
+        print(f"[scale] roofline, {threads} thread(s): "
+              f"{numbers['roofline'][str(threads)]['fp32_macs_per_s'] / 1e9:.1f} GMAC/s fp32", flush=True)
+    for name in datasets:
+        for loss in SCALE_LOSSES:
+            for threads in thread_counts:
+                run = scale_epoch(name, loss, threads, args.scale_epochs)
+                roof = numbers["roofline"][str(threads)]["fp32_macs_per_s"]
+                run["fraction_of_roofline"] = run["macs"]["total"] / run["seconds_per_epoch"] / roof
+                numbers["runs"][f"{name}/{loss}/{threads}"] = run
+                print(f"[scale] {name} {loss} {threads}t: {run['seconds_per_epoch']:.2f} s/epoch, "
+                      f"{run['predictions_per_s']:,.0f} pred/s, {run['fraction_of_roofline']:.1%} of roofline",
+                      flush=True)
+    lines = ["## SASRec epochs at scale: losses, threads and the matmul roofline", "",
+             "SASRec (hidden 64, max length 50, 2 blocks, batch 128), ID embeddings, CPU, fp32; each batch cut to "
+             "its longest sequence (length batching where the config asks for it). Seconds of the last of "
+             f"{args.scale_epochs} epochs (training only, validation apart). sampled_ce: 256 uniform negatives "
+             "shared per batch, logQ-corrected; bce: one negative per position. \"Fraction of the FLOP limit\": "
+             "the epoch's counted multiply-adds (forward + 2x for backward; blocks and output layer) per second, "
+             "over a 2048^3 fp32 matmul's multiply-adds per second measured in the same run.", "",
+             "| threads | fp32 matmul GMAC/s | bf16 matmul GMAC/s |", "|---|---|---|"]
+    for threads, roof in numbers["roofline"].items():
+        lines.append(f"| {threads} | {roof['fp32_macs_per_s'] / 1e9:.1f} | {roof['bf16_macs_per_s'] / 1e9:.1f} |")
+    lines += ["", "| dataset | items | loss | threads | batching | s / epoch | predictions / s | GMAC / epoch "
+              "(blocks + output) | fraction of the FLOP limit |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, run in numbers["runs"].items():
+        name, loss, threads = key.split("/")
+        m = run["macs"]
+        lines.append(f"| {name} | {run['n_items']:,} | {loss} | {threads} | {run['batching']} | "
+                     f"{run['seconds_per_epoch']:.2f} | {run['predictions_per_s']:,.0f} | "
+                     f"{m['blocks'] / 1e9:.0f} + {m['output'] / 1e9:.0f} | {run['fraction_of_roofline']:.1%} |")
+    lines.append("")
+    return numbers, "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] = {
+    "srs": srs_training, "llm": llm_stages, "scale": scale_speed}
 
 
 def main() -> None:
@@ -222,6 +327,9 @@ def main() -> None:
     parser.add_argument("--prefix-patience", type=int, default=3)
     parser.add_argument("--prefix-max-seconds", type=float, default=900.0)
     parser.add_argument("--scft-steps", type=int, default=10)
+    parser.add_argument("--scale-datasets", default=",".join(SCALE_DATASETS))
+    parser.add_argument("--scale-threads", default="1,2")
+    parser.add_argument("--scale-epochs", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     os.chdir(ROOT)  # configs name their data and run paths relative to the repository root

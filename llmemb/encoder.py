@@ -26,6 +26,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModel, AutoTokenizer
 
+from llmemb.devices import resolve_device
 from llmemb.models import DEFAULT_MODEL_ID, model_identity, resolve_model_path
 from llmemb.sections import dataclass_from
 from llmemb.spec import DTYPE_NAMES, POOLINGS
@@ -167,7 +168,7 @@ class ItemEncoder:
 
     def __init__(self, config: EncoderConfig):
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device, "encoder.device")
         self.tokenizer = load_tokenizer(config.model_path)
         self.pad_id = int(self.tokenizer.pad_token_id)
         if config.append_eos and self.tokenizer.eos_token_id is None:

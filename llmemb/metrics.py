@@ -50,24 +50,91 @@ class EvalConfig:
                                      # training interactions is "rare" (4 Beauty/Fashion, 13 Yelp); None = off
     length_threshold: float | None = None  # short history: train length <= this; None = median
     pop_buckets: int = 5
-    batch_size: int = 512
+    batch_size: int = 512            # users scored at once
+    chunk_items: int = 65536         # items scored at once: full ranking holds at most
+                                     # batch_size x chunk_items scores (128 MiB at the defaults)
 
 
 
 def full_ranks(scores: torch.Tensor, targets: torch.Tensor, histories: Sequence[np.ndarray]) -> torch.Tensor:
     """scores [B, N+1], targets [B], per-row history item ids -> ranks among all items
-    except padding, the history and the target itself."""
-    b = scores.shape[0]
-    valid = torch.ones_like(scores, dtype=torch.bool)
-    valid[:, 0] = False
-    lengths = torch.tensor([len(h) for h in histories])
-    if lengths.sum() > 0:
-        rows = torch.repeat_interleave(torch.arange(b), lengths)
-        cols = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]))
-        valid[rows, cols] = False
-    rows = torch.arange(b)
-    valid[rows, targets] = False
-    return rank_against(scores[rows, targets], scores, valid)
+    except padding, the history and the target itself (the whole score matrix at once;
+    `chunked_full_ranks` is the bounded-memory form evaluation uses)."""
+    seen = SeenItems.build(histories, targets.cpu().numpy(), scores.device)
+    target_scores = scores[torch.arange(scores.shape[0]), targets]
+    ranks = _count_rank(scores, 0, scores.shape[1], targets, target_scores, seen, 0, scores.shape[0])
+    return _rank_or_last(ranks, target_scores, seen, 0, scores.shape[0], scores.shape[1])
+
+
+@dataclass
+class SeenItems:
+    """Per user, the distinct items a full-protocol rank leaves out besides padding: the
+    history and the target (CSR: user u's items are ids[ptr[u]:ptr[u+1]])."""
+
+    ptr: torch.Tensor   # [U+1]
+    ids: torch.Tensor   # [sum]
+
+    @classmethod
+    def build(cls, histories: Sequence[np.ndarray], targets: np.ndarray, device: torch.device | str) -> SeenItems:
+        rows = [np.unique(np.append(np.asarray(h, dtype=np.int64), np.int64(t))) for h, t in zip(histories, targets)]
+        rows = [r[r > 0] for r in rows]
+        lengths = np.asarray([len(r) for r in rows], dtype=np.int64)
+        ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        ids = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return cls(torch.from_numpy(ptr).to(device), torch.from_numpy(ids).to(device))
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in the batch, item id) of every left-out item of users start..stop-1."""
+        lo, hi = int(self.ptr[start]), int(self.ptr[stop])
+        counts = self.ptr[start + 1:stop + 1] - self.ptr[start:stop]
+        rows = torch.repeat_interleave(torch.arange(stop - start, device=self.ids.device), counts)
+        return rows, self.ids[lo:hi]
+
+
+def _count_rank(chunk: torch.Tensor, first: int, n_cols: int, targets: torch.Tensor, target_scores: torch.Tensor,
+                seen: SeenItems, start: int, stop: int) -> torch.Tensor:
+    """Over columns first..first+n_cols-1 (chunk [B, n_cols]): how many items other than padding and
+    the users' left-out items score at least the target's score."""
+    ge = chunk >= target_scores.unsqueeze(1)
+    if first == 0:
+        ge[:, 0] = False
+    rows, ids = seen.batch(start, stop)
+    inside = (ids >= first) & (ids < first + n_cols)
+    ge[rows[inside], ids[inside] - first] = False
+    return ge.sum(1)
+
+
+def chunked_full_ranks(user: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, seen: SeenItems,
+                       start: int, chunk_items: int) -> torch.Tensor:
+    """Full-protocol ranks of users start..start+B-1 (user [B, d]) with at most B x chunk_items scores
+    in memory. When the table is wider than one chunk, a first pass reads each target's score
+    out of the same chunked products the count uses, so the result equals the one-matrix count."""
+    n = table.shape[0]
+    stop = start + user.shape[0]
+    step = max(1, chunk_items)
+    rows = torch.arange(user.shape[0], device=user.device)
+    if n <= step:
+        scores = (user @ table.T).float()
+        return _rank_or_last(_count_rank(scores, 0, n, targets, scores[rows, targets], seen, start, stop),
+                             scores[rows, targets], seen, start, stop, n)
+    target_scores = torch.empty(user.shape[0], device=user.device)
+    for first in range(0, n, step):
+        inside = (targets >= first) & (targets < first + step)
+        if inside.any():
+            part = (user[inside] @ table[first:first + step].T).float()
+            target_scores[inside] = part[torch.arange(part.shape[0], device=part.device), targets[inside] - first]
+    ranks = torch.zeros(user.shape[0], dtype=torch.long, device=user.device)
+    for first in range(0, n, step):
+        part = (user @ table[first:first + step].T).float()
+        ranks += _count_rank(part, first, part.shape[1], targets, target_scores, seen, start, stop)
+    return _rank_or_last(ranks, target_scores, seen, start, stop, n)
+
+
+def _rank_or_last(ranks: torch.Tensor, target_scores: torch.Tensor, seen: SeenItems, start: int, stop: int,
+                  n_cols: int) -> torch.Tensor:
+    """A NaN target score ranks last: behind every competitor."""
+    competitors = (n_cols - 1) - (seen.ptr[start + 1:stop + 1] - seen.ptr[start:stop])
+    return torch.where(torch.isnan(target_scores), competitors, ranks)
 
 
 def sampled_ranks(target_scores: torch.Tensor, negative_scores: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -81,7 +148,66 @@ def hit_ndcg(ranks: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return hit, hit / torch.log2(ranks.double() + 2.0)
 
 
+@dataclass
+class EvalCases:
+    """One split's evaluation cases, on the model's device, built once and reused every epoch."""
+
+    inputs: torch.Tensor          # [U, max_len] left-padded histories (their last max_len items)
+    targets: torch.Tensor         # [U]
+    seen: SeenItems               # what the full protocol leaves out
+    negatives: torch.Tensor | None = None   # [U, K] sampled-protocol candidates
+
+    @classmethod
+    def build(cls, histories: Sequence[np.ndarray], targets: np.ndarray, max_len: int, device: torch.device | str,
+              negatives: np.ndarray | None = None) -> EvalCases:
+        return cls(left_pad(histories, max_len).to(device),
+                   torch.as_tensor(np.asarray(targets), dtype=torch.long).to(device),
+                   SeenItems.build(histories, np.asarray(targets), device),
+                   None if negatives is None else torch.as_tensor(negatives, dtype=torch.long).to(device))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
+def ranks_of_cases(model: SequentialBackbone, cases: EvalCases, protocol: str, batch_size: int = 512,
+                   chunk_items: int = 1 << 16) -> torch.Tensor:
+    """0-based ranks of every case's target (on the CPU). Memory: at most batch_size x chunk_items
+    scores at once; the item table is computed once per call."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if protocol == "sampled" and cases.negatives is None:
+        raise ValueError("the sampled protocol needs negatives")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        table = model.item_embedding.table() if protocol == "full" else None
+        for start in range(0, len(cases.targets), batch_size):
+            stop = min(start + batch_size, len(cases.targets))
+            target = cases.targets[start:stop]
+            user = model.encode(_trimmed(cases.inputs[start:stop]))
+            if protocol == "full":
+                out.append(chunked_full_ranks(user, table, target, cases.seen, start, chunk_items))
+            else:
+                neg = cases.negatives[start:stop]
+                scores = model.score_candidates(user, torch.cat([target[:, None], neg], 1)).float()
+                out.append(sampled_ranks(scores[:, 0], scores[:, 1:], neg))
+    finally:
+        model.train(was_training)
+    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.long)
+
+
+def _trimmed(inputs: torch.Tensor) -> torch.Tensor:
+    """Left-padded rows without the columns that are padding in every row (never all of them)."""
+    real = (inputs != 0).any(0)
+    first = int(real.to(torch.int8).argmax()) if bool(real.any()) else inputs.shape[1] - 1
+    return inputs[:, first:]
+
+
 def compute_ranks(
     model: SequentialBackbone,
     histories: Sequence[np.ndarray],
@@ -89,6 +215,7 @@ def compute_ranks(
     protocol: str,
     negatives: np.ndarray | None = None,
     batch_size: int = 512,
+    chunk_items: int = 1 << 16,
 ) -> torch.Tensor:
     """Rank each user's target; histories are full (the model sees the last max_len items,
     the full protocol masks all of them)."""
@@ -96,26 +223,8 @@ def compute_ranks(
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if protocol == "sampled" and negatives is None:
         raise ValueError("the sampled protocol needs negatives")
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for start in range(0, len(targets), batch_size):
-            stop = min(start + batch_size, len(targets))
-            batch_hist = histories[start:stop]
-            target = torch.as_tensor(targets[start:stop], dtype=torch.long)
-            user = model.encode(left_pad(batch_hist, model.config.max_len))
-            if protocol == "full":
-                out.append(full_ranks(model.score_all(user).float(), target, batch_hist))
-            else:
-                if negatives is None:  # refused above already; this tells the type checker
-                    raise ValueError("the sampled protocol needs negatives")
-                neg = torch.as_tensor(negatives[start:stop], dtype=torch.long)
-                scores = model.score_candidates(user, torch.cat([target[:, None], neg], 1)).float()
-                out.append(sampled_ranks(scores[:, 0], scores[:, 1:], neg))
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    cases = EvalCases.build(histories, targets, model.config.max_len, model_device(model), negatives)
+    return ranks_of_cases(model, cases, protocol, batch_size, chunk_items)
 
 
 # ------------------------------------------------------------- negatives
@@ -288,6 +397,7 @@ class Evaluator:
             if protocol not in PROTOCOLS:
                 raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
         self.split = dataset.split()
+        self._prepared: dict[tuple[str, int, str], EvalCases] = {}
         self.groups = EvalGroups.from_dataset(
             dataset, self.config.head_fraction, self.config.length_threshold, self.config.pop_buckets,
             self.config.tail_count,
@@ -304,10 +414,21 @@ class Evaluator:
         c = self.config
         return evaluation_negatives(self.dataset, which, c.n_negatives, c.negatives_seed, self.cache_dir)
 
+    def prepared(self, which: str, max_len: int, device: torch.device) -> EvalCases:
+        """Split `which` as EvalCases on `device`, built once per (split, max_len, device)."""
+        key = (which, max_len, str(device))
+        if key not in self._prepared:
+            histories, targets = self.cases(which)
+            sampled = "sampled" in (*self.config.protocols, self.config.select_protocol)
+            self._prepared[key] = EvalCases.build(histories, targets, max_len, device,
+                                                  self.negatives(which) if sampled else None)
+        return self._prepared[key]
+
     def ranks(self, model: SequentialBackbone, which: str, protocol: str) -> torch.Tensor:
-        histories, targets = self.cases(which)
-        negatives = self.negatives(which) if protocol == "sampled" else None
-        return compute_ranks(model, histories, targets, protocol, negatives, self.config.batch_size)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        cases = self.prepared(which, model.config.max_len, model_device(model))
+        return ranks_of_cases(model, cases, protocol, self.config.batch_size, self.config.chunk_items)
 
     def evaluate(self, model: SequentialBackbone, which: str, protocols: Sequence[str] | None = None) -> dict[str, Any]:
         """{protocol: summarize(...)} for split `which`."""

@@ -24,7 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help="bind address (LLMEMB_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (LLMEMB_PORT, default 8000)")
     p.add_argument("--redis-url", dest="redis_url", help="Redis for the cache and shared catalogue (LLMEMB_REDIS_URL)")
-    p.add_argument("--device", help="torch device of the encoder (LLMEMB_DEVICE)")
+    p.add_argument("--device", help="torch device of the encoder: cpu, cuda, cuda:N, auto (LLMEMB_DEVICE)")
+    p.add_argument("--scoring-device", dest="scoring_device",
+                   help="torch device of the backbone and catalogue scoring (LLMEMB_SCORING_DEVICE)")
     p.add_argument("--log-level", dest="log_level", help="debug | info | warning | error")
     p.add_argument("--print-examples", action="store_true", help="print example requests for this bundle first")
     return p.parse_args(argv)

@@ -20,13 +20,16 @@ import torch
 from llmemb.backbones import build_backbone
 from llmemb.backbones.base import FixedItemEmbedding, left_pad
 from llmemb.bundle import BundleError, LoadedBundle
+from llmemb.devices import resolve_device
 from llmemb.encoder import load_tokenizer, tokenize
 from llmemb.models import ModelError, resolve_model_path
 
 
 class Engine:
-    def __init__(self, bundle: LoadedBundle, base_model_path: str | None = None):
+    def __init__(self, bundle: LoadedBundle, base_model_path: str | None = None, device: str = "cpu"):
         self.bundle = bundle
+        self.device = resolve_device(device, "LLMEMB_SCORING_DEVICE")
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # (snapshot table, its copy on device)
         self.spec = bundle.encoder
         self.dims = bundle.dims
         try:  # the tokenizer only: the model process checks the model's identity and loads it
@@ -38,6 +41,7 @@ class Engine:
         self.method = bundle.method
         self.backbone = build_backbone(bundle.backbone_config, self.item_embedding)
         self.backbone.load_backbone_state_dict(bundle.backbone_state)
+        self.backbone.to(self.device)
         self.backbone.eval()
 
     # ------------------------------------------------------------- event loop
@@ -48,9 +52,19 @@ class Engine:
         return [len(ids) for ids in tokenize(self.length_tokenizer, texts, self.spec.max_tokens, self.spec.append_eos)]
 
     # ---------------------------------------------------------- scoring thread
+    def scoring_table(self, table: torch.Tensor) -> torch.Tensor:
+        """A catalogue snapshot's table on the scoring device: the table itself on the CPU; on a GPU
+        a copy made once per snapshot (snapshots are immutable) and kept while it is the latest."""
+        if table.device == self.device:
+            return table
+        if self._table is None or self._table[0] is not table:
+            self._table = (table, table.to(self.device))
+        return self._table[1]
+
     @torch.inference_mode()
     def user_vectors(self, histories: list[list[int]], table: torch.Tensor) -> torch.Tensor:
-        """Histories of catalogue rows (oldest first) -> [B, d] user vectors over `table`."""
+        """Histories of catalogue rows (oldest first) -> [B, d] user vectors over `table` (a
+        scoring_table), on the scoring device."""
         self.item_embedding.use(table)
-        inputs = left_pad(histories, self.bundle.backbone_config.max_len)
+        inputs = left_pad(histories, self.bundle.backbone_config.max_len).to(self.device)
         return self.backbone.encode(inputs)

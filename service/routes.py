@@ -271,8 +271,9 @@ async def recommend(body: RecommendRequest, rt: ReadyRuntime = Depends(ready_run
     rows, cand_rows, ignored = resolve_history(rt, snap, body.history, body.candidates, body.ignore_unknown)
 
     def work():
-        user = rt.engine.user_vectors([rows], snap.table)[0]
-        return best_items(user, snap.table, body.k, snap.blocked_rows, rt.topk,
+        table = rt.engine.scoring_table(snap.table)
+        user = rt.engine.user_vectors([rows], table)[0]
+        return best_items(user, table, body.k, snap.blocked_rows, rt.topk,
                           history=rows if body.exclude_seen else None,
                           candidates=cand_rows if body.candidates is not None else None)
 
@@ -288,8 +289,9 @@ async def score(body: ScoreRequest, rt: ReadyRuntime = Depends(ready_runtime)):
     rows, cand_rows, ignored = resolve_history(rt, snap, body.history, body.candidates, body.ignore_unknown)
 
     def work():
-        user = rt.engine.user_vectors([rows], snap.table)[0]
-        return score_rows(user, snap.table, torch.tensor(cand_rows, dtype=torch.long))
+        table = rt.engine.scoring_table(snap.table)
+        user = rt.engine.user_vectors([rows], table)[0]
+        return score_rows(user, table, torch.tensor(cand_rows, dtype=torch.long, device=table.device))
 
     values = await rt.run_scoring(work)
     scores = [ScoredItem(id=snap.ids[r], score=v) for r, v in zip(cand_rows, values.tolist())]

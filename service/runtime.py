@@ -111,7 +111,7 @@ class Runtime:
                                                            base_model_path, s.torch_threads, s.model_nice),
                                               self.metrics)
             await model.start()
-            self.engine = await loop.run_in_executor(self.score_pool, lambda: Engine(bundle, base_model_path))
+            self.engine = await loop.run_in_executor(self.score_pool, lambda: Engine(bundle, base_model_path, s.scoring_device))
             self.cache = EmbeddingCache(bundle.fingerprint, bundle.dims, self.link, s.lru_size,
                                         s.cache_ttl_s, s.cache_enabled, self.metrics)
             self.catalogue = catalogue = Catalogue(bundle.item_table, bundle.item_ids, bundle.fingerprint,
@@ -145,8 +145,9 @@ class Runtime:
         rows = list(range(1, min(3, len(snap.ids) - 1) + 1))
         if rows:
             def score():
-                user = engine.user_vectors([rows], snap.table)[0]
-                self.topk(user, snap.table, 10, snap.blocked_rows)
+                table = engine.scoring_table(snap.table)
+                user = engine.user_vectors([rows], table)[0]
+                self.topk(user, table, 10, snap.blocked_rows)
 
             await self.run_scoring(score)
         self.warmed_up = True

@@ -61,8 +61,8 @@ class TopK:
 
     def __call__(self, user: torch.Tensor, table: torch.Tensor, k: int,
                  drop_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.chunk_rows <= 0 and self._buffer.shape[0] < table.shape[0]:
-            self._buffer = torch.empty(table.shape[0], dtype=table.dtype)
+        if self.chunk_rows <= 0 and (self._buffer.shape[0] < table.shape[0] or self._buffer.device != table.device):
+            self._buffer = torch.empty(table.shape[0], dtype=table.dtype, device=table.device)
         return top_k(user, table, k, drop_rows, self.chunk_rows, self._buffer if self.chunk_rows <= 0 else None)
 
 
@@ -78,11 +78,12 @@ def best_items(user: torch.Tensor, table: torch.Tensor, k: int, blocked_rows: to
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best rows for `user`, best first: over the whole table less `blocked_rows` (and less
     `history` when given), or over the distinct `candidates` (less `history`)."""
-    seen = torch.tensor(history, dtype=torch.long) if history is not None else None
+    seen = torch.tensor(history, dtype=torch.long, device=table.device) if history is not None else None
     if candidates is None:
+        blocked_rows = blocked_rows.to(table.device)
         drop = blocked_rows if seen is None else torch.cat([blocked_rows, seen])
         return topk(user, table, k, drop)
-    cand = torch.tensor(list(dict.fromkeys(candidates)), dtype=torch.long)
+    cand = torch.tensor(list(dict.fromkeys(candidates)), dtype=torch.long, device=table.device)
     scores = score_rows(user, table, cand)
     if seen is not None:
         scores = scores.masked_fill(torch.isin(cand, seen), NEG_INF)

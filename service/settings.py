@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     base_model_path: Path | None = Field(
         None, description="load the base model from here instead of the bundle's base_model.id "
         "(e.g. LLaMA weights mounted in the pod); its config.json must hash as the bundle records")
-    device: str = Field("cpu", description="torch device of the encoder, e.g. cpu, cuda, cuda:1")
+    device: str = Field("cpu", description="torch device of the encoder: cpu, cuda, cuda:N or auto")
+    scoring_device: str = Field("cpu", description="torch device of the backbone and the catalogue scoring "
+                                "(recommend, score): cpu, cuda, cuda:N or auto")
     dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
         None, description="encoder dtype; default: the one recorded in the bundle")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads; default: torch's choice")

@@ -149,7 +149,7 @@ def test_early_stopping_restores_the_best_epoch_and_extra_loss_is_used():
     def extra(m, inputs, targets):
         # nothing at first; from epoch 4 on, gradient ascent on the recommendation loss
         state["calls"] += 1
-        assert inputs.shape == targets.shape and inputs.shape[1] == m.config.max_len
+        assert inputs.shape == targets.shape and inputs.shape[1] <= m.config.max_len
         if not state["sabotage"]:
             return m.item_embedding.table().sum() * 0.0
         return -3.0 * full_softmax_ce(m.hidden_states(inputs), targets, m.item_embedding.table())

@@ -49,6 +49,11 @@ class TrainConfig:
     max_seconds: float = 0.0         # stop after this much training time; 0 = no limit
     threads: int = 0                 # torch.set_num_threads; 0 = leave as is
     progress: bool = True            # tqdm bar per epoch
+    device: str = "auto"             # cpu | cuda | cuda:N | auto (the GPU when there is one); fit, RAT
+                                     # and evaluation run there (llmemb/devices.py)
+    precision: str = "fp32"          # fp32 | bf16 (autocast for the forward pass and the loss)
+    batching: str = "shuffle"        # shuffle: random batches; length: batches of similar length (less
+                                     # padding on short-sequence data). Every batch is cut to its longest row.
 
 
 @dataclass

@@ -78,6 +78,17 @@ def _tensor_digest(t: torch.Tensor) -> str:
 # RAT settings added after runs were recorded: left out of a run's settings while at their default
 # (which is the behaviour before they existed), so the runs recorded before stay reusable.
 ADDED_LATER = {"residual_item_drop": 0.0}
+# The same for the other sections; and settings that never change a result (where a run trains,
+# how much it scores at once, the progress bar) are left out altogether.
+ADDED_LATER_CONFIG = {"train": {"precision": "fp32", "batching": "shuffle"},
+                      "backbone": {"loss_negatives": 256, "loss_sampler": "uniform"}}
+RUNTIME_ONLY = {"train": {"progress", "device"}, "eval": {"chunk_items"}}
+
+
+def _result_keys(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    later = ADDED_LATER_CONFIG.get(section, {})
+    return {k: v for k, v in values.items()
+            if k not in RUNTIME_ONLY.get(section, set()) and not (k in later and v == later[k])}
 
 
 def rat_settings(rat: RATConfig) -> dict[str, Any]:
@@ -100,11 +111,10 @@ def run_settings(
     the masks. Other stages' config sections (encoder, scft, quality, quick) reach a
     run only through the tables, so editing them does not invalidate ID-only runs."""
     whole = config.to_dict()
-    train = {k: v for k, v in whole["train"].items() if k != "progress"}
     table = "scft" if method in USES_SCFT_TABLE else "base" if method in USES_BASE_TABLE else None
     source = getattr(tables, table) if table is not None else None
-    return {"config": {"dataset": whole["dataset"], "backbone": whole["backbone"], "train": train,
-                       "eval": whole["eval"]},
+    sections = {k: _result_keys(k, whole[k]) for k in ("backbone", "train", "eval")}
+    return {"config": {"dataset": whole["dataset"], **sections},
             "method": method, "rat": None if method == "none" else rat_settings(rat),
             "table": None if source is None else {table: _tensor_digest(source)},
             "loss_items": None if loss_items is None else _digest(np.flatnonzero(loss_items).tolist()),
@@ -161,6 +171,7 @@ def run_method(
         "fit": {k: v for k, v in result.to_dict().items() if k != "history"},
         "settings_digest": _digest(settings),
     }
+    model.cpu()  # evaluated where it trained; kept and handed on (the next method's alignment target) on the CPU
     history = [{"epoch": r.epoch, "loss": r.loss, "valid": r.valid_score} for r in result.history]
     with recompute(directory, settings):
         write_run(directory, config, dataset, model, metrics, history, pca)

@@ -199,6 +199,7 @@ def rat_extra_loss(method: str, id_table: torch.Tensor | None, rat: RATConfig):
     if not (aligned or penalised):
         return None
     target_table = id_table.detach() if id_table is not None else None
+    on_device: dict[torch.device, torch.Tensor] = {}   # the target table copied once to the training device
 
     def extra(model: SequentialBackbone, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = targets.new_zeros((), dtype=torch.float32)
@@ -207,7 +208,9 @@ def rat_extra_loss(method: str, id_table: torch.Tensor | None, rat: RATConfig):
             # The LLMEmb part is what aligns: the residual is free to hold what text lacks.
             layer = model.item_embedding
             e = layer.adapted_table()[ids] if isinstance(layer, HybridItemEmbedding) else layer(ids)
-            loss = loss + rat.alpha * align(e, target_table[ids], rat)
+            if ids.device not in on_device:
+                on_device[ids.device] = target_table.to(ids.device)
+            loss = loss + rat.alpha * align(e, on_device[ids.device][ids], rat)
         if penalised:
             seen = torch.unique(torch.cat([inputs[inputs > 0], ids]))
             loss = loss + rat.residual_l2 * model.item_embedding.residual_penalty(seen)

@@ -37,6 +37,7 @@ from llmemb.contrastive import (
     similarity_matrix,
     symmetric_contrastive_loss,
 )
+from llmemb.devices import resolve_device
 from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
 from llmemb.prompts import ViewSampler, has_content
 from llmemb.sections import dataclass_from
@@ -214,8 +215,8 @@ def run_scft(
     wall_start = time.perf_counter()
     if encoder_config.dtype == "fp16":
         raise ValueError("SCFT in fp16 would need loss scaling; train in bf16 or fp32")
-    ddp = Distributed.from_env(encoder_config.device)
-    device = encoder_config.device
+    device = str(resolve_device(encoder_config.device, "encoder.device"))   # "auto" -> cpu or cuda:0
+    ddp = Distributed.from_env(device)
     if device.startswith("cuda") and ddp.world > 1:
         device = f"cuda:{ddp.local_rank}"
     enc_cfg = replace(encoder_config, device=device, lora=encoder_config.lora or LoraSettings(),

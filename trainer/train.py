@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmemb.backbones import SequentialBackbone
+from llmemb.backbones import BackboneConfig, SequentialBackbone
 from llmemb.data.dataset import Dataset
-from llmemb.losses import recommendation_loss
+from llmemb.devices import autocast, check_precision, resolve_device
+from llmemb.losses import LOSSES, NegativeSampler, recommendation_loss
 from llmemb.metrics import EvalConfig, Evaluator
 from trainer.config import TrainConfig
 
@@ -80,25 +81,54 @@ def seed_everything(seed: int) -> None:
 # ------------------------------------------------------------ training rows
 @dataclass
 class TrainingRows:
-    """Training samples as (user, end) pairs into one flat array of item ids."""
+    """Training samples as (user, end) pairs into one flat array of item ids, as tensors on
+    the training device: a batch is cut out there, with no host copy per batch."""
 
-    flat: np.ndarray      # all training sequences concatenated
-    offsets: np.ndarray   # start of each user's sequence in flat
-    users: np.ndarray     # per sample: the user
-    ends: np.ndarray      # per sample: exclusive end index inside the user's sequence
-    width: int            # max_len + 1
-    stride: int           # each row is responsible for the targets of its last `stride` positions
+    flat: torch.Tensor      # all training sequences concatenated
+    offsets: torch.Tensor   # start of each user's sequence in flat
+    users: torch.Tensor     # per sample: the user
+    ends: torch.Tensor      # per sample: exclusive end index inside the user's sequence
+    width: int              # max_len + 1
+    stride: int             # each row is responsible for the targets of its last `stride` positions
 
     def __len__(self) -> int:
         return len(self.users)
 
-    def batch(self, index: np.ndarray) -> torch.Tensor:
-        """[len(index), width] left-padded rows ending at each sample's end."""
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Per sample: its real (non-padding) items, at most width."""
+        return self.ends.clamp(max=self.width)
+
+    def to(self, device: torch.device | str) -> TrainingRows:
+        return TrainingRows(self.flat.to(device), self.offsets.to(device), self.users.to(device),
+                            self.ends.to(device), self.width, self.stride)
+
+    def batch(self, index: torch.Tensor | np.ndarray, trim: bool = False) -> torch.Tensor:
+        """[len(index), width] left-padded rows ending at each sample's end; trim=True cuts the
+        columns that are padding in every row (the batch is as wide as its longest row)."""
+        index = torch.as_tensor(index, device=self.users.device)
+        width = int(self.lengths[index].max()) if trim and len(index) else self.width
         start = self.offsets[self.users[index]]
-        first = start + self.ends[index] - self.width
-        positions = first[:, None] + np.arange(self.width)[None, :]
-        rows = np.where(positions >= start[:, None], self.flat[np.maximum(positions, 0)], 0)
-        return torch.from_numpy(rows)
+        first = start + self.ends[index] - width
+        positions = first[:, None] + torch.arange(width, device=first.device)[None, :]
+        return torch.where(positions >= start[:, None], self.flat[positions.clamp(min=0)], 0)
+
+    def order(self, rng: np.random.Generator, batching: str, batch_size: int) -> list[torch.Tensor]:
+        """One epoch's batches (index tensors on the rows' device). shuffle: a random permutation
+        cut into batches; length: the permutation sorted by length (ties stay in random order),
+        cut into batches of similar length, the batches in random order. Every sample is in
+        exactly one batch either way."""
+        perm = torch.from_numpy(rng.permutation(len(self)))
+        if batching == "length":
+            lengths = self.lengths.cpu()[perm]
+            perm = perm[torch.sort(lengths, stable=True).indices]
+        batches = list(torch.split(perm.to(self.users.device), batch_size))
+        if batching == "length":
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+
+BATCHINGS = ("shuffle", "length")
 
 
 def training_rows(train: Sequence[np.ndarray], max_len: int, stride: int = 0, windows: str = "all") -> TrainingRows:
@@ -121,43 +151,77 @@ def training_rows(train: Sequence[np.ndarray], max_len: int, stride: int = 0, wi
         ends.append(e)
     if not users:
         raise ValueError("no user has two training items: nothing to train on")
-    return TrainingRows(flat, offsets, np.concatenate(users), np.concatenate(ends), max_len + 1, stride)
+    return TrainingRows(torch.from_numpy(flat), torch.from_numpy(offsets), torch.from_numpy(np.concatenate(users)),
+                        torch.from_numpy(np.concatenate(ends).astype(np.int64)), max_len + 1, stride)
 
 
 # ----------------------------------------------------------------- the loop
-def _train_epoch(model: SequentialBackbone, rows, order: np.ndarray, train_cfg: TrainConfig, optimizer, params,
-                 generator: torch.Generator, epoch: int, extra_loss: ExtraLoss | None,
-                 loss_items: torch.Tensor | None) -> tuple[float, float, int]:
-    """One pass over the training windows in `order`; returns (loss sum, extra loss sum, predictions)."""
+@dataclass
+class StepContext:
+    """What every training step of one fit shares."""
+
+    rows: TrainingRows
+    train_cfg: TrainConfig
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    generator: torch.Generator
+    device: torch.device
+    extra_loss: ExtraLoss | None
+    loss_items: torch.Tensor | None
+    sampler: NegativeSampler | None
+    n_items: int
+
+
+def _train_epoch(model: SequentialBackbone, batches: list[torch.Tensor], ctx: StepContext,
+                 epoch: int) -> tuple[float, float, int]:
+    """One pass over the training windows in `batches`; returns (loss sum, extra loss sum, predictions).
+    The sums stay on the device until the end of the epoch (no synchronisation per step)."""
     model.train()
-    epoch_start = time.perf_counter()
-    loss_sum, extra_sum, n_pred = 0.0, 0.0, 0
-    bar = tqdm(range(0, len(rows), train_cfg.batch_size), desc=f"epoch {epoch}", leave=False,
-               disable=not train_cfg.progress, unit="batch")
-    for start in bar:
-        sequences = rows.batch(order[start:start + train_cfg.batch_size])
-        inputs, targets = model.training_pairs(sequences, generator)
+    rows, train_cfg = ctx.rows, ctx.train_cfg
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    extra_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    n_pred = torch.zeros((), dtype=torch.long, device=ctx.device)
+    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not train_cfg.progress, unit="batch")
+    for index in bar:
+        sequences = rows.batch(index, trim=True)
+        inputs, targets = model.training_pairs(sequences, ctx.generator)
         if rows.stride < targets.shape[1]:  # earlier positions belong to the previous window
             targets = torch.cat([torch.zeros_like(targets[:, :-rows.stride]), targets[:, -rows.stride:]], 1)
-        states = model.hidden_states(inputs)
-        loss = recommendation_loss(model.config.loss, states, targets, model.item_embedding.table(), generator,
-                                   allowed=loss_items)
-        extra = extra_loss(model, inputs, targets) if extra_loss is not None else None
+        with autocast(ctx.device, train_cfg.precision):
+            states = model.hidden_states(inputs)
+            loss = recommendation_loss(model.config.loss, states, targets, model.item_embedding, ctx.generator,
+                                       allowed=ctx.loss_items, sampler=ctx.sampler, n_items=ctx.n_items)
+            extra = ctx.extra_loss(model, inputs, targets) if ctx.extra_loss is not None else None
         if extra is not None:
             loss = loss + extra
-        optimizer.zero_grad(set_to_none=True)
+        ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if train_cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-        optimizer.step()
-        n = int((targets > 0).sum())
-        loss_sum += loss.item() * n
-        extra_sum += extra.item() * n if extra is not None else 0.0
+            torch.nn.utils.clip_grad_norm_(ctx.params, train_cfg.grad_clip)
+        ctx.optimizer.step()
+        n = (targets > 0).sum()
+        loss_sum += loss.detach() * n
+        if extra is not None:
+            extra_sum += extra.detach() * n
         n_pred += n
-        bar.set_postfix(loss=f"{loss_sum / max(n_pred, 1):.4f}",
-                        pred_s=f"{n_pred / max(time.perf_counter() - epoch_start, 1e-9):.0f}")
+        if train_cfg.progress:
+            bar.set_postfix(loss=f"{float(loss_sum) / max(int(n_pred), 1):.4f}")
     bar.close()
-    return loss_sum, extra_sum, n_pred
+    return float(loss_sum), float(extra_sum), int(n_pred)
+
+
+def loss_sampler(config: BackboneConfig, n_items: int, rows: TrainingRows, allowed: torch.Tensor | None,
+                 device: torch.device) -> NegativeSampler | None:
+    """sampled_ce's NegativeSampler over the items the loss may score (popularity: each item's
+    training interactions), or None for the other losses; an unknown loss is refused here."""
+    if config.loss not in LOSSES:
+        raise ValueError(f"backbone.loss: unknown loss {config.loss!r}; known: {', '.join(LOSSES)}")
+    if config.loss != "sampled_ce":
+        return None
+    popularity = np.bincount(rows.flat.cpu().numpy(), minlength=n_items + 1)[: n_items + 1]
+    popularity[0] = 0
+    return NegativeSampler(n_items, config.loss_negatives, config.loss_sampler, popularity,
+                           None if allowed is None else allowed.cpu(), device)
 
 
 def _stop(record: EpochRecord, model: SequentialBackbone, callbacks, best_epoch: int,
@@ -220,15 +284,23 @@ def fit(
     """
     if train_cfg.threads > 0:
         torch.set_num_threads(train_cfg.threads)
+    if train_cfg.batching not in BATCHINGS:
+        raise ValueError(f"train.batching: unknown {train_cfg.batching!r}; known: {', '.join(BATCHINGS)}")
+    check_precision(train_cfg.precision, "train.precision")
+    device = resolve_device(train_cfg.device, "train.device")
     seed_everything(train_cfg.seed)
     evaluator = evaluator or Evaluator(dataset, eval_cfg)
+    model.to(device)
     rows = training_rows(evaluator.split.train, model.config.max_len, train_cfg.stride, train_cfg.windows)
     if rows.stride < model.config.max_len and not model.causal:
         raise ValueError(f"overlapping windows (stride {rows.stride} < max_len) need a causal backbone; "
                          f"{model.config.name} is bidirectional")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    generator = torch.Generator().manual_seed(train_cfg.seed)
+    allowed = None if loss_items is None else torch.as_tensor(loss_items).to(device)
+    ctx = StepContext(rows.to(device), train_cfg, optimizer, params,
+                      torch.Generator(device=device).manual_seed(train_cfg.seed), device, extra_loss, allowed,
+                      loss_sampler(model.config, dataset.n_items, rows, allowed, device), dataset.n_items)
     rng = np.random.default_rng(train_cfg.seed)
 
     history: list[EpochRecord] = []
@@ -236,8 +308,8 @@ def fit(
     stop_reason, train_seconds, started = "epochs", 0.0, time.perf_counter()
     for epoch in range(1, train_cfg.epochs + 1):
         epoch_start = time.perf_counter()
-        loss_sum, extra_sum, n_pred = _train_epoch(model, rows, rng.permutation(len(rows)), train_cfg, optimizer,
-                                                   params, generator, epoch, extra_loss, loss_items)
+        loss_sum, extra_sum, n_pred = _train_epoch(model, ctx.rows.order(rng, train_cfg.batching,
+                                                                         train_cfg.batch_size), ctx, epoch)
         epoch_train = time.perf_counter() - epoch_start
         train_seconds += epoch_train
 

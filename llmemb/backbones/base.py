@@ -28,7 +28,10 @@ class BackboneConfig:
     n_heads: int = 1
     dropout: float = 0.2
     mask_ratio: float = 0.2         # BERT4Rec cloze masking
-    loss: str = "ce"                # ce (full softmax) | bce (one sampled negative per position)
+    loss: str = "ce"                # ce (full softmax) | sampled_ce (shared negatives, logQ-corrected)
+                                    # | bce (one sampled negative per position)
+    loss_negatives: int = 256       # sampled_ce: negatives shared by a batch
+    loss_sampler: str = "uniform"   # sampled_ce: uniform | popularity (training interactions)
     inner_size: int = 0             # FFN width (transformers) / GRU state (gru4rec); 0 = 4 * hidden / hidden
     activation: str = "gelu"        # FFN activation: gelu | relu
     norm_first: bool = False        # pre-LN blocks (False = post-LN, as in SASRec / BERT)

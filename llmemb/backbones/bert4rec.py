@@ -45,7 +45,10 @@ class BERT4Rec(SequentialBackbone):
         one also with probability mask_last_prob; targets only at masked positions."""
         seq = sequences[:, 1:]
         valid = seq != 0
-        draw = torch.rand(seq.shape, generator=generator, device=seq.device)
+        # Drawn over the whole window (max_len columns) and cut to the batch's width, so a batch
+        # trimmed to its longest sequence masks exactly what the full-width batch would.
+        width = max(self.config.max_len, seq.shape[1])
+        draw = torch.rand((seq.shape[0], width), generator=generator, device=seq.device)[:, width - seq.shape[1]:]
         masked = valid & (draw < self.config.mask_ratio)
         if self.config.mask_last_prob > 0:
             last = torch.rand(seq.shape[0], generator=generator, device=seq.device) < self.config.mask_last_prob
