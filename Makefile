@@ -24,7 +24,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lock models data test run bundle-archive compose-train quality quality-gru4rec quality-bert4rec quality-ablations hybrid-drop quality-sparse regimes regimes-ml1m regimes-ml1m-cold quality-ml1m encoders baselines bench bench-load bench-infinity lint redis backfill clean
+.PHONY: install lock models data test run bundle-archive compose-train quality quality-gru4rec quality-bert4rec quality-ablations hybrid-drop quality-sparse regimes regimes-ml1m regimes-ml1m-cold quality-ml1m encoders baselines bench bench-load bench-infinity bench-recbole bench-losses lint redis backfill clean
 
 # torch is installed first, the build chosen by TORCH: cpu (default), cu128 for NVIDIA GPUs, or any
 # other wheel index of the PyTorch project. A plain resolve would pull PyPI's CUDA build (several GB)
@@ -152,6 +152,24 @@ $(INFINITY_VENV)/.installed:
 	$(INFINITY_VENV)/bin/pip install -q --retries 1 --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION)
 	$(INFINITY_VENV)/bin/pip install -q "infinity-emb[server,torch]==0.0.78"
 	touch $@
+
+# RecBole 1.2.1's SASRec as the outside reference of the training benchmark. RecBole needs numpy<2
+# and pandas<2.3: it gets a virtualenv of its own.
+RECBOLE_VENV := .venv-recbole
+$(RECBOLE_VENV)/.installed:
+	$(PYTHON) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/pip install -q --upgrade pip
+	$(RECBOLE_VENV)/bin/pip install -q --retries 1 --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION)
+	$(RECBOLE_VENV)/bin/pip install -q recbole==1.2.1 "numpy<2" "pandas<2.3" "scipy<1.14"
+	touch $@
+
+bench-recbole: install $(RECBOLE_VENV)/.installed
+	$(PY) bench/train_speed.py --sections recbole
+
+# Full CE against sampled CE (and BCE), 3 seeds, trained to early stopping on ML-100K, Beauty and
+# ML-1M: hours on two cores (bench/results/train_speed.{json,md}, section "losses").
+bench-losses: install data
+	$(PY) bench/train_speed.py --sections losses
 
 bench-infinity: install models $(INFINITY_VENV)/.installed
 	$(PY) bench/infinity.py --bundle $(BUNDLE)

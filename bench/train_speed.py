@@ -20,7 +20,22 @@ longest), with the largest difference between their vectors. SCFT: optimiser
 steps per second (64 items, 128 views a step, LoRA r=8 on every projection),
 with and without gradient checkpointing.
 
-    python bench/train_speed.py [--sections srs,llm] [--threads 2] [--prefix-patience 3] [--scft-steps 10]
+Section "scale": one epoch of SASRec (ID embeddings) per dataset (ML-100K, Amazon Beauty,
+MovieLens-1M on every interaction) x loss (ce, sampled_ce, bce) x threads (1, 2): seconds per
+epoch, predictions per second and the fraction of the FLOP limit (the epoch's counted
+multiply-adds per second over a large matmul's, measured in the same run, fp32 and bf16).
+
+Section "eval": full-ranking validation in item chunks of several sizes (seconds, the bound on
+the scores held at once, ranks equal to the one-pass count).
+
+Section "losses" (hours; `make bench-losses`): full CE against sampled CE over 3 seeds (and BCE,
+one seed), trained to early stopping, on ML-100K, Beauty and ML-1M: time to the best validation
+NDCG@10, test metrics, the 2-sd verdict and the speed-up.
+
+Section "recbole" (`make bench-recbole`): RecBole 1.2.1's SASRec on the same ML-100K split, run by
+bench/recbole_sasrec.py in .venv-recbole, as the outside reference.
+
+    python bench/train_speed.py [--sections srs,llm,scale,eval] [--threads 2] [--scale-datasets ...]
 """
 from __future__ import annotations
 
@@ -315,13 +330,168 @@ def scale_speed(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return numbers, "\n".join(lines)
 
 
+# ---------------------------------------------------------- losses section
+def loss_run(task: tuple[str, str, int, int]) -> dict[str, Any]:
+    """One ID-only SASRec run to early stopping (in a worker process): timings and test metrics."""
+    dataset_name, loss, seed, threads = task
+    os.chdir(ROOT)
+    overrides = ["train.progress=false", f"train.threads={threads}", f"backbone.loss={loss}", f"train.seed={seed}",
+                 "train.device=cpu"]
+    cfg = load_config(SCALE_DATASETS[dataset_name], overrides, backbone="sasrec")
+    dataset, data_dir = prepared_dataset(cfg)
+    seed_everything(seed)
+    model = build_id_backbone(cfg.backbone, dataset.n_items)
+    evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
+    result = fit(model, dataset, cfg.train, evaluator=evaluator)
+    test = evaluator.evaluate(model, "test", ("full", "sampled"))
+    return {"dataset": dataset_name, "loss": loss, "seed": seed, "threads": threads,
+            "seconds_per_epoch": statistics.fmean(r.train_seconds for r in result.history),
+            "eval_seconds_per_epoch": statistics.fmean(r.eval_seconds for r in result.history),
+            "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
+            "seconds_to_best": result.seconds_to_best, "total_seconds": result.total_seconds,
+            "valid_ndcg@10": result.best_score,
+            "test": {p: {g: {m: test[p][g][m] for m in ("hr@10", "ndcg@10")} for g in ("overall", "tail")}
+                     for p in test}}
+
+
+def loss_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Full CE against sampled CE (and BCE, one seed) trained to early stopping, seeds side by side
+    on `--workers` processes of one thread each."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from trainer.report import mean_std, separation
+
+    datasets = [d.strip() for d in args.loss_datasets.split(",") if d.strip()]
+    seeds = [int(x) for x in args.loss_seeds.split(",")]
+    tasks = [(d, loss, seed, 1) for d in datasets for loss in ("ce", "sampled_ce") for seed in seeds]
+    tasks += [(d, "bce", seeds[0], 1) for d in datasets if args.loss_bce]
+    runs = []
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        for run in pool.map(loss_run, tasks):
+            print(f"[losses] {run['dataset']} {run['loss']} seed {run['seed']}: test full N@10 "
+                  f"{run['test']['full']['overall']['ndcg@10']:.4f}, {run['seconds_per_epoch']:.2f} s/epoch, "
+                  f"best epoch {run['best_epoch']}, {run['seconds_to_best']:.0f} s to best", flush=True)
+            runs.append(run)
+    summary: dict[str, Any] = {}
+    lines = ["## Full CE against sampled CE, trained to early stopping", "",
+             f"SASRec, ID embeddings, seeds {', '.join(map(str, seeds))}, each run on one thread with "
+             f"{args.workers} runs side by side (so seconds are those of one core beside another busy one). "
+             "sampled_ce: 256 uniform negatives shared per batch, logQ-corrected. Test metrics of the restored "
+             "best epoch, mean ± sd over seeds; tail = items outside the 20% most popular.", "",
+             "| dataset | loss | s / epoch | best epoch | s to best (with validation) | valid N@10 | "
+             "test N@10 full | tail H@10 full | test N@10 sampled |", "|---|---|---|---|---|---|---|---|---|"]
+    for d in datasets:
+        for loss in ("ce", "sampled_ce", "bce"):
+            mine = [r for r in runs if r["dataset"] == d and r["loss"] == loss]
+            if not mine:
+                continue
+            s = {"seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in mine]),
+                 "best_epoch": mean_std([r["best_epoch"] for r in mine]),
+                 "seconds_to_best": mean_std([r["seconds_to_best"] for r in mine]),
+                 "valid_ndcg@10": mean_std([r["valid_ndcg@10"] for r in mine]),
+                 "full_ndcg@10": mean_std([r["test"]["full"]["overall"]["ndcg@10"] for r in mine]),
+                 "full_tail_hr@10": mean_std([r["test"]["full"]["tail"]["hr@10"] or 0.0 for r in mine]),
+                 "sampled_ndcg@10": mean_std([r["test"]["sampled"]["overall"]["ndcg@10"] for r in mine])}
+            summary[f"{d}/{loss}"] = s
+            lines.append(f"| {d} | {loss} | {pm(s['seconds_per_epoch'], 2)} | {pm(s['best_epoch'], 1)} | "
+                         f"{pm(s['seconds_to_best'], 0)} | {pm(s['valid_ndcg@10'])} | {pm(s['full_ndcg@10'])} | "
+                         f"{pm(s['full_tail_hr@10'])} | {pm(s['sampled_ndcg@10'])} |")
+    lines.append("")
+    for d in datasets:
+        ce, sampled = summary.get(f"{d}/ce"), summary.get(f"{d}/sampled_ce")
+        if ce and sampled:
+            diff, sd, _ = separation(sampled["full_ndcg@10"], ce["full_ndcg@10"])
+            speed = ce["seconds_per_epoch"]["mean"] / sampled["seconds_per_epoch"]["mean"]
+            verdict = "within 2 sd" if abs(diff) <= 2 * sd else ("above" if diff > 0 else "below") + " by more than 2 sd"
+            summary[f"{d}/verdict"] = {"diff": diff, "sd": sd, "within_2sd": abs(diff) <= 2 * sd, "speedup": speed}
+            lines.append(f"- {d}: sampled CE minus full CE on test full NDCG@10 = {diff:+.4f} (2 sd = {2 * sd:.4f}): "
+                         f"{verdict}; epochs {speed:.2f}x as fast.")
+    lines.append("")
+    return {"runs": runs, "summary": summary}, "\n".join(lines)
+
+
+def pm(s: dict[str, Any], digits: int = 4) -> str:
+    return f"{s['mean']:.{digits}f}" if s["n"] == 1 else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+# ----------------------------------------------------------- eval section
+def eval_scaling(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Full-ranking validation of a fresh SASRec in item chunks of several sizes: seconds, the bound
+    on scores held at once, and the ranks' agreement with the one-pass count."""
+    import resource
+
+    import numpy as np
+
+    numbers: dict[str, Any] = {}
+    lines = ["## Full-ranking evaluation in item chunks", "",
+             "Validation ranks of every user under the full protocol (untrained SASRec, hidden 64, CPU, "
+             f"{args.threads} threads), 512 users at a time; \"scores held\" is the bound batch x chunk "
+             "(fp32 scores plus a bool mask per score).", "",
+             "| dataset | users | items | chunk (items) | seconds | scores held at once (MB) | ranks equal to one pass |",
+             "|---|---|---|---|---|---|---|"]
+    for name in [d.strip() for d in args.eval_datasets.split(",") if d.strip()]:
+        cfg = load_config(SCALE_DATASETS[name], ["train.device=cpu"], backbone="sasrec")
+        dataset, data_dir = prepared_dataset(cfg)
+        seed_everything(0)
+        model = build_id_backbone(cfg.backbone, dataset.n_items).eval()
+        evaluator = Evaluator(dataset, cfg.eval, cache_dir=data_dir)
+        evaluator.ranks(model, "valid", "full")  # builds the cases once
+        reference = None
+        for chunk in (1 << 16, 4096, 1024):
+            evaluator.config.chunk_items = chunk
+            start = time.perf_counter()
+            ranks = evaluator.ranks(model, "valid", "full")
+            seconds = time.perf_counter() - start
+            reference = ranks if reference is None else reference
+            held = evaluator.config.batch_size * min(chunk, dataset.n_items + 1) * 5 / 2 ** 20
+            row = {"users": len(ranks), "items": dataset.n_items, "seconds": seconds, "held_mb": held,
+                   "equal": bool(np.array_equal(ranks.numpy(), reference.numpy()))}
+            numbers[f"{name}/{chunk}"] = row
+            lines.append(f"| {name} | {row['users']:,} | {row['items']:,} | {chunk:,} | {seconds:.2f} | {held:.0f} | "
+                         f"{'yes' if row['equal'] else 'NO'} |")
+    numbers["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines.append("")
+    return numbers, "\n".join(lines)
+
+
+# --------------------------------------------------------- recbole section
+def recbole_reference(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """RecBole 1.2.1's SASRec on the same ML-100K data (bench/recbole_sasrec.py in .venv-recbole)."""
+    import subprocess
+
+    python = ROOT / ".venv-recbole" / "bin" / "python"
+    if not python.is_file():
+        raise SystemExit("the recbole section needs .venv-recbole: run `make bench-recbole`")
+    cmd = [str(python), str(ROOT / "bench" / "recbole_sasrec.py"), "--data-path", str(ROOT / "data"),
+           "--threads", str(args.threads), "--epochs", str(args.recbole_epochs)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    numbers = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = ["## Outside reference: RecBole 1.2.1's SASRec on the same MovieLens-100K split", "",
+             f"RecBole {numbers['recbole']} (torch {numbers['torch']}, {numbers['threads']} threads), same data, "
+             "5-core, leave-one-out, full ranking, SASRec hidden 64 / FFN 256 / 2 blocks / 1 head / dropout 0.2 / "
+             f"max length 50 / CE / lr 1e-3, patience 10, at most {args.recbole_epochs} epochs; RecBole trains on "
+             f"every prefix ({numbers['training_samples']:,} samples an epoch, batches of {numbers['batch_size']}).",
+             "", "| | value |", "|---|---|",
+             f"| users / items / interactions | {numbers['users']:,} / {numbers['items']:,} / {numbers['interactions']:,} |",
+             f"| seconds per epoch (training) | {numbers['seconds_per_epoch']:.2f} |",
+             f"| best epoch / epochs run | {numbers['best_epoch']} / {numbers['epochs_run']} |",
+             f"| wall seconds to best (with validation) | {numbers['seconds_to_best']:.0f} |",
+             f"| best valid NDCG@10 (full) | {numbers['best_valid_ndcg@10']:.4f} |",
+             f"| test NDCG@10 / HR@10 (full) | {numbers['test'].get('ndcg@10', float('nan')):.4f} / "
+             f"{numbers['test'].get('hit@10', float('nan')):.4f} |", ""]
+    return numbers, "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] = {
-    "srs": srs_training, "llm": llm_stages, "scale": scale_speed}
+    "srs": srs_training, "llm": llm_stages, "scale": scale_speed, "losses": loss_comparison, "eval": eval_scaling,
+    "recbole": recbole_reference}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
+    parser.add_argument("--sections", default="srs,llm,scale,eval",
+                        help="comma-separated: " + ", ".join(SECTIONS) + " (losses and recbole take hours: asked by name)")
     parser.add_argument("--config", default="configs/ml100k.yaml")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefix-patience", type=int, default=3)
@@ -329,7 +499,13 @@ def main() -> None:
     parser.add_argument("--scft-steps", type=int, default=10)
     parser.add_argument("--scale-datasets", default=",".join(SCALE_DATASETS))
     parser.add_argument("--scale-threads", default="1,2")
-    parser.add_argument("--scale-epochs", type=int, default=2)
+    parser.add_argument("--scale-epochs", type=int, default=1)
+    parser.add_argument("--loss-datasets", default="ml100k,amazon-beauty,ml1m")
+    parser.add_argument("--loss-seeds", default="0,1,2")
+    parser.add_argument("--loss-bce", type=int, default=1, help="also one BCE run per dataset (1) or not (0)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--eval-datasets", default="amazon-beauty,ml1m")
+    parser.add_argument("--recbole-epochs", type=int, default=200)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     os.chdir(ROOT)  # configs name their data and run paths relative to the repository root

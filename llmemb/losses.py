@@ -21,7 +21,7 @@ adapter or a residual is never run over the whole catalogue for them.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,7 +30,15 @@ import torch.nn.functional as F
 LOSSES = ("ce", "sampled_ce", "bce")
 SAMPLERS = ("uniform", "popularity")
 
-Items = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+class ItemLayer(Protocol):
+    """What the losses need of an item-embedding layer (llmemb.backbones.ItemEmbedding)."""
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def table(self) -> torch.Tensor: ...
+
+
+Items = torch.Tensor | ItemLayer
 
 
 def _positions(states: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -190,9 +190,9 @@ def ranks_of_cases(model: SequentialBackbone, cases: EvalCases, protocol: str, b
             stop = min(start + batch_size, len(cases.targets))
             target = cases.targets[start:stop]
             user = model.encode(_trimmed(cases.inputs[start:stop]))
-            if protocol == "full":
+            if table is not None:
                 out.append(chunked_full_ranks(user, table, target, cases.seen, start, chunk_items))
-            else:
+            elif cases.negatives is not None:
                 neg = cases.negatives[start:stop]
                 scores = model.score_candidates(user, torch.cat([target[:, None], neg], 1)).float()
                 out.append(sampled_ranks(scores[:, 0], scores[:, 1:], neg))

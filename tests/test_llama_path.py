@@ -362,3 +362,14 @@ def test_a_base_model_with_the_same_config_and_other_weights_is_refused(tiny_lla
     assert message.startswith("manifest.json: base_model.weights_sha256: ")
     assert repr(str(model)) in message and trained.weights_sha256[:12] in message
     assert model_identity(str(model)).weights_sha256[:12] in message
+
+
+def test_the_scoring_engine_takes_the_device_rule(case):
+    bundle = load_bundle(case.bundle_dir)
+    engine = Engine(bundle, device="auto")
+    table = engine.scoring_table(bundle.item_table)
+    assert table.device == engine.device and engine.scoring_table(bundle.item_table) is table
+    assert engine.user_vectors([[1, 2]], table).device == engine.device
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="LLMEMB_SCORING_DEVICE: 'cuda' asks for CUDA"):
+            Engine(bundle, device="cuda")
