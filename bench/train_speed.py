@@ -25,6 +25,9 @@ MovieLens-1M on every interaction) x loss (ce, sampled_ce, bce) x threads (1, 2)
 epoch, predictions per second and the fraction of the FLOP limit (the epoch's counted
 multiply-adds per second over a large matmul's, measured in the same run, fp32 and bf16).
 
+Section "profile": torch.profiler over a few training steps shaped like ML-1M's and Beauty's
+batches, with torch's and the fast dropout masks: where a step's time goes.
+
 Section "eval": full-ranking validation in item chunks of several sizes (seconds, the bound on
 the scores held at once, ranks equal to the one-pass count).
 
@@ -232,12 +235,19 @@ SCALE_DATASETS = {"ml100k": "configs/ml100k.yaml", "amazon-beauty": "configs/ama
 SCALE_LOSSES = ("ce", "sampled_ce", "bce")
 
 
-def matmul_roofline(threads: int, size: int = 2048, repeats: int = 5) -> dict[str, float]:
+def matmul_roofline(threads: int, repeats: int = 5) -> dict[str, float]:
     """Multiply-adds per second of a large square matmul, fp32 and bf16 (best of `repeats`),
-    on `threads` threads: the ceiling an epoch's counted multiply-adds are compared with."""
+    on `threads` threads: the ceiling an epoch's counted multiply-adds are compared with. The size
+    (512 to 2048) is chosen from a 512 probe so one product takes about half a second: on a CPU
+    without bf16 units a 2048 bf16 product takes minutes."""
     torch.set_num_threads(threads)
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        probe = torch.randn(512, 512, dtype=dtype)
+        start = time.perf_counter()
+        probe @ probe
+        rate = 512 ** 3 / (time.perf_counter() - start)
+        size = int(min(2048, max(512, (0.5 * rate) ** (1 / 3))))
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         a @ b  # warm-up
         best = float("inf")
@@ -246,6 +256,7 @@ def matmul_roofline(threads: int, size: int = 2048, repeats: int = 5) -> dict[st
             a @ b
             best = min(best, time.perf_counter() - start)
         out[f"{name}_macs_per_s"] = size ** 3 / best
+        out[f"{name}_size"] = size
     return out
 
 
@@ -314,10 +325,12 @@ def scale_speed(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
              f"{args.scale_epochs} epochs (training only, validation apart). sampled_ce: 256 uniform negatives "
              "shared per batch, logQ-corrected; bce: one negative per position. \"Fraction of the FLOP limit\": "
              "the epoch's counted multiply-adds (forward + 2x for backward; blocks and output layer) per second, "
-             "over a 2048^3 fp32 matmul's multiply-adds per second measured in the same run.", "",
-             "| threads | fp32 matmul GMAC/s | bf16 matmul GMAC/s |", "|---|---|---|"]
+             "over a large square fp32 matmul's multiply-adds per second measured in the same run (size in the "
+             "table).", "",
+             "| threads | fp32 matmul GMAC/s (size) | bf16 matmul GMAC/s (size) |", "|---|---|---|"]
     for threads, roof in numbers["roofline"].items():
-        lines.append(f"| {threads} | {roof['fp32_macs_per_s'] / 1e9:.1f} | {roof['bf16_macs_per_s'] / 1e9:.1f} |")
+        lines.append(f"| {threads} | {roof['fp32_macs_per_s'] / 1e9:.1f} ({roof['fp32_size']}) | "
+                     f"{roof['bf16_macs_per_s'] / 1e9:.2f} ({roof['bf16_size']}) |")
     lines += ["", "| dataset | items | loss | threads | batching | s / epoch | predictions / s | GMAC / epoch "
               "(blocks + output) | fraction of the FLOP limit |", "|---|---|---|---|---|---|---|---|---|"]
     for key, run in numbers["runs"].items():
@@ -326,6 +339,66 @@ def scale_speed(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         lines.append(f"| {name} | {run['n_items']:,} | {loss} | {threads} | {run['batching']} | "
                      f"{run['seconds_per_epoch']:.2f} | {run['predictions_per_s']:,.0f} | "
                      f"{m['blocks'] / 1e9:.0f} + {m['output'] / 1e9:.0f} | {run['fraction_of_roofline']:.1%} |")
+    lines.append("")
+    return numbers, "\n".join(lines)
+
+
+# --------------------------------------------------------- profile section
+PROFILE_CASES = {
+    # name: (items, batch rows, width, loss): ML-1M-like full windows, Beauty-like short ones
+    "ml1m-sampled_ce": (3416, 128, 51, "sampled_ce"),
+    "ml1m-ce": (3416, 128, 51, "ce"),
+    "beauty-ce": (12101, 128, 9, "ce"),
+}
+
+
+def profile_steps(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Where a training step's time goes (torch.profiler, self CPU time by operator), for a few
+    synthetic batches shaped like ML-1M's and Beauty's, with torch's and the fast dropout masks."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llmemb.backbones import BackboneConfig
+    from llmemb.losses import NegativeSampler, recommendation_loss
+
+    torch.set_num_threads(args.threads)
+    numbers: dict[str, Any] = {}
+    lines = ["## Where a training step goes", "",
+             f"torch.profiler over 5 steps of SASRec (hidden 64, 2 blocks, dropout 0.2), {args.threads} threads, "
+             "synthetic batches shaped like the datasets' (rows x width); self CPU time by operator.", "",
+             "| case | dropout masks | ms / step | top operators (share of self CPU time) |", "|---|---|---|---|"]
+    for name, (n_items, rows, width, loss) in PROFILE_CASES.items():
+        for masks in ("torch", "fast"):
+            seed_everything(0)
+            cfg = BackboneConfig(name="sasrec", hidden=64, max_len=50, loss=loss, dropout_masks=masks)
+            model = build_id_backbone(cfg, n_items).train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            sequences = torch.randint(1, n_items + 1, (rows, width))
+            sampler = NegativeSampler(n_items, cfg.loss_negatives) if loss == "sampled_ce" else None
+
+            def step() -> None:
+                inputs, targets = model.training_pairs(sequences)
+                states = model.hidden_states(inputs)
+                value = recommendation_loss(loss, states, targets, model.item_embedding, sampler=sampler,
+                                            n_items=n_items)
+                optimizer.zero_grad()
+                value.backward()
+                optimizer.step()
+
+            for _ in range(3):
+                step()
+            start = time.perf_counter()
+            for _ in range(10):
+                step()
+            ms = (time.perf_counter() - start) / 10 * 1000
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(5):
+                    step()
+            ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            total = sum(e.self_cpu_time_total for e in ops)
+            top = [(e.key, e.self_cpu_time_total / total) for e in ops[:6]]
+            numbers[f"{name}/{masks}"] = {"ms_per_step": ms, "top": top}
+            lines.append(f"| {name} ({rows} x {width}) | {masks} | {ms:.0f} | "
+                         + ", ".join(f"{k.removeprefix('aten::')} {v:.0%}" for k, v in top) + " |")
     lines.append("")
     return numbers, "\n".join(lines)
 
@@ -484,13 +557,13 @@ def recbole_reference(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] = {
-    "srs": srs_training, "llm": llm_stages, "scale": scale_speed, "losses": loss_comparison, "eval": eval_scaling,
+    "srs": srs_training, "llm": llm_stages, "scale": scale_speed, "profile": profile_steps, "losses": loss_comparison, "eval": eval_scaling,
     "recbole": recbole_reference}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="srs,llm,scale,eval",
+    parser.add_argument("--sections", default="srs,llm,scale,eval,profile",
                         help="comma-separated: " + ", ".join(SECTIONS) + " (losses and recbole take hours: asked by name)")
     parser.add_argument("--config", default="configs/ml100k.yaml")
     parser.add_argument("--threads", type=int, default=2)

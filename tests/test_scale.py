@@ -215,3 +215,42 @@ def test_the_chunked_ce_gives_the_plain_loss_and_gradients(monkeypatch):
         assert math.isclose(got[0], float(plain), rel_tol=1e-6)
         assert torch.allclose(got[1], states.grad, atol=1e-6) and torch.allclose(got[2], table.grad, atol=1e-6)
         states.grad = table.grad = None
+
+
+# ------------------------------------------------------------------- dropout
+def test_torch_masks_are_nn_dropouts_and_fast_masks_keep_the_expected_share():
+    from llmemb.backbones.layers import Dropout, SelfAttention, fast_keep_mask
+
+    x = torch.randn(64, 50, 64)
+    torch.manual_seed(3)
+    plain = torch.nn.Dropout(0.2)(x)
+    torch.manual_seed(3)
+    assert torch.equal(Dropout(0.2)(x), plain)
+    keep = fast_keep_mask((200_000,), 0.2, torch.device("cpu"))
+    assert abs(keep.float().mean().item() - 0.8) < 0.005
+    out = Dropout(0.2, "fast")(x)
+    kept = out != 0
+    assert torch.allclose(out[kept], x[kept] / 0.8) and abs(kept.float().mean().item() - 0.8) < 0.01
+    assert torch.equal(Dropout(0.2, "fast").eval()(x), x)
+    with pytest.raises(ValueError, match="dropout_masks"):
+        Dropout(0.2, "numpy")
+    # the spelt-out attention (fast masks) is scaled_dot_product_attention when nothing is dropped
+    attention = SelfAttention(16, 2, 0.5, "fast").train()
+    attention.weights_dropout.p = 0.0
+    h = torch.randn(3, 7, 16)
+    mask = torch.ones(3, 1, 7, 7, dtype=torch.bool).tril()
+    spelt = attention(h, mask)
+    attention.weights_dropout = None
+    attention.dropout = 0.0
+    assert torch.allclose(spelt, attention(h, mask), atol=1e-6)
+
+
+def test_fit_learns_with_fast_dropout_masks():
+    ds = cyclic_dataset()
+    ev = Evaluator(ds, EvalConfig(n_negatives=20))
+    for name in ("sasrec", "gru4rec"):
+        seed_everything(0)
+        cfg = BackboneConfig(name=name, hidden=32, max_len=10, n_heads=2, dropout=0.1, dropout_masks="fast")
+        model = build_id_backbone(cfg, ds.n_items)
+        fit(model, ds, quick(epochs=30), evaluator=ev)
+        assert ev.evaluate(model, "test")["full"]["overall"]["hr@10"] > 0.9, name

@@ -27,6 +27,8 @@ class BackboneConfig:
     n_layers: int = 2
     n_heads: int = 1
     dropout: float = 0.2
+    dropout_masks: str = "torch"    # torch (nn.Dropout's random stream) | fast (2.4x cheaper masks on the CPU,
+                                    # other random numbers: llmemb/backbones/layers.py)
     mask_ratio: float = 0.2         # BERT4Rec cloze masking
     loss: str = "ce"                # ce (full softmax) | sampled_ce (shared negatives, logQ-corrected)
                                     # | bce (one sampled negative per position)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .base import BackboneConfig, ItemEmbedding, SequentialBackbone
-from .layers import inner_size
+from .layers import Dropout, inner_size
 
 
 def roll_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ class GRU4Rec(SequentialBackbone):
     def __init__(self, config: BackboneConfig, item_embedding: ItemEmbedding):
         super().__init__(config, item_embedding)
         state = inner_size(config.inner_size, config.hidden, 1)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.dropout_masks)
         self.gru = nn.GRU(config.hidden, state, num_layers=config.n_layers, batch_first=True, bias=False)
         self.projection = nn.Linear(state, config.hidden)
         for name, weight in self.gru.named_parameters():
