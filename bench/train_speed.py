@@ -21,8 +21,8 @@ steps per second (64 items, 128 views a step, LoRA r=8 on every projection),
 with and without gradient checkpointing.
 
 Section "scale": one epoch of SASRec (ID embeddings) per dataset (ML-100K, Amazon Beauty,
-MovieLens-1M on every interaction) x loss (ce, sampled_ce, bce) x threads (1, 2): seconds per
-epoch, predictions per second and the fraction of the FLOP limit (the epoch's counted
+MovieLens-1M on every interaction) x loss (ce, sampled_ce, bce) x threads (1, 2), and on 2 threads
+with the fast dropout masks too: seconds per epoch, predictions per second and the fraction of the FLOP limit (the epoch's counted
 multiply-adds per second over a large matmul's, measured in the same run, fp32 and bf16).
 
 Section "profile": torch.profiler over a few training steps shaped like ML-1M's and Beauty's
@@ -278,12 +278,13 @@ def epoch_macs(rows, batches, backbone, n_items: int, loss: str) -> dict[str, in
     return {"blocks": 3 * blocks, "output": 3 * output, "total": 3 * (blocks + output)}
 
 
-def scale_epoch(dataset_name: str, loss: str, threads: int, epochs: int) -> dict[str, Any]:
-    """`epochs` training epochs of the None (ID-only) SASRec with `loss`; timings of the last one."""
+def scale_epoch(dataset_name: str, loss: str, threads: int, epochs: int, masks: str = "torch") -> dict[str, Any]:
+    """`epochs` training epochs of the None (ID-only) SASRec with `loss` and dropout `masks`;
+    timings of the last one."""
     import numpy as np
 
     overrides = ["train.progress=false", f"train.threads={threads}", f"train.epochs={epochs}",
-                 f"backbone.loss={loss}", "train.device=cpu"]
+                 f"backbone.loss={loss}", f"backbone.dropout_masks={masks}", "train.device=cpu"]
     cfg = load_config(SCALE_DATASETS[dataset_name], overrides, backbone="sasrec")
     dataset, data_dir = prepared_dataset(cfg)
     seed_everything(cfg.train.seed)
@@ -297,26 +298,31 @@ def scale_epoch(dataset_name: str, loss: str, threads: int, epochs: int) -> dict
     return {"seconds_per_epoch": last.train_seconds, "predictions": last.predictions,
             "predictions_per_s": last.predictions_per_s, "eval_seconds": last.eval_seconds,
             "macs": macs, "batching": cfg.train.batching, "n_items": dataset.n_items,
-            "windows": len(rows), "epochs_timed": len(result.history)}
+            "windows": len(rows), "epochs_timed": len(result.history), "masks": masks}
 
 
 def scale_speed(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Seconds per epoch and the fraction of the matmul roofline, per dataset x loss x threads."""
     datasets = [d.strip() for d in args.scale_datasets.split(",") if d.strip()]
     thread_counts = [int(t) for t in args.scale_threads.split(",")]
+    fast_threads = [int(t) for t in args.scale_fast_threads.split(",") if t.strip()]
     numbers: dict[str, Any] = {"roofline": {}, "runs": {}}
     for threads in thread_counts:
         numbers["roofline"][str(threads)] = matmul_roofline(threads)
         print(f"[scale] roofline, {threads} thread(s): "
               f"{numbers['roofline'][str(threads)]['fp32_macs_per_s'] / 1e9:.1f} GMAC/s fp32", flush=True)
+    for threads in fast_threads:
+        if str(threads) not in numbers["roofline"]:
+            numbers["roofline"][str(threads)] = matmul_roofline(threads)
+    plan = [(threads, "torch") for threads in thread_counts] + [(threads, "fast") for threads in fast_threads]
     for name in datasets:
         for loss in SCALE_LOSSES:
-            for threads in thread_counts:
-                run = scale_epoch(name, loss, threads, args.scale_epochs)
+            for threads, masks in plan:
+                run = scale_epoch(name, loss, threads, args.scale_epochs, masks)
                 roof = numbers["roofline"][str(threads)]["fp32_macs_per_s"]
                 run["fraction_of_roofline"] = run["macs"]["total"] / run["seconds_per_epoch"] / roof
-                numbers["runs"][f"{name}/{loss}/{threads}"] = run
-                print(f"[scale] {name} {loss} {threads}t: {run['seconds_per_epoch']:.2f} s/epoch, "
+                numbers["runs"][f"{name}/{loss}/{threads}/{masks}"] = run
+                print(f"[scale] {name} {loss} {threads}t {masks} masks: {run['seconds_per_epoch']:.2f} s/epoch, "
                       f"{run['predictions_per_s']:,.0f} pred/s, {run['fraction_of_roofline']:.1%} of roofline",
                       flush=True)
     lines = ["## SASRec epochs at scale: losses, threads and the matmul roofline", "",
@@ -326,17 +332,17 @@ def scale_speed(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
              "shared per batch, logQ-corrected; bce: one negative per position. \"Fraction of the FLOP limit\": "
              "the epoch's counted multiply-adds (forward + 2x for backward; blocks and output layer) per second, "
              "over a large square fp32 matmul's multiply-adds per second measured in the same run (size in the "
-             "table).", "",
+             "table). Dropout masks: torch's (the default) or `backbone.dropout_masks: fast`.", "",
              "| threads | fp32 matmul GMAC/s (size) | bf16 matmul GMAC/s (size) |", "|---|---|---|"]
     for threads, roof in numbers["roofline"].items():
         lines.append(f"| {threads} | {roof['fp32_macs_per_s'] / 1e9:.1f} ({roof['fp32_size']}) | "
                      f"{roof['bf16_macs_per_s'] / 1e9:.2f} ({roof['bf16_size']}) |")
-    lines += ["", "| dataset | items | loss | threads | batching | s / epoch | predictions / s | GMAC / epoch "
-              "(blocks + output) | fraction of the FLOP limit |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| dataset | items | loss | threads | masks | batching | s / epoch | predictions / s | GMAC / epoch "
+              "(blocks + output) | fraction of the FLOP limit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, run in numbers["runs"].items():
-        name, loss, threads = key.split("/")
+        name, loss, threads, masks = key.split("/")
         m = run["macs"]
-        lines.append(f"| {name} | {run['n_items']:,} | {loss} | {threads} | {run['batching']} | "
+        lines.append(f"| {name} | {run['n_items']:,} | {loss} | {threads} | {masks} | {run['batching']} | "
                      f"{run['seconds_per_epoch']:.2f} | {run['predictions_per_s']:,.0f} | "
                      f"{m['blocks'] / 1e9:.0f} + {m['output'] / 1e9:.0f} | {run['fraction_of_roofline']:.1%} |")
     lines.append("")
@@ -573,6 +579,8 @@ def main() -> None:
     parser.add_argument("--scale-datasets", default=",".join(SCALE_DATASETS))
     parser.add_argument("--scale-threads", default="1,2")
     parser.add_argument("--scale-epochs", type=int, default=1)
+    parser.add_argument("--scale-fast-threads", default="2",
+                        help="thread counts also run with backbone.dropout_masks=fast ('' for none)")
     parser.add_argument("--loss-datasets", default="ml100k,amazon-beauty,ml1m")
     parser.add_argument("--loss-seeds", default="0,1,2")
     parser.add_argument("--loss-bce", type=int, default=1, help="also one BCE run per dataset (1) or not (0)")

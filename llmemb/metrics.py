@@ -48,6 +48,9 @@ class EvalConfig:
     head_fraction: float = 0.2       # head = the 20% most popular items by training interactions
     tail_count: int | None = None    # the reference's fixed-count rule: an item with at most this many
                                      # training interactions is "rare" (4 Beauty/Fashion, 13 Yelp); None = off
+    paper_tail_below: int | None = None  # the paper's code's tail exactly: fewer than this many distinct
+                                         # users over whole sequences (validation and test included),
+                                         # reported as "paper_tail" / "paper_popular"; None = off
     length_threshold: float | None = None  # short history: train length <= this; None = median
     pop_buckets: int = 5
     batch_size: int = 512            # users scored at once
@@ -323,11 +326,12 @@ class EvalGroups:
     item_bucket: np.ndarray     # int [N+1]: 0 = least popular bucket ... -1 for padding
     bucket_pop: list[tuple[int, int]]  # disjoint (min, max) training popularity per bucket
     rare: np.ndarray | None = None     # bool [N+1]: at most tail_count training interactions
+    paper_tail: np.ndarray | None = None  # bool [N+1]: fewer than paper_tail_below users, all splits
 
     @classmethod
     def from_dataset(
         cls, dataset: Dataset, head_fraction: float = 0.2, length_threshold: float | None = None, n_buckets: int = 5,
-        tail_count: int | None = None,
+        tail_count: int | None = None, paper_tail_below: int | None = None,
     ) -> EvalGroups:
         train_lengths = np.asarray([max(len(s) - 2, 0) for s in dataset.sequences])
         threshold = float(np.median(train_lengths)) if length_threshold is None else float(length_threshold)
@@ -342,7 +346,12 @@ class EvalGroups:
         if tail_count is not None:
             rare = pop <= tail_count
             rare[0] = False
-        return cls(dataset.tail_mask(head_fraction), train_lengths > threshold, threshold, bucket, ranges, rare)
+        paper_tail = None
+        if paper_tail_below is not None:
+            paper_tail = dataset.user_counts() < paper_tail_below
+            paper_tail[0] = False
+        return cls(dataset.tail_mask(head_fraction), train_lengths > threshold, threshold, bucket, ranges, rare,
+                   paper_tail)
 
 
 def group_metrics(ranks: torch.Tensor, select: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:
@@ -357,7 +366,8 @@ def group_metrics(ranks: torch.Tensor, select: np.ndarray, ks: Sequence[int]) ->
 
 
 # The groups `summarize` reports for every run: all targets, tail and head target items,
-# short and long user histories ("rare" and "frequent" too when a fixed-count rule is set).
+# short and long user histories ("rare" and "frequent" too when a fixed-count rule is set,
+# "paper_tail" and "paper_popular" when the paper's rule is).
 GROUPS = ("overall", "tail", "head", "short", "long")
 ITEM_GROUPS = ("overall", "tail", "head")  # the item-popularity view the reports lead with
 
@@ -377,6 +387,10 @@ def summarize(ranks: torch.Tensor, targets: np.ndarray, groups: EvalGroups, ks: 
         rare = groups.rare[targets]
         out["rare"] = group_metrics(ranks, rare, ks)
         out["frequent"] = group_metrics(ranks, ~rare, ks)
+    if groups.paper_tail is not None:
+        paper = groups.paper_tail[targets]
+        out["paper_tail"] = group_metrics(ranks, paper, ks)
+        out["paper_popular"] = group_metrics(ranks, ~paper, ks)
     bucket = groups.item_bucket[targets]
     for b, (low, high) in enumerate(groups.bucket_pop):
         row = {"bucket": b, "min_pop": low, "max_pop": high, "items": int((groups.item_bucket == b).sum())}
@@ -400,7 +414,7 @@ class Evaluator:
         self._prepared: dict[tuple[str, int, str], EvalCases] = {}
         self.groups = EvalGroups.from_dataset(
             dataset, self.config.head_fraction, self.config.length_threshold, self.config.pop_buckets,
-            self.config.tail_count,
+            self.config.tail_count, self.config.paper_tail_below,
         )
 
     def cases(self, which: str) -> tuple[list[np.ndarray], np.ndarray]:

@@ -15,6 +15,7 @@ DOMAIN_INSTRUCTIONS: dict[str, str] = {
     "beauty": "The beauty item has the following attributes: ",
     "fashion": "The fashion item has the following attributes: ",
     "poi": "The point of interest has the following attributes: ",
+    "scientific": "The industrial and scientific item has the following attributes: ",
     "item": "The item has the following attributes: ",
 }
 

@@ -195,3 +195,26 @@ def test_atomic_name_overrides_directory_name(tmp_path):
     with pytest.raises(FileNotFoundError, match="none of elsewhere.inter found"):
         load(renamed)
     assert load(renamed, atomic_name="toy").n_users == 3
+
+
+def test_split_text_turns_one_sentence_field_into_named_attributes(tmp_path):
+    rows = ["p\tDr. Who Mug. Kitchen Mugs. Acme.\t\t\t", "q\tQuiet\t\t\t", "r\tRed Lamp.  . Lumo\t\t\t",
+            "s\tSpare\t\t\t"]
+    ds = load(make_atomic(tmp_path, item_rows=rows), item_fields={"name": "text"}, text_fields=["name"],
+              split_text={"text": ["title", "categories", "brand"]})
+    attrs = dict(zip(ds.item_ids, ds.attributes))
+    # split from the right: the title keeps its own ". "; an empty sentence gives no attribute
+    assert attrs["p"] == {"title": "Dr. Who Mug", "categories": "Kitchen Mugs", "brand": "Acme"}
+    assert attrs["q"] == {"title": "Quiet"}
+    assert attrs["r"] == {"title": "Red Lamp", "brand": "Lumo"}
+
+
+@pytest.mark.parametrize("spec", [["title"], {"text": ["title"]}, {"text": "title brand"}])
+def test_split_text_refuses_a_malformed_spec(tmp_path, spec):
+    with pytest.raises(ValueError, match="split_text"):
+        load(make_atomic(tmp_path), item_fields={"name": "text"}, split_text=spec)
+
+
+def test_split_text_names_an_unknown_attribute(tmp_path):
+    with pytest.raises(ValueError, match="split_text.*'body'"):
+        load(make_atomic(tmp_path), item_fields={"name": "text"}, split_text={"body": ["a", "b"]})

@@ -209,3 +209,19 @@ def test_evaluator_selection_score_matches_the_summary(tmp_path):
     assert np.isclose(ev.selection_score(model), report["sampled"]["overall"]["ndcg@10"])
     with pytest.raises(ValueError, match="protocol"):
         Evaluator(ds, EvalConfig(protocols=["full", "popular"]))
+
+
+def test_the_papers_tail_rule_counts_distinct_users_over_whole_sequences():
+    # item 1: three users, one of them twice; item 2: two users (one only as a test target);
+    # item 3: one user, only in validation; items 4, 5: filler. Training counts would say otherwise.
+    sequences = [np.array(s) for s in ([1, 1, 4, 5, 2], [1, 4, 5, 3, 4], [1, 2, 5, 4, 5])]
+    ds = Dataset("toy", "toys", ["a", "b", "c"], [str(i) for i in range(1, 6)], sequences, [{}] * 5)
+    assert ds.user_counts().tolist() == [0, 3, 2, 1, 3, 3]
+    groups = EvalGroups.from_dataset(ds, paper_tail_below=3)   # strictly fewer than 3 users
+    assert groups.paper_tail.tolist() == [False, False, True, True, False, False]
+    targets = ds.split().test_target                            # 2, 4, 5
+    ranks = torch.tensor([0, 50, 50])
+    out = summarize(ranks, targets, groups)
+    assert out["paper_tail"] == {"n": 1, "hr@10": 1.0, "ndcg@10": 1.0}
+    assert out["paper_popular"]["n"] == 2 and out["paper_popular"]["hr@10"] == 0.0
+    assert "paper_tail" not in summarize(ranks, targets, EvalGroups.from_dataset(ds))

@@ -81,7 +81,8 @@ ADDED_LATER = {"residual_item_drop": 0.0}
 # The same for the other sections; and settings that never change a result (where a run trains,
 # how much it scores at once, the progress bar) are left out altogether.
 ADDED_LATER_CONFIG = {"train": {"precision": "fp32", "batching": "shuffle"},
-                      "backbone": {"loss_negatives": 256, "loss_sampler": "uniform", "dropout_masks": "torch"}}
+                      "backbone": {"loss_negatives": 256, "loss_sampler": "uniform", "dropout_masks": "torch"},
+                      "eval": {"paper_tail_below": None}}
 RUNTIME_ONLY = {"train": {"progress", "device"}, "eval": {"chunk_items"}}
 
 

@@ -57,7 +57,7 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict
         summary: dict[str, Any] = {"seeds": sorted(r["seed"] for r in items)}
         for protocol in items[0]["test"]:
             per_group: dict[str, Any] = {}
-            for group in (*ITEM_GROUPS, "short", "long", "rare", "frequent"):
+            for group in (*ITEM_GROUPS, "short", "long", "rare", "frequent", "paper_tail", "paper_popular"):
                 if group in items[0]["test"][protocol]:
                     per_group[group] = {m: mean_std([r["test"][protocol][group][m] or 0.0 for r in items])
                                         for m in ("hr@10", "ndcg@10")}
@@ -181,6 +181,9 @@ def _header(results: dict[str, Any]) -> list[str]:
               if cut else "Dense regime: every interaction kept.")
     rare = (f" Rare = at most {ev['tail_count']} training interactions (the reference's fixed-count rule)."
             if ev.get("tail_count") is not None else "")
+    if ev.get("paper_tail_below") is not None:
+        rare += (f" Paper tail = fewer than {ev['paper_tail_below']} distinct users over whole sequences (validation "
+                 "and test included), the rule of the paper's code.")
     return [
         f"# LLMEmb on {ds['name']}: quality report",
         "",
@@ -211,7 +214,7 @@ def _group_tables(results: dict[str, Any], agg) -> list[str]:
     lines: list[str] = []
     for protocol in results["config"]["eval"]["protocols"]:
         first = next((v for k, v in agg.items() if k[0] == "main"), None)
-        groups = [*ITEM_GROUPS, *(["rare"] if first and "rare" in first[protocol] else [])]
+        groups = [*ITEM_GROUPS, *[g for g in ("rare", "paper_tail") if first and g in first[protocol]]]
         ns = ", ".join(f"{g} n={first[protocol][g]['n']}" for g in groups) if first else ""
         lines += [f"## Overall, tail and head items: {protocol} protocol", "", f"Test targets: {ns}.", "",
                   "| backbone | method | " + " | ".join(f"{g} H@10 | {g} N@10" for g in groups) + " |",

@@ -170,6 +170,14 @@ class Dataset:
             np.add.at(counts, s[:-2], 1)
         return counts
 
+    def user_counts(self) -> np.ndarray:
+        """Distinct users per item (index 0 = padding) over whole sequences, validation and test
+        items included: the popularity the paper's reference code groups test targets by."""
+        counts = np.zeros(self.n_items + 1, dtype=np.int64)
+        for s in self.sequences:
+            counts[np.unique(s)] += 1
+        return counts
+
     def tail_mask(self, head_fraction: float = 0.2) -> np.ndarray:
         """True for long-tail items: outside the `head_fraction` most popular."""
         pop = self.popularity()

@@ -83,7 +83,11 @@ def dataset_dir(path: str | Path) -> Path:
             raise FileNotFoundError(f"dataset spec key 'path': {err} (`make data` installs the dataset packages)") from None
     directory = Path(path)
     if not directory.is_dir():
-        raise FileNotFoundError(f"dataset spec key 'path': {directory} is not a directory")
+        raise FileNotFoundError(
+            f"dataset spec key 'path': {directory} is not a directory (resolved from {Path.cwd()}: "
+            f"{directory.resolve()}); the dataset's files are expected there. Datasets whose terms forbid "
+            "redistribution (the Amazon sets) are never in the repository: put the folder at that path or "
+            "point the config's dataset.path at it.")
     return directory
 
 

@@ -221,6 +221,28 @@ def atomic_files(directory: Path, atomic_name: str | None) -> tuple[Path, Path |
     return inter, item if item.is_file() else None
 
 
+def _split_spec(split_text: Any) -> dict[str, list[str]]:
+    if split_text is None:
+        return {}
+    if not isinstance(split_text, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) >= 2 and all(isinstance(p, str) for p in v)
+        for k, v in split_text.items()
+    ):
+        raise ValueError("dataset spec key 'split_text': expected {attribute: [part, part, ...]} with two or more "
+                         f"part names, found {split_text!r}")
+    return {k: list(v) for k, v in split_text.items()}
+
+
+def split_sentences(text: str, parts: Sequence[str]) -> dict[str, str]:
+    """"A. B. C." -> {parts[0]: "A", parts[1]: "B", parts[2]: "C"}, split at ". " from the right, so
+    the last parts (categories, brand) take the last sentences and the first (a title, which may
+    itself hold ". ") keeps the rest; missing and empty sentences give no attribute."""
+    pieces = text.strip().removesuffix(".").rsplit(". ", len(parts) - 1)
+    # Fewer sentences than parts: the first sentence is the first part, the others the last parts.
+    named = {parts[0]: pieces[0], **dict(zip(parts[len(parts) - len(pieces) + 1:], pieces[1:]))}
+    return {k: v.strip() for k, v in named.items() if v.strip()}
+
+
 def load(
     *,
     path: str | Path,
@@ -237,17 +259,21 @@ def load(
     min_rating: float | None = None,
     item_fields: Any = None,
     text_fields: Sequence[str] = (),
+    split_text: Mapping[str, Sequence[str]] | None = None,
     require_attributes: bool | None = None,
 ) -> Dataset:
     """A Dataset from RecBole atomic files.
 
     `require_attributes` defaults to True when an `.item` file exists (an item
-    without attributes has no prompt), False otherwise.
+    without attributes has no prompt), False otherwise. `split_text` turns one
+    attribute that joins several sentences ("title. categories. brand.") into
+    named attributes: {attribute: [part, ...]}, see `split_sentences`.
     """
     directory = dataset_dir(path)
     policy = LinePolicy(on_error)
     if isinstance(text_fields, str) or not all(isinstance(f, str) for f in text_fields):
         raise ValueError(f"dataset spec key 'text_fields': expected a list of field names, found {text_fields!r}")
+    splits = _split_spec(split_text)
     inter_path, item_path = atomic_files(directory, atomic_name)
     if require_attributes is None:
         require_attributes = item_path is not None
@@ -263,6 +289,13 @@ def load(
     if item_path is not None:
         mapping = field_mapping(item_fields, read_header(item_path), item_field)
         attributes, duplicates = read_item_attributes(item_path, policy, item_field, mapping, text_fields)
+        for attr, parts in splits.items():
+            if attr not in mapping.values():
+                raise ValueError(f"dataset spec key 'split_text': {attr!r} is not one of the item attributes "
+                                 f"({', '.join(mapping.values())})")
+            for attrs in attributes.values():
+                if isinstance(attrs.get(attr), str):
+                    attrs.update(split_sentences(attrs.pop(attr), parts))
         attributes = {item: attrs for item, attrs in attributes.items() if attrs}
         log["duplicate_item_rows"] = duplicates
         files.append(item_path)
