@@ -59,7 +59,12 @@ def main() -> None:
     p.add_argument("--backbones", default="sasrec,gru4rec,bert4rec")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--report-only", action="store_true", help="rewrite the page from the JSON of an earlier run")
     args = p.parse_args()
+    if args.report_only:
+        earlier = json.loads((Path(args.out) / "train_equivalence.json").read_text())
+        write(earlier, Path(args.out), args.backbones.split(","))
+        return
     results: dict = {"baseline": args.baseline, "current": subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "runs": {}}
@@ -79,25 +84,42 @@ def main() -> None:
                           f"{r['test']['full']['overall']['ndcg@10']:.6f} ({r['seconds']:.0f} s)", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True)
+    results["threads"] = args.threads
+    results["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write(results, Path(args.out), args.backbones.split(","))
+
+
+def curve_difference(base: list[float], cur: list[float]) -> tuple[int, float]:
+    """Epochs whose validation NDCG@10 differs, and the largest difference (curves of equal length)."""
+    diffs = [abs(a - b) for a, b in zip(base, cur)] + [float("inf")] * abs(len(base) - len(cur))
+    return sum(d > 0 for d in diffs), max(diffs, default=0.0)
+
+
+def write(results: dict, out: Path, backbones: list[str]) -> None:
+    """train_equivalence.{json,md} from the results."""
     lines = ["# Trainer results before and after a change", "",
-             f"ID-only runs on MovieLens-100K (configs/ml100k.yaml, seed 0, {args.threads} thread(s)), trained to "
-             f"early stopping by the baseline revision `{results['baseline']}` and by `{results['current']}`; test "
-             "metrics of the restored best epoch. 'same' = every figure below and the whole validation curve equal.",
+             f"ID-only runs on MovieLens-100K (configs/ml100k.yaml, seed 0, {results.get('threads', 1)} thread(s)), "
+             f"trained to early stopping by the baseline revision `{results['baseline']}` and by "
+             f"`{results['current']}`; test metrics of the restored best epoch. 'test equal': best epoch and every "
+             "test figure identical; 'validation curve': epochs whose validation NDCG@10 differs, and by how much.",
              "", "| backbone | revision | best / run | valid N@10 | full N@10 | full H@10 | full tail H@10 | "
-             "sampled N@10 | same |", "|---|---|---|---|---|---|---|---|---|"]
-    for backbone in args.backbones.split(","):
+             "sampled N@10 | test equal | validation curve |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for backbone in backbones:
         base, cur = results["runs"][f"{backbone}/baseline"], results["runs"][f"{backbone}/current"]
-        same = {k: base[k] for k in ("best_epoch", "history", "test")} == {k: cur[k] for k in ("best_epoch", "history",
-                                                                                              "test")}
-        results["runs"][f"{backbone}/same"] = same
+        test_equal = (base["best_epoch"], base["test"]) == (cur["best_epoch"], cur["test"])
+        n_diff, largest = curve_difference(base["history"], cur["history"])
+        results["runs"][f"{backbone}/same"] = test_equal and n_diff == 0
+        results["runs"][f"{backbone}/test_equal"] = test_equal
+        results["runs"][f"{backbone}/curve_epochs_differing"] = n_diff
+        results["runs"][f"{backbone}/curve_largest_difference"] = largest
+        curve = "identical" if n_diff == 0 else f"{n_diff} of {len(base['history'])} epochs differ, by <= {largest:.1e}"
         for name, r in (("baseline", base), ("current", cur)):
             f, s = r["test"]["full"], r["test"]["sampled"]
             lines.append(f"| {backbone} | {results[name]} | {r['best_epoch']} / {r['epochs_run']} | "
                          f"{r['valid_ndcg@10']:.6f} | {f['overall']['ndcg@10']:.6f} | {f['overall']['hr@10']:.6f} | "
                          f"{f['tail']['hr@10']:.6f} | {s['overall']['ndcg@10']:.6f} | "
-                         f"{('yes' if same else 'NO') if name == 'current' else ''} |")
-    lines += ["", f"Measured {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
-    out = Path(args.out)
+                         + (f"{'yes' if test_equal else 'NO'} | {curve} |" if name == "current" else " | |"))
+    lines += ["", f"Measured {results.get('measured', '?')}.", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_equivalence.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "train_equivalence.md").write_text("\n".join(lines))
