@@ -25,6 +25,9 @@ MovieLens-1M on every interaction) x loss (ce, sampled_ce, bce) x threads (1, 2)
 with the fast dropout masks too: seconds per epoch, predictions per second and the fraction of the FLOP limit (the epoch's counted
 multiply-adds per second over a large matmul's, measured in the same run, fp32 and bf16).
 
+Section "ce": the output layer alone (full-softmax CE with its gradient, one batch shaped like Beauty's
+and ML-1M's), this checkout's chunked form against a baseline revision's, same process.
+
 Section "profile": torch.profiler over a few training steps shaped like ML-1M's and Beauty's
 batches, with torch's and the fast dropout masks: where a step's time goes.
 
@@ -349,6 +352,71 @@ def scale_speed(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return numbers, "\n".join(lines)
 
 
+# -------------------------------------------------------------- ce section
+CE_SHAPES = {  # name: (predictions per batch, items): a Beauty batch (128 users, ~6 items each), an ML-1M one
+    "beauty": (1200, 12101), "ml1m": (6400, 3416)}
+
+
+def baseline_ce(revision: str):
+    """The chunked-CE autograd function and chunk size of `revision` (llmemb/losses.py read with git show,
+    loaded as a module of its own)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    source = subprocess.run(["git", "show", f"{revision}:llmemb/losses.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "baseline_losses.py"
+    path.write_text(source.replace("from .", "from llmemb."))
+    spec = importlib.util.spec_from_file_location("baseline_losses", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._ChunkedSoftmaxCE, module.CE_CHUNK_ROWS
+
+
+def ce_kernels(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Full-softmax CE with its gradient (the output layer of a CE epoch) at Beauty's and ML-1M's batch
+    shapes, hidden 64: this checkout's chunked form against `--ce-baseline`'s, interleaved, best of 10
+    rounds of 3, on 1 and 2 threads; multiply-adds per second (3 matmuls) and the ratio."""
+    from llmemb import losses
+
+    old_fn, old_chunk = baseline_ce(args.ce_baseline)
+    numbers: dict[str, Any] = {"baseline": args.ce_baseline, "baseline_chunk": old_chunk,
+                               "chunk": losses.CE_CHUNK_ROWS, "runs": {}}
+    lines = ["## The output layer alone: chunked CE before and after", "",
+             f"Loss and gradients of full-softmax CE for one batch (hidden 64), this checkout's chunked form "
+             f"({losses.CE_CHUNK_ROWS} rows a chunk) against revision `{args.ce_baseline}`'s ({old_chunk} rows), "
+             "timed in the same process, interleaved, best of 10 rounds of 3 calls.", "",
+             "| shape | predictions x items | threads | before ms | after ms | after GMAC/s | speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for name, (rows, items) in CE_SHAPES.items():
+            gen = torch.Generator().manual_seed(0)
+            h = (torch.randn(rows, 64, generator=gen) * 0.3).requires_grad_()
+            table = (torch.randn(items, 64, generator=gen) * 0.3).requires_grad_()
+            y = torch.randint(0, items, (rows,), generator=gen)
+            candidates = {"before": (old_fn, old_chunk), "after": (losses._ChunkedSoftmaxCE, losses.CE_CHUNK_ROWS)}
+            best = {k: float("inf") for k in candidates}
+            for _ in range(10):
+                for key, (fn, chunk) in candidates.items():
+                    start = time.perf_counter()
+                    for _ in range(3):
+                        fn.apply(h, table, y, chunk).backward()
+                    best[key] = min(best[key], (time.perf_counter() - start) / 3)
+            macs = 3 * rows * items * 64
+            run = {"before_ms": best["before"] * 1e3, "after_ms": best["after"] * 1e3,
+                   "after_gmac_per_s": macs / best["after"] / 1e9, "speedup": best["before"] / best["after"]}
+            numbers["runs"][f"{name}/{threads}"] = run
+            print(f"[ce] {name} {threads}t: {run['before_ms']:.1f} -> {run['after_ms']:.1f} ms "
+                  f"({run['speedup']:.2f}x)", flush=True)
+            lines.append(f"| {name} | {rows} x {items:,} | {threads} | {run['before_ms']:.1f} | {run['after_ms']:.1f} | "
+                         f"{run['after_gmac_per_s']:.1f} | {run['speedup']:.2f}x |")
+    torch.set_num_threads(args.threads)
+    lines.append("")
+    return numbers, "\n".join(lines)
+
+
 # --------------------------------------------------------- profile section
 PROFILE_CASES = {
     # name: (items, batch rows, width, loss): ML-1M-like full windows, Beauty-like short ones
@@ -563,13 +631,13 @@ def recbole_reference(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] = {
-    "srs": srs_training, "llm": llm_stages, "scale": scale_speed, "profile": profile_steps, "losses": loss_comparison, "eval": eval_scaling,
+    "srs": srs_training, "llm": llm_stages, "scale": scale_speed, "ce": ce_kernels, "profile": profile_steps, "losses": loss_comparison, "eval": eval_scaling,
     "recbole": recbole_reference}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="srs,llm,scale,eval,profile",
+    parser.add_argument("--sections", default="srs,llm,scale,ce,eval,profile",
                         help="comma-separated: " + ", ".join(SECTIONS) + " (losses and recbole take hours: asked by name)")
     parser.add_argument("--config", default="configs/ml100k.yaml")
     parser.add_argument("--threads", type=int, default=2)
@@ -581,6 +649,7 @@ def main() -> None:
     parser.add_argument("--scale-epochs", type=int, default=1)
     parser.add_argument("--scale-fast-threads", default="2",
                         help="thread counts also run with backbone.dropout_masks=fast ('' for none)")
+    parser.add_argument("--ce-baseline", default="ae494f6", help="revision whose chunked CE section ce compares with")
     parser.add_argument("--loss-datasets", default="ml100k,amazon-beauty,ml1m")
     parser.add_argument("--loss-seeds", default="0,1,2")
     parser.add_argument("--loss-bce", type=int, default=1, help="also one BCE run per dataset (1) or not (0)")

@@ -74,9 +74,16 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
             grad_t = torch.zeros(table.shape, dtype=torch.float32, device=h.device)
             total = torch.zeros((), dtype=torch.float64, device=h.device)
+            # One block buffer for every chunk: a fresh [C, rows] tensor per chunk is megabytes that the
+            # CPU allocator may map and unmap (page faults) at each chunk.
+            block = torch.empty(table.shape[0] * min(chunk, h.shape[0]), dtype=torch.float32, device=h.device)
             for start in range(0, h.shape[0], chunk):
                 hc, yc = hm[start:start + chunk], y[start:start + chunk]
-                z = (tm @ hc.T).float()                       # [C, rows]
+                z = block[:table.shape[0] * len(yc)].view(table.shape[0], len(yc))   # [C, rows]
+                if dtype == torch.float32:
+                    torch.mm(tm, hc.T, out=z)
+                else:
+                    z.copy_(tm @ hc.T)
                 rows = torch.arange(len(yc), device=h.device)
                 top = z.amax(0, keepdim=True)
                 target = z[yc, rows]
