@@ -254,3 +254,24 @@ def test_fit_learns_with_fast_dropout_masks():
         model = build_id_backbone(cfg, ds.n_items)
         fit(model, ds, quick(epochs=30), evaluator=ev)
         assert ev.evaluate(model, "test")["full"]["overall"]["hr@10"] > 0.9, name
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])
+def test_cases_stored_by_length_give_each_user_the_rank_of_its_own_evaluation(name):
+    # Cases are evaluated shortest history first in trimmed batches; every user's rank must be the
+    # one its history gets alone (a batch of one, nothing else to trim against).
+    from llmemb.metrics import EvalCases, ranks_of_cases
+    torch.manual_seed(0)
+    table = torch.randn(31, 8)
+    model = build_backbone(BackboneConfig(name=name, hidden=8, max_len=7, n_heads=1), FixedItemEmbedding(table)).eval()
+    rng = np.random.default_rng(0)
+    histories = [rng.choice(np.arange(1, 25), size=n, replace=False) for n in (9, 1, 4, 2, 7, 3, 1, 6)]
+    targets = rng.integers(25, 31, size=len(histories))
+    negatives = rng.integers(1, 31, size=(len(histories), 5))
+    cases = EvalCases.build(histories, targets, 7, "cpu", negatives)
+    assert cases.order.tolist() != list(range(len(histories)))           # the order did change
+    for protocol in ("full", "sampled"):
+        batched = ranks_of_cases(model, cases, protocol, batch_size=3)
+        alone = [int(ranks_of_cases(model, EvalCases.build([h], [t], 7, "cpu", n[None]), protocol)[0])
+                 for h, t, n in zip(histories, targets, negatives)]
+        assert batched.tolist() == alone
