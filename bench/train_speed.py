@@ -606,13 +606,17 @@ def eval_scaling(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 def recbole_reference(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """RecBole 1.2.1's SASRec on the same ML-100K data (bench/recbole_sasrec.py in .venv-recbole)."""
     import subprocess
+    import tempfile
 
     python = ROOT / ".venv-recbole" / "bin" / "python"
     if not python.is_file():
         raise SystemExit("the recbole section needs .venv-recbole: run `make bench-recbole`")
     cmd = [str(python), str(ROOT / "bench" / "recbole_sasrec.py"), "--data-path", str(ROOT / "data"),
            "--threads", str(args.threads), "--epochs", str(args.recbole_epochs)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    # RecBole writes log_tensorboard/ and log/ into its working directory: a scratch one, not the checkout.
+    with tempfile.TemporaryDirectory(prefix="recbole-") as scratch:
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=scratch,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     numbers = json.loads(out.stdout.strip().splitlines()[-1])
     lines = ["## Outside reference: RecBole 1.2.1's SASRec on the same MovieLens-100K split", "",
              f"RecBole {numbers['recbole']} (torch {numbers['torch']}, {numbers['threads']} threads), same data, "
