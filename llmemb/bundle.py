@@ -1,6 +1,6 @@
 """The artifact bundle: one immutable directory the trainer writes and the service loads.
 
-Layout (DESIGN.md):
+Layout (docs/DESIGN.md):
     manifest.json          format version, base model (id, config / weights / tokenizer
                            sha256), encoder contract (llmemb.spec.EncoderSpec), dims, backbone config,
                            dataset summary, test metrics, sha256 of every file and a
@@ -55,7 +55,7 @@ ITEMS_JSONL = "items.jsonl"
 RESIDUAL_FILE = "residual.safetensors"
 LORA_DIR = "lora"
 # What produced the item table: llmemb = Adapter(PCA(E_llm)); hybrid = that plus a per-item
-# residual r (METHOD.md, beyond the paper). A bundle without the field is llmemb.
+# residual r (docs/METHOD.md, beyond the paper). A bundle without the field is llmemb.
 BUNDLE_METHODS = ("llmemb", "hybrid")
 
 

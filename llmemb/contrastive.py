@@ -53,7 +53,7 @@ def symmetric_contrastive_loss(
 
 
 def soft_target_alignment_loss(x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The LLMEmb reference's alignment loss (METHOD.md, RAT step 4), CLIP-style with
+    """The LLMEmb reference's alignment loss (docs/METHOD.md, RAT step 4), CLIP-style with
     soft targets: logits X·Yᵀ/t; the target of row i is softmax over k of
     t·(x_i·x_k + y_i·y_k)/2, so rows that are alike on both sides share the credit
     instead of counting as negatives; cross-entropy in both directions, averaged."""

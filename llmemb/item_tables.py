@@ -48,7 +48,7 @@ class AdaptedItemEmbedding(ItemEmbedding):
 
 
 class HybridItemEmbedding(AdaptedItemEmbedding):
-    """Beyond the paper (METHOD.md): e_i = Adapter(PCA(E_llm))_i + r_i.
+    """Beyond the paper (docs/METHOD.md): e_i = Adapter(PCA(E_llm))_i + r_i.
 
     `r` is a trainable per-item residual, zero at the start. Only items marked in
     `trained` (those with training interactions) carry one; for every other item

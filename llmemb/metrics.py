@@ -1,6 +1,6 @@
 """Ranking evaluation: ranks under two protocols, HR@K / NDCG@K per user group.
 
-Protocols (METHOD.md, Evaluation):
+Protocols (docs/METHOD.md, Evaluation):
 - "full": the target against every item; column 0 and the user's history
   (except the target itself) are left out (RecBole).
 - "sampled": the target against 100 negatives drawn uniformly from the items

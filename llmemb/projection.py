@@ -1,6 +1,6 @@
 """PCA and the adapter: LLM vectors (D) -> d_pca -> the backbone's size d.
 
-PCA is centred and not whitened (METHOD.md, RAT step 1). The adapter is the
+PCA is centred and not whitened (docs/METHOD.md, RAT step 1). The adapter is the
 paper's two linear layers with no nonlinearity in between.
 """
 from __future__ import annotations

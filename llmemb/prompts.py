@@ -1,6 +1,6 @@
 """Item attributes -> LLM prompt, and the attribute-drop views of SCFT.
 
-Format (METHOD.md): "<instruction>\n" + "; ".join("{key} is {value}").
+Format (docs/METHOD.md): "<instruction>\n" + "; ".join("{key} is {value}").
 Lists are joined with ", ", newlines become spaces, each value is cut to
 `max_value_chars`.
 """

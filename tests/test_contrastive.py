@@ -29,7 +29,7 @@ def dot(u, v):
 
 
 def reference(a, b, t, sim, exclude_positive):
-    """Literal METHOD.md formula with Python floats: L^1 + L^2."""
+    """Literal docs/METHOD.md formula with Python floats: L^1 + L^2."""
 
     def one_way(x, y):
         total = 0.0

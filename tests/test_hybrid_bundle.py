@@ -1,4 +1,4 @@
-"""A Hybrid bundle (METHOD.md, beyond the paper) served by a real service process with Redis:
+"""A Hybrid bundle (docs/METHOD.md, beyond the paper) served by a real service process with Redis:
 catalogue items keep their trained residual, items added with PUT get none, so their
 vector is exactly the LLMEmb path Adapter(PCA(LLM(prompt)))."""
 from __future__ import annotations

@@ -63,7 +63,7 @@ class RATConfig:
     # A single scalar, folded into the saved PCA, so the function class is unchanged: it only
     # changes how the adapter's optimisation starts.
     source_std: float | None = None
-    # Divide each PCA component by its deviation (unit variance per coordinate; METHOD.md's PCA
+    # Divide each PCA component by its deviation (unit variance per coordinate; docs/METHOD.md's PCA
     # does not whiten, so off by default). Also folded into the saved PCA: the adapter is
     # linear, so this preconditions its optimisation without changing what it can express.
     whiten: bool = False

@@ -1,7 +1,7 @@
 """Stage 1: supervised contrastive fine-tuning (SCFT) of the encoder's LoRA.
 
 The training loop, all of it in `run_scft`: every step draws the next global
-batch of items, two fresh attribute-drop views of each (METHOD.md: fresh views
+batch of items, two fresh attribute-drop views of each (docs/METHOD.md: fresh views
 at every step, not once), embeds this rank's share with the LoRA model,
 gathers every rank's embeddings (gradient kept for the local rows) so the whole
 global batch serves as negatives, takes the symmetric contrastive loss,

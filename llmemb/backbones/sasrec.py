@@ -2,7 +2,7 @@
 
 Unlike the LLMEmb reference code, the causal mask is kept: the state at
 position t only sees items up to t, so training on every position of a
-sequence never leaks the item it has to predict (METHOD.md, Backbones).
+sequence never leaks the item it has to predict (docs/METHOD.md, Backbones).
 """
 from __future__ import annotations
 
