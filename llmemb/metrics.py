@@ -385,6 +385,8 @@ def group_metrics(ranks: torch.Tensor, select: np.ndarray, ks: Sequence[int]) ->
 # "paper_tail" and "paper_popular" when the paper's rule is).
 GROUPS = ("overall", "tail", "head", "short", "long")
 ITEM_GROUPS = ("overall", "tail", "head")  # the item-popularity view the reports lead with
+# Item splits reported only when their rule is configured: (EvalGroups field, its members' group, the rest's).
+OPTIONAL_SPLITS = (("rare", "rare", "frequent"), ("paper_tail", "paper_tail", "paper_popular"))
 
 
 def summarize(ranks: torch.Tensor, targets: np.ndarray, groups: EvalGroups, ks: Sequence[int] = (10,)) -> dict[str, Any]:
@@ -398,14 +400,12 @@ def summarize(ranks: torch.Tensor, targets: np.ndarray, groups: EvalGroups, ks: 
         "long": group_metrics(ranks, groups.long_user, ks),
         "popularity": [],
     }
-    if groups.rare is not None:
-        rare = groups.rare[targets]
-        out["rare"] = group_metrics(ranks, rare, ks)
-        out["frequent"] = group_metrics(ranks, ~rare, ks)
-    if groups.paper_tail is not None:
-        paper = groups.paper_tail[targets]
-        out["paper_tail"] = group_metrics(ranks, paper, ks)
-        out["paper_popular"] = group_metrics(ranks, ~paper, ks)
+    for field, inside, outside in OPTIONAL_SPLITS:
+        mask = getattr(groups, field)
+        if mask is not None:
+            chosen = mask[targets]
+            out[inside] = group_metrics(ranks, chosen, ks)
+            out[outside] = group_metrics(ranks, ~chosen, ks)
     bucket = groups.item_bucket[targets]
     for b, (low, high) in enumerate(groups.bucket_pop):
         row = {"bucket": b, "min_pop": low, "max_pop": high, "items": int((groups.item_bucket == b).sum())}
