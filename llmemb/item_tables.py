@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from llmemb.backbones.base import ItemEmbedding
+from llmemb.projection import Adapter
 
 
 def with_padding_row(table: torch.Tensor) -> torch.Tensor:
@@ -34,8 +35,19 @@ class AdaptedItemEmbedding(ItemEmbedding):
         self.adapter = adapter
         self.dim = adapter(self.source[:1]).shape[1] if adapter is not None else source.shape[1]
 
+    def _adapt(self, rows: torch.Tensor) -> torch.Tensor:
+        """The adapter over many rows at once, in its one-matrix form when it has one (training
+        computes the whole table each step under full-softmax CE: the form is 2-3x fewer
+        multiply-adds forward and backward, with the same parameters and gradients)."""
+        if self.adapter is None:
+            return rows
+        if isinstance(self.adapter, Adapter):
+            m, c = self.adapter.affine()
+            return torch.addmm(c, rows, m)
+        return self.adapter(rows)
+
     def table(self) -> torch.Tensor:
-        out = self.adapter(self.source) if self.adapter is not None else self.source
+        out = self._adapt(self.source)
         # Zero the padding row without an in-place write on a graph tensor.
         keep = torch.ones(out.shape[0], 1, dtype=out.dtype, device=out.device)
         keep[0] = 0
@@ -43,7 +55,7 @@ class AdaptedItemEmbedding(ItemEmbedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.source[ids]
-        out = self.adapter(rows) if self.adapter is not None else rows
+        out = self._adapt(rows.reshape(-1, rows.shape[-1])).reshape(*ids.shape, -1)
         return out * (ids != 0).unsqueeze(-1).to(out.dtype)
 
 

@@ -135,3 +135,31 @@ def test_whitened_pca_gives_unit_variance_and_floors_empty_directions():
         PCA.from_state_dict(pca.state_dict()).whitened()
     with pytest.raises(ValueError, match="floor must be positive"):
         pca.whitened(floor=0.0)
+
+
+def test_layer_uses_the_adapters_one_matrix_form_with_the_same_values_and_gradients():
+    from llmemb.item_tables import AdaptedItemEmbedding
+
+    torch.manual_seed(3)
+    source = torch.randn(41, 24)
+    source[0] = 0
+    adapter = Adapter(24, 6)
+    layer = AdaptedItemEmbedding(source, adapter)
+    ids = torch.randint(0, 41, (5, 7))
+    ids[0, 0] = 0
+    weights_t, weights_r = torch.randn(41, 6), torch.randn(5, 7, 6)
+
+    def grads(table: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
+        adapter.zero_grad()
+        ((table * weights_t).sum() + (rows * weights_r).sum()).backward()
+        return [p.grad.clone() for p in adapter.parameters()]
+
+    table, rows = layer.table(), layer(ids)
+    got = grads(table, rows)
+    plain_table = adapter(source) * (torch.arange(41) != 0).unsqueeze(-1)
+    plain_rows = adapter(source[ids]) * (ids != 0).unsqueeze(-1)
+    want = grads(plain_table, plain_rows)
+    assert torch.allclose(table, plain_table, atol=1e-5) and torch.allclose(rows, plain_rows, atol=1e-5)
+    assert table[0].abs().max() == 0 and rows[ids == 0].abs().sum() == 0
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-4)
