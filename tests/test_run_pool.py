@@ -10,7 +10,7 @@ import torch
 
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 from trainer.experiments import RunSplit, Tables, _digest, run_settings
-from trainer.pipeline import method_tasks, run_pipeline
+from trainer.pipeline import method_tasks, run_pipeline, waits_for
 from trainer.rat import RATConfig
 from trainer.run_pool import prepare_negatives
 from trainer.runs import load_item_table
@@ -49,9 +49,21 @@ def test_workers_give_the_in_process_metrics(tmp_path):
         assert b["test"]["sampled"]["overall"]["hr@10"] == pytest.approx(a["test"]["sampled"]["overall"]["hr@10"], abs=1e-6)
         saved = json.loads((task.directory / "metrics.json").read_text())
         assert saved["settings_digest"] == b["settings_digest"]
-    # the three ID runs finish before any alignment run starts
+    # each alignment run starts after its own ID run has finished
     done = [line for line in logs if "done" in line]
-    assert len(done) == 6 and all("none" in line for line in done[:3])
+    assert len(done) == 6
+    for seed in (0, 1, 2):
+        order = [line.split()[1] for line in done if f"seed {seed} done" in line]
+        assert order == ["none", "llmemb"]
+
+
+def test_only_runs_that_align_wait_for_their_id_run(tmp_path):
+    cfg = tiny_config(tmp_path)
+    tasks = method_tasks("main", cfg, ["llm2x", "llmemb", "hybrid"], RATConfig(d_pca=6), tmp_path / "g")
+    assert waits_for(tasks) == [None, None, 0, 0]
+    # without the alignment loss nothing waits (and no ID table is read)
+    free = method_tasks("main", cfg, ["llmemb"], RATConfig(d_pca=6, alpha=0.0), tmp_path / "h")
+    assert waits_for(free) == [None, None]
 
 
 def test_an_alignment_run_without_its_id_run_is_refused(tmp_path):

@@ -2,8 +2,8 @@
 (`trainer rat`, quick, quality, tune, encoders).
 
 1. `llm_tables`: SCFT and the exported tables the methods read (each reused when unchanged);
-2. `run_pipeline`: every ID-only run first (its item table is the alignment target), then every
-   method run, each aligned to the ID run named by its task; on run_pool's worker processes;
+2. `run_pipeline`: every run on run_pool's worker processes, each method that aligns started once
+   the ID run named by its task (its item table is the alignment target) has finished;
 3. `trainer.make_bundle.bundle_from_run`: a bundle from a finished LLMEmb or Hybrid run directory.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from trainer.config import Config
 from trainer.experiments import RunSplit, Tables
 from trainer.llm_stages import ensure_export, ensure_scft
 from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
-from trainer.run_pool import MethodTask, run_tasks
+from trainer.run_pool import MethodTask, reads_id_run, run_tasks
 from trainer.runs import CHECKPOINT_FILE, settings_of
 
 
@@ -45,24 +45,25 @@ def method_tasks(split: str, config: Config, methods: Sequence[str], rat: RATCon
         MethodTask(split, config, m, rat, root / name(m), id_dir=id_dir) for m in methods if m != "none"]
 
 
+def waits_for(tasks: Sequence[MethodTask]) -> list[int | None]:
+    """For each task, the index of the task it must wait for: the ID run whose table it aligns to when
+    that run is a task here (else it must be a finished run: a ValueError otherwise); None for every
+    task that reads no ID table (ID runs, LLM2X) or reads a finished one."""
+    by_dir = {t.directory: i for i, t in enumerate(tasks) if t.method == "none"}
+    after: list[int | None] = []
+    for task in tasks:
+        d = task.id_dir if reads_id_run(task) else None
+        finished = d is not None and settings_of(d) is not None and (d / CHECKPOINT_FILE).is_file()
+        if d is not None and d not in by_dir and not finished:
+            raise ValueError(f"{task.label or task.method}: its ID run {d} is neither a task here nor "
+                             "a finished run")
+        after.append(by_dir.get(d) if d is not None else None)
+    return after
+
+
 def run_pipeline(splits: dict[str, RunSplit], tasks: Sequence[MethodTask], workers: int = 1,
                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train and evaluate every task; their metrics, in the tasks' order.
-
-    The ID-only tasks run first, side by side; then the others, each of which aligns to the table
-    of the run in its id_dir: one of those ID tasks, or a finished run. Every run is reused when
-    its settings are unchanged (trainer.runs.is_done)."""
-    first = [i for i, t in enumerate(tasks) if t.method == "none"]
-    then = [i for i, t in enumerate(tasks) if t.method != "none"]
-    id_dirs = {tasks[i].directory for i in first}
-    for i in then:
-        d = tasks[i].id_dir
-        finished = d is not None and settings_of(d) is not None and (d / CHECKPOINT_FILE).is_file()
-        if d is not None and d not in id_dirs and not finished:
-            raise ValueError(f"{tasks[i].label or tasks[i].method}: its ID run {d} is neither a task here nor "
-                             "a finished run")
-    results: list[dict[str, Any] | None] = [None] * len(tasks)
-    for phase in (first, then):
-        for i, metrics in zip(phase, run_tasks(splits, [tasks[i] for i in phase], workers=workers, log=log)):
-            results[i] = metrics
-    return results  # type: ignore[return-value]
+    """Train and evaluate every task; their metrics, in the tasks' order. Each task starts as soon as
+    the run it waits for (`waits_for`) has finished; every run is reused when its settings are
+    unchanged (trainer.runs.is_done)."""
+    return run_tasks(splits, tasks, workers=workers, log=log, after=waits_for(tasks))

@@ -1,7 +1,8 @@
 """Run independent RAT experiments (`MethodTask`s) on a pool of worker processes.
 
-The tasks given together must not depend on each other: trainer.pipeline runs the
-ID-only tasks first and the ones that align to their tables after. On a 2-core
+A task may wait for another (`after`: the ID run whose item table it aligns to): it starts as
+soon as that one has finished, while every task that waits for nothing (ID runs, LLM2X) starts
+at once; trainer.pipeline works out who waits for whom. On a 2-core
 machine two workers with one torch thread each finish a grid about twice as fast
 as one process (a single small model does not scale across threads).
 
@@ -20,7 +21,7 @@ from typing import Any
 from llmemb.metrics import Evaluator
 from trainer.config import Config
 from trainer.experiments import RunSplit, Tables, run_method
-from trainer.rat import RATConfig
+from trainer.rat import RATConfig, uses_alignment
 from trainer.runs import load_item_table
 
 
@@ -44,11 +45,16 @@ def _init_worker(splits: dict[str, RunSplit]) -> None:
     _SPLITS.update(splits)
 
 
+def reads_id_run(task: MethodTask) -> bool:
+    """Whether the task needs its ID run's item table (only the methods that align read it)."""
+    return task.id_dir is not None and uses_alignment(task.method, task.rat)
+
+
 def run_task(task: MethodTask, splits: dict[str, RunSplit] | None = None) -> dict[str, Any]:
     split = (splits or _SPLITS)[task.split]
     if task.tables is not None:
         split = replace(split, tables=task.tables)
-    id_table = load_item_table(task.id_dir) if task.id_dir is not None else None
+    id_table = load_item_table(task.id_dir) if reads_id_run(task) else None
     return run_method(task.config, split, task.method, task.rat, task.directory, id_table=id_table).metrics
 
 
@@ -66,29 +72,56 @@ def run_tasks(
     tasks: Sequence[MethodTask],
     workers: int = 1,
     log: Callable[[str], None] = print,
+    after: Sequence[int | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Metrics of every task, in the tasks' order. workers <= 1 runs them in this process."""
+    """Metrics of every task, in the tasks' order. workers <= 1 runs them in this process.
+
+    after[i]: the index of the task that task i waits for (None: none); it must not form a cycle."""
     def name(task: MethodTask) -> str:
         return f"[{task.split}] {task.label or task.method} {task.config.backbone.name} seed {task.config.train.seed}"
 
-    if workers <= 1 or len(tasks) <= 1:
-        results = []
-        for task in tasks:
-            log(name(task))
-            results.append(run_task(task, splits))
-        return results
-
+    waits = list(after) if after is not None else [None] * len(tasks)
     out: list[dict[str, Any] | None] = [None] * len(tasks)
+    finished: set[int] = set()
+
+    def ready() -> list[int]:
+        return [i for i in range(len(tasks)) if out[i] is None and i not in started
+                and (waits[i] is None or waits[i] in finished)]
+
+    started: set[int] = set()
+    if workers <= 1 or len(tasks) <= 1:
+        while len(finished) < len(tasks):
+            batch = ready()
+            if not batch:
+                raise ValueError("tasks wait for each other in a cycle")
+            i = batch[0]
+            started.add(i)
+            log(name(tasks[i]))
+            out[i] = run_task(tasks[i], splits)
+            finished.add(i)
+        return out  # type: ignore[return-value]
+
     context = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                              initargs=(splits,)) as pool:
-        pending = {pool.submit(run_task, task): i for i, task in enumerate(tasks)}
-        done_count = 0
+        pending: dict[Any, int] = {}
+
+        def submit_ready() -> None:
+            # Tasks that others wait for go first, so that the queue never holds a worker idle.
+            waited = {w for w in waits if w is not None}
+            for i in sorted(ready(), key=lambda j: (j not in waited, j)):
+                started.add(i)
+                pending[pool.submit(run_task, tasks[i])] = i
+
+        submit_ready()
+        if not pending and tasks:
+            raise ValueError("tasks wait for each other in a cycle")
         while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
                 i = pending.pop(future)
                 out[i] = future.result()   # a failed run stops the grid with its error
-                done_count += 1
-                log(f"{name(tasks[i])} done ({done_count}/{len(tasks)})")
+                finished.add(i)
+                log(f"{name(tasks[i])} done ({len(finished)}/{len(tasks)})")
+            submit_ready()
     return out  # type: ignore[return-value]
