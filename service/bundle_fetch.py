@@ -86,14 +86,32 @@ def _fingerprint(directory: Path) -> str | None:
         return None
 
 
+WORK_PREFIX = ".fetch-"   # the download's working folder, inside dest (a pod's root filesystem is read-only)
+
+
+def _checked_sha256(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    value = sha256.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise FetchError(f"--sha256 must be 64 hex digits (or left out to skip the check), got {sha256!r}")
+    return value
+
+
 def fetch(url: str, dest: Path, sha256: str | None = None, is_bundle: bool = True) -> str:
-    """Fill `dest` from the archive at `url`; return a one-line summary."""
+    """Fill `dest` from the archive at `url`; return a one-line summary.
+
+    Everything is written inside `dest` (the pod's volume): its parent may be a read-only root."""
+    expected = _checked_sha256(sha256)
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+    for stale in dest.glob(WORK_PREFIX + "*"):   # left by a fetch that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    current = _fingerprint(dest) if is_bundle else None
+    with tempfile.TemporaryDirectory(dir=dest, prefix=WORK_PREFIX) as tmp:
         archive = Path(tmp) / "archive"
         got = download(url, archive)
-        if sha256 and got != sha256.lower():
-            raise FetchError(f"sha256 mismatch: expected {sha256.lower()}, got {got}")
+        if expected is not None and got != expected:
+            raise FetchError(f"sha256 mismatch: expected {expected}, got {got}")
         unpacked = Path(tmp) / "unpacked"
         unpacked.mkdir()
         try:
@@ -108,9 +126,11 @@ def fetch(url: str, dest: Path, sha256: str | None = None, is_bundle: bool = Tru
                 fingerprint = verify_bundle(root)["fingerprint"]
             except BundleError as err:
                 raise FetchError(f"the archive's bundle is refused: {err}") from None
-            if _fingerprint(dest) == fingerprint:
+            if current == fingerprint:
                 return f"bundle {fingerprint} already in {dest}"
         for old in dest.iterdir():   # dest may be a mount point: empty it, never replace it
+            if old == Path(tmp):
+                continue
             shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
         for item in root.iterdir():
             shutil.move(str(item), dest / item.name)
@@ -122,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="http(s):// or file:// URL of a tar archive")
     p.add_argument("--dest", required=True, type=Path, help="directory to fill (e.g. the pod's /bundle volume)")
-    p.add_argument("--sha256", help="expected sha256 of the archive")
+    p.add_argument("--sha256", help="expected sha256 of the archive (64 hex digits; an empty value is an error)")
     p.add_argument("--directory", action="store_true",
                    help="any directory (a base model), not a bundle: no bundle verification")
     args = p.parse_args(argv)

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import json
 import shutil
 import tarfile
@@ -92,3 +93,50 @@ def test_a_plain_directory_such_as_a_base_model(tmp_path):
         tar.add(model, arcname="llama-7b")
     fetch(archive.as_uri(), tmp_path / "dest", is_bundle=False)
     assert (tmp_path / "dest" / "config.json").read_text() == "{}"
+
+
+def test_an_empty_or_malformed_checksum_is_refused_not_skipped(tmp_path):
+    archive = tmp_path / "m.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(Path(__file__).parent / "__init__.py", arcname="x/__init__.py")
+    for bad in ("", "  ", "abc", "g" * 64):
+        with pytest.raises(FetchError, match="--sha256 must be 64 hex digits"):
+            fetch(archive.as_uri(), tmp_path / "dest", sha256=bad, is_bundle=False)
+    good = hashlib.sha256(archive.read_bytes()).hexdigest().upper()
+    fetch(archive.as_uri(), tmp_path / "dest", sha256=f" {good} ", is_bundle=False)
+    assert (tmp_path / "dest" / "__init__.py").is_file()
+
+
+def test_a_killed_fetchs_work_folder_is_removed_and_an_unchanged_bundle_still_recognised(http_root, tmp_path):
+    root, url = http_root
+    bundle = shared_test_bundle()
+    _pack(bundle, root / "k.tar.gz")
+    dest = tmp_path / "vol"
+    fetch(f"{url}/k.tar.gz", dest)
+    (dest / ".fetch-killed").mkdir()
+    (dest / ".fetch-killed" / "archive").write_bytes(b"partial")
+    assert "already in" in fetch(f"{url}/k.tar.gz", dest)
+    assert not any(p.name.startswith(".fetch-") for p in dest.iterdir())
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare for a private read-only mount")
+def test_fetch_into_a_volume_whose_parent_is_read_only(http_root, tmp_path):
+    """As in a pod: readOnlyRootFilesystem, the bundle's emptyDir mounted at /bundle. Here the parent
+    folder is remounted read-only in a private mount namespace and the volume bound writable in it."""
+    import subprocess
+    import sys
+
+    root, url = http_root
+    _pack(shared_test_bundle(), root / "ro.tar.gz")
+    parent = tmp_path / "root"
+    dest = parent / "bundle"
+    dest.mkdir(parents=True)
+    script = (f"mount --bind {parent} {parent} && mount -o remount,bind,ro {parent} && "
+              f"mount --bind {dest} {dest} && mount -o remount,bind,rw {dest} && "
+              f"! touch {parent}/probe 2>/dev/null && "
+              f"{sys.executable} -m service.bundle_fetch --url {url}/ro.tar.gz --dest {dest}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "bundle " in done.stdout and verify_bundle(dest)["fingerprint"]
+    assert sorted(p.name for p in parent.iterdir()) == ["bundle"]
