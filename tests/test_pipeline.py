@@ -307,6 +307,10 @@ def test_mean_std_and_separation():
     assert math.isclose(diff, 0.1) and math.isclose(sd, 0.05) and not holds       # 0.1 == 2 sd: not above
     assert report.separation({"mean": 0.5, "std": 0.03}, {"mean": 0.39, "std": 0.04})[2]
     assert not report.separation({"mean": 0.39, "std": 0.0}, {"mean": 0.5, "std": 0.0})[2]   # below
+    # one seed: its spread is unknown, so no difference counts, however large
+    one, two = {"mean": 0.9, "std": 0.0, "n": 1}, {"mean": 0.1, "std": 0.01, "n": 3}
+    assert not report.separation(one, two)[2] and report.verdict(one, two) == report.ONE_SEED
+    assert report.verdict({**one, "n": 3}, two) == "above" and report.verdict(two, {**one, "n": 3}) == "below"
 
 
 def test_aggregate_over_seeds():

@@ -81,18 +81,35 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict
     return out
 
 
-def separation(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, bool]:
-    """(difference of means, std of the difference, difference > 2 std).
+ONE_SEED = "one seed"   # the verdict where either side has a single seed: no spread, nothing can count
 
-    The std of the difference of two independent seed means is sqrt(sa^2 + sb^2)."""
+
+def _seeds(s: dict[str, Any]) -> int:
+    return int(s.get("n", 2))
+
+
+def separation(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, bool]:
+    """(difference of means, std of the difference, difference > 2 std with two or more seeds a side).
+
+    The std of the difference of two independent seed means is sqrt(sa^2 + sb^2). With one seed
+    the std is unknown (not zero), so no difference counts."""
     diff = a["mean"] - b["mean"]
     sd = math.sqrt(a["std"] ** 2 + b["std"] ** 2)
-    return diff, sd, diff > 2 * sd
+    return diff, sd, min(_seeds(a), _seeds(b)) >= 2 and diff > 2 * sd
+
+
+def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """'above' / 'below' when a's mean is beyond 2 sd over / under b's, else 'tie'; ONE_SEED when
+    either side has a single seed."""
+    if min(_seeds(a), _seeds(b)) < 2:
+        return ONE_SEED
+    if separation(a, b)[2]:
+        return "above"
+    return "below" if separation(b, a)[2] else "tie"
 
 
 def claim_rows(agg, backbones: list[str], protocols: list[str]) -> list[dict[str, Any]]:
-    """Each method of CLAIMS against each rival: 'above' when the difference of seed
-    means exceeds 2 sd, 'below' when it is under -2 sd, else 'tie'."""
+    """Each method of CLAIMS against each rival, with its `verdict`."""
     rows = []
     for method, rivals in CLAIMS:
         for backbone in backbones:
@@ -107,10 +124,9 @@ def claim_rows(agg, backbones: list[str], protocols: list[str]) -> list[dict[str
                     for group, metric in (("overall", "ndcg@10"), ("tail", "hr@10")):
                         a, b = mine[protocol][group][metric], theirs[protocol][group][metric]
                         diff, sd, above = separation(a, b)
-                        verdict = "above" if above else "below" if separation(b, a)[2] else "tie"
                         rows.append({"method": method, "backbone": backbone, "protocol": protocol, "versus": other,
                                      "group": group, "metric": metric, "mine": a["mean"], "other": b["mean"],
-                                     "diff": diff, "sd": sd, "holds": above, "verdict": verdict})
+                                     "diff": diff, "sd": sd, "holds": above, "verdict": verdict(a, b)})
     return rows
 
 
