@@ -6,7 +6,8 @@ For each of k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring and k8s/backfill:
 - validate every object against the Kubernetes API schemas (kubernetes-validate --strict); the pod
   templates inside custom resources (RayJob) are validated as Pods;
 - check every pod template against the "restricted" Pod Security Standard, every image name for
-  a registry, and that no Secret is empty and no claim asks for ReadOnlyMany.
+  a registry, and that no Secret is empty and no claim asks for ReadOnlyMany;
+- check that every ConfigMap and Secret a pod reads is created by the same render under that name.
 Exit status 1 with one line per problem.
 """
 from __future__ import annotations
@@ -105,6 +106,42 @@ def object_problems(obj: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _references(pod: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(kind, name) of every ConfigMap and Secret a pod spec reads: envFrom, env valueFrom, volumes."""
+    for container in pod.get("initContainers", []) + pod.get("containers", []):
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                yield "ConfigMap", source["configMapRef"]["name"]
+            if "secretRef" in source:
+                yield "Secret", source["secretRef"]["name"]
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {})
+            if "configMapKeyRef" in ref:
+                yield "ConfigMap", ref["configMapKeyRef"]["name"]
+            if "secretKeyRef" in ref:
+                yield "Secret", ref["secretKeyRef"]["name"]
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            yield "ConfigMap", volume["configMap"]["name"]
+        if "secret" in volume:
+            yield "Secret", volume["secret"]["secretName"]
+
+
+def reference_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Every ConfigMap and Secret a pod reads must be an object of the same render, under its rendered
+    name: a generated one carries a hash suffix that kustomize writes into the references it knows
+    (and only those), so a name from another kustomization, or in a custom resource kustomize was not
+    told about, points at nothing and the pod never starts."""
+    present = {(obj.get("kind"), obj["metadata"]["name"]) for obj in objects}
+    problems = []
+    for obj in objects:
+        for where, pod in pod_specs(obj):
+            for kind, name in sorted(set(_references(pod))):
+                if (kind, name) not in present:
+                    problems.append(f"{where}: reads {kind} {name!r}, which this render does not create")
+    return problems
+
+
 def schema_problems(objects: list[dict[str, Any]], target: str) -> list[str]:
     """kubernetes-validate --strict on the API objects and on the pods inside custom resources."""
     docs = []
@@ -134,6 +171,7 @@ def main() -> int:
     for target in TARGETS:
         objects = render(k8s, target)
         problems += schema_problems(objects, target)
+        problems += [f"{target}: {p}" for p in reference_problems(objects)]
         for obj in objects:
             problems += [f"{target}: {p}" for p in object_problems(obj)]
         print(f"{target}: {len(objects)} objects rendered")

@@ -103,6 +103,35 @@ def test_pods_inside_a_rayjob_are_checked():
     assert any("RayJob/j head container ray" in p for p in check.object_problems(job))
 
 
+def test_a_pod_reading_a_configmap_or_secret_the_render_lacks_is_reported():
+    pod = {"containers": [{"name": "c", "envFrom": [{"configMapRef": {"name": "bundle"}}],
+                           "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "keys-5f2", "key": "k"}}}]}],
+           "volumes": [{"name": "v", "secret": {"secretName": "tls"}}]}
+    job = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "j"},
+           "spec": {"rayClusterSpec": {"headGroupSpec": {"template": {"spec": pod}}, "workerGroupSpecs": []}}}
+    generated = [{"kind": "ConfigMap", "metadata": {"name": "bundle-h4sh"}},
+                 {"kind": "Secret", "metadata": {"name": "keys-5f2"}}]
+    problems = check.reference_problems([job] + generated)
+    assert problems == ["RayJob/j head: reads ConfigMap 'bundle', which this render does not create",
+                        "RayJob/j head: reads Secret 'tls', which this render does not create"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
+def test_the_rayjob_reads_the_configmap_its_kustomization_generates(tmp_path):
+    objects = check.render(ROOT / "k8s", "backfill")
+    generated = [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"]
+    assert len(generated) == 1 and generated[0].startswith("llmemb-backfill-bundle-")   # hash-suffixed
+    job = next(o for o in objects if o["kind"] == "RayJob")
+    read = {name for _, pod in check.pod_specs(job) for _, name in check._references(pod)}
+    assert read == {generated[0]}
+    # without the RayJob name configuration, kustomize leaves the reference unrewritten: the check sees it
+    copy = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", copy)
+    kustomization = copy / "backfill" / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("configurations:\n  - rayjob-names.yaml\n", ""))
+    assert any("which this render does not create" in p for p in check.reference_problems(check.render(copy, "backfill")))
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
 @pytest.mark.parametrize("target", check.TARGETS)
 def test_every_shipped_kustomization_renders_and_passes(target):
@@ -110,6 +139,7 @@ def test_every_shipped_kustomization_renders_and_passes(target):
     assert objects
     assert [p for obj in objects for p in check.object_problems(obj)] == []
     assert check.schema_problems(objects, target) == []
+    assert check.reference_problems(objects) == []
 
 
 def test_compose_trainer_writes_as_the_host_user():
