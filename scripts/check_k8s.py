@@ -47,6 +47,10 @@ def pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
         yield f"{kind}/{name}", spec["template"]["spec"]
     elif kind == "RayJob":
+        # KubeRay's own submitter pod when the RayJob gives none: no securityContext at all
+        submitter = spec.get("submitterPodTemplate", {"spec": {"containers": [
+            {"name": "ray-job-submitter (KubeRay's default)", "image": "rayproject/ray"}]}})
+        yield f"{kind}/{name} submitter", submitter["spec"]
         cluster = spec["rayClusterSpec"]
         yield f"{kind}/{name} head", cluster["headGroupSpec"]["template"]["spec"]
         for group in cluster.get("workerGroupSpecs", []):

@@ -103,6 +103,18 @@ def test_pods_inside_a_rayjob_are_checked():
     assert any("RayJob/j head container ray" in p for p in check.object_problems(job))
 
 
+def test_a_rayjob_without_a_restricted_submitter_pod_is_reported():
+    pod = {"securityContext": RESTRICTED_POD, "containers": [
+        {"name": "ray", "image": "ghcr.io/llmemb/llmemb-backfill:1", "securityContext": RESTRICTED_CONTAINER}]}
+    job = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "j"},
+           "spec": {"rayClusterSpec": {"headGroupSpec": {"template": {"spec": pod}}, "workerGroupSpecs": []}}}
+    problems = check.object_problems(job)
+    assert problems and all(p.startswith("RayJob/j submitter") for p in problems)
+    assert any("runAsNonRoot must be true" in p for p in problems)
+    job["spec"]["submitterPodTemplate"] = {"spec": pod}
+    assert check.object_problems(job) == []
+
+
 def test_a_pod_reading_a_configmap_or_secret_the_render_lacks_is_reported():
     pod = {"containers": [{"name": "c", "envFrom": [{"configMapRef": {"name": "bundle"}}],
                            "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "keys-5f2", "key": "k"}}}]}],
