@@ -7,7 +7,8 @@ For each of k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring and k8s/backfill:
   templates inside custom resources (RayJob) are validated as Pods;
 - check every pod template against the "restricted" Pod Security Standard, every image name for
   a registry, and that no Secret is empty and no claim asks for ReadOnlyMany;
-- check that every ConfigMap and Secret a pod reads is created by the same render under that name.
+- check that every ConfigMap and Secret a pod reads is created by the same render under that name,
+  and that no workload an HPA scales sets its own replica count.
 Exit status 1 with one line per problem.
 """
 from __future__ import annotations
@@ -146,6 +147,14 @@ def reference_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def autoscaling_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """A workload an HPA scales must not set spec.replicas: every apply would reset the HPA's count."""
+    scaled = {(o["spec"]["scaleTargetRef"]["kind"], o["spec"]["scaleTargetRef"]["name"])
+              for o in objects if o.get("kind") == "HorizontalPodAutoscaler"}
+    return [f"{o['kind']}/{o['metadata']['name']}: sets replicas while an HPA scales it (each apply resets the count)"
+            for o in objects if (o.get("kind"), o["metadata"]["name"]) in scaled and "replicas" in o.get("spec", {})]
+
+
 def schema_problems(objects: list[dict[str, Any]], target: str) -> list[str]:
     """kubernetes-validate --strict on the API objects and on the pods inside custom resources."""
     docs = []
@@ -175,7 +184,7 @@ def main() -> int:
     for target in TARGETS:
         objects = render(k8s, target)
         problems += schema_problems(objects, target)
-        problems += [f"{target}: {p}" for p in reference_problems(objects)]
+        problems += [f"{target}: {p}" for p in reference_problems(objects) + autoscaling_problems(objects)]
         for obj in objects:
             problems += [f"{target}: {p}" for p in object_problems(obj)]
         print(f"{target}: {len(objects)} objects rendered")

@@ -151,7 +151,18 @@ def test_every_shipped_kustomization_renders_and_passes(target):
     assert objects
     assert [p for obj in objects for p in check.object_problems(obj)] == []
     assert check.schema_problems(objects, target) == []
-    assert check.reference_problems(objects) == []
+    assert check.reference_problems(objects) == [] and check.autoscaling_problems(objects) == []
+
+
+def test_a_replica_count_beside_an_hpa_is_reported():
+    hpa = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}}}
+    deployment = _deployment({"name": "c", "image": "ghcr.io/a/b:1"})
+    assert check.autoscaling_problems([hpa, deployment]) == []
+    deployment["spec"]["replicas"] = 2
+    assert check.autoscaling_problems([hpa, deployment]) == [
+        "Deployment/x: sets replicas while an HPA scales it (each apply resets the count)"]
+    assert check.autoscaling_problems([deployment]) == []
 
 
 def test_compose_trainer_writes_as_the_host_user():
