@@ -1,6 +1,6 @@
 """`make lint`: render every kustomization under k8s/ offline and check what it would apply.
 
-For each of k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring and k8s/backfill:
+For each of k8s/namespace, k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring and k8s/backfill:
 - render it with `kubectl kustomize` (no cluster needed), with a throwaway API-key file where an
   overlay's secretGenerator needs one (the real one is never committed);
 - validate every object against the Kubernetes API schemas (kubernetes-validate --strict); the pod
@@ -8,7 +8,8 @@ For each of k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring and k8s/backfill:
 - check every pod template against the "restricted" Pod Security Standard, every image name for
   a registry, and that no Secret is empty and no claim asks for ReadOnlyMany;
 - check that every ConfigMap and Secret a pod reads is created by the same render under that name,
-  and that no workload an HPA scales sets its own replica count.
+  and that no workload an HPA scales sets its own replica count; that only k8s/namespace creates
+  the Namespace.
 Exit status 1 with one line per problem.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ["overlays/cpu", "overlays/gpu", "monitoring", "backfill"]
+TARGETS = ["namespace", "overlays/cpu", "overlays/gpu", "monitoring", "backfill"]
 ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                    "projected", "secret"}
 CRD_GROUPS = ("monitoring.coreos.com/", "ray.io/")
@@ -147,6 +148,15 @@ def reference_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def namespace_problems(objects: list[dict[str, Any]], target: str) -> list[str]:
+    """Only k8s/namespace creates the Namespace: `kubectl delete -k` of any other kustomization would
+    delete it, and every volume claim in it (the catalogue's) with it."""
+    if target == "namespace":
+        return []
+    return [f"Namespace/{o['metadata']['name']}: created here, so `kubectl delete -k` would delete it with its "
+            "volume claims (apply it from k8s/namespace)" for o in objects if o.get("kind") == "Namespace"]
+
+
 def autoscaling_problems(objects: list[dict[str, Any]]) -> list[str]:
     """A workload an HPA scales must not set spec.replicas: every apply would reset the HPA's count."""
     scaled = {(o["spec"]["scaleTargetRef"]["kind"], o["spec"]["scaleTargetRef"]["name"])
@@ -184,7 +194,8 @@ def main() -> int:
     for target in TARGETS:
         objects = render(k8s, target)
         problems += schema_problems(objects, target)
-        problems += [f"{target}: {p}" for p in reference_problems(objects) + autoscaling_problems(objects)]
+        problems += [f"{target}: {p}" for p in reference_problems(objects) + autoscaling_problems(objects)
+                     + namespace_problems(objects, target)]
         for obj in objects:
             problems += [f"{target}: {p}" for p in object_problems(obj)]
         print(f"{target}: {len(objects)} objects rendered")

@@ -152,6 +152,15 @@ def test_every_shipped_kustomization_renders_and_passes(target):
     assert [p for obj in objects for p in check.object_problems(obj)] == []
     assert check.schema_problems(objects, target) == []
     assert check.reference_problems(objects) == [] and check.autoscaling_problems(objects) == []
+    assert check.namespace_problems(objects, target) == []
+
+
+def test_only_the_namespace_kustomization_creates_the_namespace():
+    namespace = {"kind": "Namespace", "metadata": {"name": "llmemb"}}
+    assert check.namespace_problems([namespace], "namespace") == []
+    assert "delete -k" in check.namespace_problems([namespace], "overlays/cpu")[0]
+    rendered = check.render(ROOT / "k8s", "namespace") if shutil.which("kubectl") else [namespace]
+    assert [o["kind"] for o in rendered] == ["Namespace"]
 
 
 def test_a_replica_count_beside_an_hpa_is_reported():
