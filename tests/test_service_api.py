@@ -513,3 +513,51 @@ def test_changes_reach_the_other_replica_within_a_second(client, client_b, bundl
     while victim not in {i.id for i in client.recommend(history, k=100).items}:
         assert time.monotonic() - started < 1.0
         time.sleep(0.02)
+
+
+# Every route of the API and the client call that sends it (sync and async clients alike).
+CLIENT_CALLS = {
+    ("POST", "/v1/items/embed"): "embed_items", ("PUT", "/v1/items"): "put_items",
+    ("PUT", "/v1/items/{item_id:path}"): "put_item", ("GET", "/v1/items/{item_id:path}"): "get_item",
+    ("DELETE", "/v1/items/{item_id:path}"): "delete_item", ("POST", "/v1/recommend"): "recommend",
+    ("POST", "/v1/score"): "score", ("POST", "/v1/embeddings"): "embeddings", ("GET", "/v1/models"): "models",
+    ("GET", "/v1/info"): "info", ("GET", "/healthz"): "health", ("GET", "/readyz"): "ready",
+    ("GET", "/metrics"): "metrics",
+}
+
+
+def test_every_route_has_a_sync_and_an_async_client_call():
+    from service.routes import ops, v1
+
+    routes = {(method, route.path) for router in (ops, v1) for route in router.routes for method in route.methods}
+    assert routes == set(CLIENT_CALLS)
+    for name in CLIENT_CALLS.values():
+        assert callable(getattr(LLMEmbClient, name, None)), name
+        assert asyncio.iscoroutinefunction(getattr(AsyncLLMEmbClient, name, None)), name
+
+
+def test_client_bulk_put_get_item_and_models_sync_and_async(replicas, client, bundle):
+    source = bundle.item_ids[5]
+    attrs = bundle.item_attributes[5]
+    put = client.put_items([{"id": "bulk-1", "attributes": attrs}, {"id": "bulk-2", "attributes": {"title": "Other"}}])
+    assert [(r.id, r.created) for r in put.items] == [("bulk-1", True), ("bulk-2", True)] and put.dim == 32
+    try:
+        got, original = client.get_item("bulk-1"), client.get_item(source)
+        assert (got.source, original.source) == ("added", "bundle") and got.attributes == attrs
+        np.testing.assert_allclose(got.embedding, original.embedding, rtol=1e-5, atol=1e-6)
+        model = client.models().data[0].id
+        assert client.embeddings("a probe", model=model).data
+
+        async def main():
+            async with AsyncLLMEmbClient(replicas[0].url, api_key=KEYS[0]) as ac:
+                again = await ac.put_items([{"id": "bulk-2", "attributes": {"title": "Other"}}])
+                return again, await ac.get_item("bulk-2"), await ac.models()
+
+        again, item, models = asyncio.run(main())
+        assert again.items[0].created is False and item.id == "bulk-2" and models.data[0].id == model
+        with pytest.raises(LLMEmbError) as err:
+            client.get_item("never-added")
+        assert (err.value.status, err.value.code) == (404, "unknown_item")
+    finally:
+        for item_id in ("bulk-1", "bulk-2"):
+            client.delete_item(item_id)

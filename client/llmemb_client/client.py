@@ -27,7 +27,10 @@ from llmemb_client.schemas import (
     EmbedItemsResponse,
     HealthResponse,
     InfoResponse,
+    ItemResponse,
+    ModelsResponse,
     PutItemResponse,
+    PutItemsResponse,
     ReadyResponse,
     RecommendResponse,
     ScoreResponse,
@@ -115,6 +118,18 @@ class _Calls:
         return _Call("PUT", f"/v1/items/{quote(item_id, safe='')}", {"attributes": attributes}, PutItemResponse)
 
     @staticmethod
+    def put_items(items: Sequence[dict[str, Any]]) -> _Call:
+        return _Call("PUT", "/v1/items", {"items": list(items)}, PutItemsResponse)
+
+    @staticmethod
+    def get_item(item_id: str) -> _Call:
+        return _Call("GET", f"/v1/items/{quote(item_id, safe='')}", None, ItemResponse)
+
+    @staticmethod
+    def models() -> _Call:
+        return _Call("GET", "/v1/models", None, ModelsResponse)
+
+    @staticmethod
     def delete_item(item_id: str) -> _Call:
         return _Call("DELETE", f"/v1/items/{quote(item_id, safe='')}", None, DeleteItemResponse)
 
@@ -196,6 +211,13 @@ class LLMEmbClient:
     def put_item(self, item_id: str, attributes: dict[str, Any]) -> PutItemResponse:
         return self._send(_Calls.put_item(item_id, attributes))
 
+    def put_items(self, items: Sequence[dict[str, Any]]) -> PutItemsResponse:
+        """Add or replace several items ({"id", "attributes"} each) in one catalogue change."""
+        return self._send(_Calls.put_items(items))
+
+    def get_item(self, item_id: str) -> ItemResponse:
+        return self._send(_Calls.get_item(item_id))
+
     def delete_item(self, item_id: str) -> DeleteItemResponse:
         return self._send(_Calls.delete_item(item_id))
 
@@ -209,6 +231,9 @@ class LLMEmbClient:
     def embeddings(self, input: str | Sequence[str], model: str = "llmemb",
                    encoding_format: str = "float") -> EmbeddingsResponse:
         return self._send(_Calls.embeddings(input, model, encoding_format))
+
+    def models(self) -> ModelsResponse:
+        return self._send(_Calls.models())
 
     def info(self) -> InfoResponse:
         return self._send(_Calls.info())
@@ -276,6 +301,13 @@ class AsyncLLMEmbClient:
     async def put_item(self, item_id: str, attributes: dict[str, Any]) -> PutItemResponse:
         return await self._send(_Calls.put_item(item_id, attributes))
 
+    async def put_items(self, items: Sequence[dict[str, Any]]) -> PutItemsResponse:
+        """Add or replace several items ({"id", "attributes"} each) in one catalogue change."""
+        return await self._send(_Calls.put_items(items))
+
+    async def get_item(self, item_id: str) -> ItemResponse:
+        return await self._send(_Calls.get_item(item_id))
+
     async def delete_item(self, item_id: str) -> DeleteItemResponse:
         return await self._send(_Calls.delete_item(item_id))
 
@@ -290,6 +322,9 @@ class AsyncLLMEmbClient:
     async def embeddings(self, input: str | Sequence[str], model: str = "llmemb",
                          encoding_format: str = "float") -> EmbeddingsResponse:
         return await self._send(_Calls.embeddings(input, model, encoding_format))
+
+    async def models(self) -> ModelsResponse:
+        return await self._send(_Calls.models())
 
     async def info(self) -> InfoResponse:
         return await self._send(_Calls.info())
