@@ -400,8 +400,8 @@ def summarize(ranks: torch.Tensor, targets: np.ndarray, groups: EvalGroups, ks: 
         "long": group_metrics(ranks, groups.long_user, ks),
         "popularity": [],
     }
-    for field, inside, outside in OPTIONAL_SPLITS:
-        mask = getattr(groups, field)
+    for attribute, inside, outside in OPTIONAL_SPLITS:
+        mask = getattr(groups, attribute)
         if mask is not None:
             chosen = mask[targets]
             out[inside] = group_metrics(ranks, chosen, ks)

@@ -1,4 +1,5 @@
-"""The `llmemb` command: `train …`, `serve`, `backfill`, `verify` and `export-st`.
+"""The `llmemb` command: `train …`, `serve`, `backfill`, `catalogue`, `verify` and `export-st`
+(and `llmemb --version`).
 
 Each part is imported only when its sub-command runs, so an install with the serve
 extra alone runs `llmemb serve` and `llmemb verify` without the trainer's packages.
@@ -15,6 +16,21 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLMEmb: LLM item embeddings for sequential recommenders (trainer, service, backfill).")
 PASS_ON = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+DISTRIBUTION = "llmemb-serve"
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"llmemb {version(DISTRIBUTION)}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the installed version and exit.")] = False) -> None:
+    """LLMEmb: LLM item embeddings for sequential recommenders (trainer, service, backfill)."""
 
 
 @app.command(context_settings=PASS_ON, add_help_option=False)
@@ -41,6 +57,14 @@ def backfill(ctx: typer.Context) -> None:
     from service.backfill.cli import main
 
     main(list(ctx.args))
+
+
+@app.command(context_settings=PASS_ON, add_help_option=False)
+def catalogue(ctx: typer.Context) -> None:
+    """Export the live catalogue to JSON lines, or import one (`llmemb catalogue export --help`)."""
+    from service.catalogue_io import main
+
+    raise typer.Exit(main(list(ctx.args), prog="llmemb catalogue"))
 
 
 @app.command()

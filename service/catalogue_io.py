@@ -134,8 +134,8 @@ def import_catalogue(client: redis.Redis, fingerprint: str, dim: int, path: Path
     return {"epoch": epoch, "version": version, "items": len(items), "deleted": len(deleted)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.catalogue_io", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m service.catalogue_io") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["export", "import"])
     p.add_argument("--bundle", required=True, type=Path, help="the bundle the catalogue belongs to")

@@ -5,8 +5,8 @@ import functools
 import hashlib
 import http.server
 import io
-import os
 import json
+import os
 import shutil
 import tarfile
 import threading

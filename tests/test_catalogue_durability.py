@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -162,9 +164,15 @@ def test_the_command_line_round_trip(server, tmp_path):
     out = tmp_path / "export.jsonl"
     assert catalogue_io_main(["export", "--bundle", str(bundle), "--redis-url", server.url, "--out", str(out)]) == 0
     direct.flushall()
-    assert catalogue_io_main(["import", "--bundle", str(bundle), "--redis-url", server.url, "--in", str(out)]) == 0
+    # the same through the installed command: `llmemb catalogue import ...`
+    command = [sys.executable, "-m", "llmemb_cli", "catalogue", "import", "--bundle", str(bundle),
+               "--redis-url", server.url, "--in", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["items"] == 1
     assert direct.hget(keys[0], "new") == np.arange(dim, dtype="<f4").tobytes()
-    assert catalogue_io_main(["import", "--bundle", str(bundle), "--redis-url", server.url, "--in", str(out)]) == 1
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "catalogue import failed" in again.stderr
 
 
 # ------------------------------------------------ the shipped Redis configuration

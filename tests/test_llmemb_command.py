@@ -14,7 +14,7 @@ def _llmemb(*args: str) -> subprocess.CompletedProcess:
 def test_top_level_help_lists_the_four_parts():
     out = _llmemb("--help")
     assert out.returncode == 0, out.stderr
-    for part in ("train", "serve", "backfill", "verify"):
+    for part in ("train", "serve", "backfill", "catalogue", "verify"):
         assert part in out.stdout
 
 
@@ -22,6 +22,7 @@ def test_top_level_help_lists_the_four_parts():
     ("train", ["quick", "quality", "rat", "scft"]),   # the trainer's own sub-commands
     ("serve", ["--bundle", "--redis-url", "--print-examples"]),
     ("backfill", ["--engine", "--catalogue", "--ray-address"]),
+    ("catalogue", ["export", "import", "--redis-url", "--replace"]),
 ])
 def test_each_part_shows_its_own_help(part, expected):
     out = _llmemb(part, "--help")
@@ -40,3 +41,10 @@ def test_the_serve_part_does_not_import_the_trainer():
             "print(sorted(m for m in sys.modules if m == 'trainer' or m.startswith('trainer.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    out = _llmemb("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"llmemb {version('llmemb-serve')}"
