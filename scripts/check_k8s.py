@@ -9,7 +9,8 @@ For each of k8s/namespace, k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring an
   a registry, and that no Secret is empty and no claim asks for ReadOnlyMany;
 - check that every ConfigMap and Secret a pod reads is created by the same render under that name,
   and that no workload an HPA scales sets its own replica count; that only k8s/namespace creates
-  the Namespace.
+  the Namespace; that NetworkPolicies deny by default and open the two Redis to the service and the
+  backfill alone.
 Exit status 1 with one line per problem.
 """
 from __future__ import annotations
@@ -148,6 +149,70 @@ def reference_problems(objects: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions In / NotIn / Exists / DoesNotExist) selects labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values) \
+                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def allowed_peers(objects: list[dict[str, Any]], labels: dict[str, str], port: int,
+                  direction: str = "ingress") -> list[dict[str, Any]] | None:
+    """The peers the namespace's NetworkPolicies allow to reach (ingress) or be reached by (egress) a pod
+    with `labels` on TCP `port`: None when no policy isolates the pod in that direction (all allowed), a
+    list of peers otherwise ({} = any peer)."""
+    kind = direction.capitalize()
+    policies = [o["spec"] for o in objects if o.get("kind") == "NetworkPolicy"
+                and kind in o["spec"].get("policyTypes", ["Ingress"]) and _selects(o["spec"]["podSelector"], labels)]
+    if not policies:
+        return None
+    peers: list[dict[str, Any]] = []
+    for spec in policies:
+        for rule in spec.get(direction, []):
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port and p.get("protocol", "TCP") == "TCP" for p in ports):
+                continue
+            peers += rule.get("from" if direction == "ingress" else "to") or [{}]
+    return peers
+
+
+SERVICE_POD = {"app.kubernetes.io/name": "llmemb-service"}
+
+
+def network_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Where a render runs the service: deny by default, the two Redis reachable from the service and the
+    backfill alone, and the service reachable on its port and able to reach both Redis."""
+    if not any(o.get("kind") == "Deployment" and o["metadata"]["name"] == "llmemb-service" for o in objects):
+        return []
+    problems = []
+    if not any(o.get("kind") == "NetworkPolicy" and o["spec"].get("podSelector") == {}
+               and set(o["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+               and not o["spec"].get("ingress") and not o["spec"].get("egress") for o in objects):
+        problems.append("NetworkPolicy: no deny-by-default policy (podSelector {}, Ingress and Egress, no rules)")
+    clients = {"llmemb-service", "llmemb-backfill"}
+    for redis in ("llmemb-redis", "llmemb-catalogue"):
+        peers = allowed_peers(objects, {"app.kubernetes.io/name": redis}, 6379)
+        if peers is None or not peers:
+            problems.append(f"{redis}: {'open to every pod' if peers is None else 'reachable by no pod'} on 6379")
+            continue
+        for peer in peers:
+            name = (peer.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+            if set(peer) != {"podSelector"} or name not in clients:
+                problems.append(f"{redis}: port 6379 open to {peer or 'any peer'} (only the service and the backfill)")
+        out = allowed_peers(objects, SERVICE_POD, 6379, "egress")
+        if out is not None and not any(p == {} or (set(p) == {"podSelector"} and _selects(
+                p["podSelector"], {"app.kubernetes.io/name": redis})) for p in out):
+            problems.append(f"llmemb-service: may not reach {redis} on 6379")
+    if allowed_peers(objects, SERVICE_POD, 8000) == []:
+        problems.append("llmemb-service: its port 8000 is reachable by no one")
+    return problems
+
+
 def namespace_problems(objects: list[dict[str, Any]], target: str) -> list[str]:
     """Only k8s/namespace creates the Namespace: `kubectl delete -k` of any other kustomization would
     delete it, and every volume claim in it (the catalogue's) with it."""
@@ -195,7 +260,7 @@ def main() -> int:
         objects = render(k8s, target)
         problems += schema_problems(objects, target)
         problems += [f"{target}: {p}" for p in reference_problems(objects) + autoscaling_problems(objects)
-                     + namespace_problems(objects, target)]
+                     + namespace_problems(objects, target) + network_problems(objects)]
         for obj in objects:
             problems += [f"{target}: {p}" for p in object_problems(obj)]
         print(f"{target}: {len(objects)} objects rendered")

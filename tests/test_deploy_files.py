@@ -152,7 +152,7 @@ def test_every_shipped_kustomization_renders_and_passes(target):
     assert [p for obj in objects for p in check.object_problems(obj)] == []
     assert check.schema_problems(objects, target) == []
     assert check.reference_problems(objects) == [] and check.autoscaling_problems(objects) == []
-    assert check.namespace_problems(objects, target) == []
+    assert check.namespace_problems(objects, target) == [] and check.network_problems(objects) == []
 
 
 def test_only_the_namespace_kustomization_creates_the_namespace():
@@ -178,3 +178,31 @@ def test_compose_trainer_writes_as_the_host_user():
     import yaml
     trainer = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["trainer"]
     assert trainer["user"] == "${LLMEMB_UID:-1000}:${LLMEMB_GID:-1000}"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
+def test_network_policies_deny_by_default_and_keep_redis_to_its_clients():
+    import copy
+
+    objects = check.render(ROOT / "k8s", "overlays/cpu")
+    assert check.network_problems(objects) == []
+    redis = {"app.kubernetes.io/name": "llmemb-catalogue"}
+    peers = check.allowed_peers(objects, redis, 6379)
+    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in peers) == [
+        "llmemb-backfill", "llmemb-service"]
+    assert check.allowed_peers(objects, redis, 6380) == []                   # any other port: closed
+    assert check.allowed_peers(objects, {"app.kubernetes.io/name": "llmemb-service"}, 8000) == [{}]
+
+    def without(name: str) -> list:
+        return [o for o in copy.deepcopy(objects) if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == name)]
+
+    assert any("deny-by-default" in p for p in check.network_problems(without("llmemb-default-deny")))
+    # without the Redis policy, only the default deny selects Redis: no pod may reach it, the service included
+    assert any("reachable by no pod" in p for p in check.network_problems(without("llmemb-redis")))
+    opened = copy.deepcopy(objects)
+    policy = next(o for o in opened if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "llmemb-redis")
+    policy["spec"]["ingress"][0]["from"].append({"namespaceSelector": {}})
+    assert any("open to" in p and "namespaceSelector" in p for p in check.network_problems(opened))
+    no_policies = [o for o in objects if o["kind"] != "NetworkPolicy"]
+    assert any("open to every pod" in p for p in check.network_problems(no_policies))
+    assert check.network_problems(check.render(ROOT / "k8s", "monitoring")) == []   # no service there
