@@ -6,7 +6,8 @@ For each of k8s/namespace, k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring an
 - validate every object against the Kubernetes API schemas (kubernetes-validate --strict); the pod
   templates inside custom resources (RayJob) are validated as Pods;
 - check every pod template against the "restricted" Pod Security Standard, every image name for
-  a registry, and that no Secret is empty and no claim asks for ReadOnlyMany;
+  a registry, that no Secret is empty, no claim asks for ReadOnlyMany and no Redis runs without a
+  password;
 - check that every ConfigMap and Secret a pod reads is created by the same render under that name,
   and that no workload an HPA scales sets its own replica count; that only k8s/namespace creates
   the Namespace; that NetworkPolicies deny by default and open the two Redis to the service and the
@@ -36,7 +37,7 @@ def render(k8s: Path, target: str) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "k8s"
         shutil.copytree(k8s, copy)
-        for example in copy.glob("**/secrets/*.env.example"):
+        for example in copy.glob("**/secrets/*.env.example"):   # the overlays' API keys, the Redis password
             example.with_suffix("").write_text(example.read_text())
         out = subprocess.run(["kubectl", "kustomize", str(copy / target)], capture_output=True, text=True)
         if out.returncode != 0:
@@ -110,6 +111,9 @@ def object_problems(obj: dict[str, Any]) -> list[str]:
             problems.append(f"{kind}/{name}: a ReadOnlyMany claim nothing fills")
     for where, pod in pod_specs(obj):
         problems += restricted_problems(where, pod)
+        for container in pod.get("containers", []):
+            if "/redis:" in container.get("image", "") and "--requirepass" not in container.get("args", []):
+                problems.append(f"{where} container {container['name']}: Redis without --requirepass")
     return problems
 
 
@@ -134,12 +138,13 @@ def _references(pod: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield "Secret", volume["secret"]["secretName"]
 
 
-def reference_problems(objects: list[dict[str, Any]]) -> list[str]:
+def reference_problems(objects: list[dict[str, Any]], shared: list[dict[str, Any]] = ()) -> list[str]:
     """Every ConfigMap and Secret a pod reads must be an object of the same render, under its rendered
     name: a generated one carries a hash suffix that kustomize writes into the references it knows
     (and only those), so a name from another kustomization, or in a custom resource kustomize was not
-    told about, points at nothing and the pod never starts."""
-    present = {(obj.get("kind"), obj["metadata"]["name"]) for obj in objects}
+    told about, points at nothing and the pod never starts. `shared`: objects of k8s/namespace, applied
+    before every other kustomization (the Redis password, under a fixed name)."""
+    present = {(obj.get("kind"), obj["metadata"]["name"]) for obj in list(objects) + list(shared)}
     problems = []
     for obj in objects:
         for where, pod in pod_specs(obj):
@@ -256,10 +261,11 @@ def main() -> int:
         print("check_k8s: kubectl (with its built-in kustomize) is needed to render k8s/", file=sys.stderr)
         return 1
     problems = []
+    shared = render(k8s, "namespace")   # applied once, before the others: its Secret is read by them
     for target in TARGETS:
         objects = render(k8s, target)
         problems += schema_problems(objects, target)
-        problems += [f"{target}: {p}" for p in reference_problems(objects) + autoscaling_problems(objects)
+        problems += [f"{target}: {p}" for p in reference_problems(objects, shared) + autoscaling_problems(objects)
                      + namespace_problems(objects, target) + network_problems(objects)]
         for obj in objects:
             problems += [f"{target}: {p}" for p in object_problems(obj)]

@@ -30,6 +30,7 @@ import redis
 
 from llmemb.bundle import read_manifest
 from service.catalogue import KEY_NAMES, catalogue_keys
+from service.redis_link import env_password
 
 FORMAT = 1
 
@@ -139,14 +140,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m service.catalogue
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["export", "import"])
     p.add_argument("--bundle", required=True, type=Path, help="the bundle the catalogue belongs to")
-    p.add_argument("--redis-url", required=True, help="the catalogue's Redis (LLMEMB_CATALOGUE_REDIS_URL)")
+    p.add_argument("--redis-url", required=True,
+                   help="the catalogue's Redis (LLMEMB_CATALOGUE_REDIS_URL; its password from LLMEMB_REDIS_PASSWORD)")
     p.add_argument("--out", type=Path, help="export: the JSONL file to write")
     p.add_argument("--in", dest="src", type=Path, help="import: the JSONL file to read")
     p.add_argument("--replace", action="store_true", help="import: overwrite a catalogue Redis already holds")
     args = p.parse_args(argv)
     manifest = read_manifest(args.bundle)
     fingerprint, dim = manifest["fingerprint"], int(manifest["dims"]["item"])
-    client = redis.Redis.from_url(args.redis_url)
+    client = redis.Redis.from_url(args.redis_url, password=env_password())
     try:
         if args.command == "export":
             if args.out is None:

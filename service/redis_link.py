@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -51,6 +52,15 @@ async def stop_task(task: asyncio.Task, what: str, attempts: int = 50, wait_s: f
 
 
 
+PASSWORD_ENV = "LLMEMB_REDIS_PASSWORD"   # the Redis password where a URL carries none (k8s: from a Secret)
+
+
+def env_password() -> str | None:
+    """The password of LLMEMB_REDIS_PASSWORD, for the command-line tools (backfill, catalogue export and
+    import); the service reads the same variable through its settings."""
+    return os.environ.get(PASSWORD_ENV) or None
+
+
 def safe_url(url: str) -> str:
     """A Redis URL fit for logs and messages: never a password embedded in it."""
     if "@" in url:
@@ -64,13 +74,14 @@ class RedisUnavailable(Exception):
 
 class RedisLink:
     def __init__(self, url: str, timeout_s: float, backoff_max_s: float, metrics: Metrics, up_probes: int = 2,
-                 role: str = "cache"):
+                 role: str = "cache", password: str | None = None):
         self.url = url
         self.metrics = metrics
         self.backoff_min_s = min(0.05, backoff_max_s)
         self.backoff_max_s = backoff_max_s
         self.client = aioredis.from_url(
             url,
+            password=password,              # used where the URL has none (a password in the URL wins)
             decode_responses=False,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,

@@ -85,14 +85,16 @@ class Runtime:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         s = self.settings
+        password = s.redis_password.get_secret_value() if s.redis_password else None
         if s.redis_url:
-            self.link = RedisLink(s.redis_url, s.redis_timeout_s, s.redis_backoff_max_s, self.metrics)
+            self.link = RedisLink(s.redis_url, s.redis_timeout_s, s.redis_backoff_max_s, self.metrics,
+                                  password=password)
             await self.link.start()
         self.catalogue_link = self.link
         if s.catalogue_redis_url and s.catalogue_redis_url != s.redis_url:
             # The catalogue's own durable instance (AOF, noeviction); the cache may evict freely.
             self.catalogue_link = RedisLink(s.catalogue_redis_url, s.redis_timeout_s, s.redis_backoff_max_s,
-                                            self.metrics, role="catalogue")
+                                            self.metrics, role="catalogue", password=password)
             await self.catalogue_link.start()
         self._loader = asyncio.create_task(self._load(), name="llmemb-load")
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     catalogue_redis_url: str | None = Field(
         None, description="redis://host:port/db of the shared catalogue, the service's only state: run it with "
                           "AOF and noeviction (compose and k8s do); none -> the cache's Redis")
+    redis_password: SecretStr | None = Field(
+        None, description="password of both Redis where their URLs carry none (LLMEMB_REDIS_PASSWORD; k8s sets "
+        "it from a Secret so that no URL holds it)")
     redis_timeout_s: float = Field(0.25, gt=0, description="socket timeouts: a dead Redis never stalls requests")
     redis_backoff_max_s: float = Field(2.0, gt=0, description="longest wait between reconnection attempts")
     cache_enabled: bool = True

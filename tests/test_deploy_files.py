@@ -94,6 +94,9 @@ def test_what_broke_deployments_is_reported():
     rom = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "b"},
            "spec": {"accessModes": ["ReadOnlyMany"]}}
     assert "ReadOnlyMany" in check.object_problems(rom)[0]
+    redis = _deployment({"name": "redis", "image": "docker.io/library/redis:7.4-alpine", "args": ["--save", ""],
+                         "securityContext": RESTRICTED_CONTAINER}, RESTRICTED_POD)
+    assert check.object_problems(redis) == ["Deployment/x container redis: Redis without --requirepass"]
 
 
 def test_pods_inside_a_rayjob_are_checked():
@@ -135,13 +138,16 @@ def test_the_rayjob_reads_the_configmap_its_kustomization_generates(tmp_path):
     assert len(generated) == 1 and generated[0].startswith("llmemb-backfill-bundle-")   # hash-suffixed
     job = next(o for o in objects if o["kind"] == "RayJob")
     read = {name for _, pod in check.pod_specs(job) for _, name in check._references(pod)}
-    assert read == {generated[0]}
+    assert read == {generated[0], "llmemb-redis-auth"}   # the second from k8s/namespace, under its fixed name
     # without the RayJob name configuration, kustomize leaves the reference unrewritten: the check sees it
     copy = tmp_path / "k8s"
     shutil.copytree(ROOT / "k8s", copy)
     kustomization = copy / "backfill" / "kustomization.yaml"
     kustomization.write_text(kustomization.read_text().replace("configurations:\n  - rayjob-names.yaml\n", ""))
-    assert any("which this render does not create" in p for p in check.reference_problems(check.render(copy, "backfill")))
+    shared = check.render(ROOT / "k8s", "namespace")
+    assert check.reference_problems(objects, shared) == []
+    assert any("which this render does not create" in p
+               for p in check.reference_problems(check.render(copy, "backfill"), shared))
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
@@ -151,7 +157,8 @@ def test_every_shipped_kustomization_renders_and_passes(target):
     assert objects
     assert [p for obj in objects for p in check.object_problems(obj)] == []
     assert check.schema_problems(objects, target) == []
-    assert check.reference_problems(objects) == [] and check.autoscaling_problems(objects) == []
+    shared = check.render(ROOT / "k8s", "namespace")
+    assert check.reference_problems(objects, shared) == [] and check.autoscaling_problems(objects) == []
     assert check.namespace_problems(objects, target) == [] and check.network_problems(objects) == []
 
 
@@ -160,7 +167,9 @@ def test_only_the_namespace_kustomization_creates_the_namespace():
     assert check.namespace_problems([namespace], "namespace") == []
     assert "delete -k" in check.namespace_problems([namespace], "overlays/cpu")[0]
     rendered = check.render(ROOT / "k8s", "namespace") if shutil.which("kubectl") else [namespace]
-    assert [o["kind"] for o in rendered] == ["Namespace"]
+    assert sorted(o["kind"] for o in rendered) == ["Namespace", "Secret"]   # the Redis password, fixed name
+    secret = next(o for o in rendered if o["kind"] == "Secret")
+    assert secret["metadata"]["name"] == "llmemb-redis-auth" and check.object_problems(secret) == []
 
 
 def test_a_replica_count_beside_an_hpa_is_reported():

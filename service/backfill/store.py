@@ -19,11 +19,14 @@ from service.catalogue import (
     catalogue_keys,
     put_arguments,
 )
-from service.redis_link import safe_url
+from service.redis_link import env_password, safe_url
 
 
 def connect(url: str) -> redis.Redis:
-    client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=30, socket_connect_timeout=5)
+    """A checked client of the Redis at `url`, with LLMEMB_REDIS_PASSWORD where the URL has no password
+    (in the CLI's process and in every Ray actor alike)."""
+    client = redis.Redis.from_url(url, password=env_password(), decode_responses=False, socket_timeout=30,
+                                  socket_connect_timeout=5)
     try:
         client.ping()
     except (redis.RedisError, OSError) as e:
