@@ -377,6 +377,19 @@ def baseline_ce(revision: str):
     return module._ChunkedSoftmaxCE, module.CE_CHUNK_ROWS
 
 
+def interleaved_best(candidates: dict[str, Callable[[], Any]], rounds: int = 10, calls: int = 3) -> dict[str, float]:
+    """Seconds per call of each candidate: the best of `rounds` rounds of `calls` calls, the candidates
+    taking turns within each round (so that a noisy neighbour slows them alike)."""
+    best = {key: float("inf") for key in candidates}
+    for _ in range(rounds):
+        for key, run in candidates.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                run()
+            best[key] = min(best[key], (time.perf_counter() - start) / calls)
+    return best
+
+
 def ce_kernels(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Full-softmax CE with its gradient (the output layer of a CE epoch) at Beauty's and ML-1M's batch
     shapes, hidden 64: this checkout's chunked form against `--ce-baseline`'s, interleaved, best of 10
@@ -399,14 +412,9 @@ def ce_kernels(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             h = (torch.randn(rows, 64, generator=gen) * 0.3).requires_grad_()
             table = (torch.randn(items, 64, generator=gen) * 0.3).requires_grad_()
             y = torch.randint(0, items, (rows,), generator=gen)
-            candidates = {"before": (old_fn, old_chunk), "after": (losses._ChunkedSoftmaxCE, losses.CE_CHUNK_ROWS)}
-            best = {k: float("inf") for k in candidates}
-            for _ in range(10):
-                for key, (fn, chunk) in candidates.items():
-                    start = time.perf_counter()
-                    for _ in range(3):
-                        fn.apply(h, table, y, chunk).backward()
-                    best[key] = min(best[key], (time.perf_counter() - start) / 3)
+            best = interleaved_best({
+                "before": lambda: old_fn.apply(h, table, y, old_chunk).backward(),
+                "after": lambda: losses._ChunkedSoftmaxCE.apply(h, table, y, losses.CE_CHUNK_ROWS).backward()})
             macs = 3 * rows * items * 64
             run = {"before_ms": best["before"] * 1e3, "after_ms": best["after"] * 1e3,
                    "after_gmac_per_s": macs / best["after"] / 1e9, "speedup": best["before"] / best["after"]}
@@ -453,14 +461,8 @@ def adapter_kernels(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             layer = AdaptedItemEmbedding(source, adapter)
             weights = torch.randn(items + 1, d, generator=gen)
             keep = (torch.arange(items + 1) != 0).unsqueeze(-1).float()
-            candidates = {"two": lambda: adapter(layer.source) * keep, "one": layer.table}
-            best = {k: float("inf") for k in candidates}
-            for _ in range(10):
-                for key, table in candidates.items():
-                    start = time.perf_counter()
-                    for _ in range(3):
-                        (table() * weights).sum().backward()
-                    best[key] = min(best[key], (time.perf_counter() - start) / 3)
+            best = interleaved_best({"two": lambda: ((adapter(layer.source) * keep) * weights).sum().backward(),
+                                     "one": lambda: (layer.table() * weights).sum().backward()})
             run = {"two_layers_ms": best["two"] * 1e3, "one_matrix_ms": best["one"] * 1e3,
                    "speedup": best["two"] / best["one"]}
             numbers[f"{name}/{threads}"] = run
