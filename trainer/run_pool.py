@@ -81,19 +81,25 @@ def run_tasks(
         return f"[{task.split}] {task.label or task.method} {task.config.backbone.name} seed {task.config.train.seed}"
 
     waits = list(after) if after is not None else [None] * len(tasks)
+    waited = {w for w in waits if w is not None}
     out: list[dict[str, Any] | None] = [None] * len(tasks)
+    started: set[int] = set()
     finished: set[int] = set()
 
     def ready() -> list[int]:
-        return [i for i in range(len(tasks)) if out[i] is None and i not in started
-                and (waits[i] is None or waits[i] in finished)]
+        """Tasks not started whose run to wait for has finished; those others wait for first."""
+        free = [i for i in range(len(tasks)) if i not in started and (waits[i] is None or waits[i] in finished)]
+        return sorted(free, key=lambda j: (j not in waited, j))
 
-    started: set[int] = set()
+    def cycle() -> ValueError:
+        return ValueError("tasks wait for each other in a cycle: "
+                          + ", ".join(name(tasks[i]) for i in range(len(tasks)) if i not in started))
+
     if workers <= 1 or len(tasks) <= 1:
         while len(finished) < len(tasks):
             batch = ready()
             if not batch:
-                raise ValueError("tasks wait for each other in a cycle")
+                raise cycle()
             i = batch[0]
             started.add(i)
             log(name(tasks[i]))
@@ -107,15 +113,11 @@ def run_tasks(
         pending: dict[Any, int] = {}
 
         def submit_ready() -> None:
-            # Tasks that others wait for go first, so that the queue never holds a worker idle.
-            waited = {w for w in waits if w is not None}
-            for i in sorted(ready(), key=lambda j: (j not in waited, j)):
+            for i in ready():
                 started.add(i)
                 pending[pool.submit(run_task, tasks[i])] = i
 
         submit_ready()
-        if not pending and tasks:
-            raise ValueError("tasks wait for each other in a cycle")
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -124,4 +126,6 @@ def run_tasks(
                 finished.add(i)
                 log(f"{name(tasks[i])} done ({len(finished)}/{len(tasks)})")
             submit_ready()
+    if len(finished) < len(tasks):
+        raise cycle()
     return out  # type: ignore[return-value]
