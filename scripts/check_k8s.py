@@ -200,6 +200,7 @@ def network_problems(objects: list[dict[str, Any]]) -> list[str]:
                and not o["spec"].get("ingress") and not o["spec"].get("egress") for o in objects):
         problems.append("NetworkPolicy: no deny-by-default policy (podSelector {}, Ingress and Egress, no rules)")
     clients = {"llmemb-service", "llmemb-backfill"}
+    service_out = allowed_peers(objects, SERVICE_POD, 6379, "egress")
     for redis in ("llmemb-redis", "llmemb-catalogue"):
         peers = allowed_peers(objects, {"app.kubernetes.io/name": redis}, 6379)
         if peers is None or not peers:
@@ -209,9 +210,8 @@ def network_problems(objects: list[dict[str, Any]]) -> list[str]:
             name = (peer.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name")
             if set(peer) != {"podSelector"} or name not in clients:
                 problems.append(f"{redis}: port 6379 open to {peer or 'any peer'} (only the service and the backfill)")
-        out = allowed_peers(objects, SERVICE_POD, 6379, "egress")
-        if out is not None and not any(p == {} or (set(p) == {"podSelector"} and _selects(
-                p["podSelector"], {"app.kubernetes.io/name": redis})) for p in out):
+        if service_out is not None and not any(p == {} or (set(p) == {"podSelector"} and _selects(
+                p["podSelector"], {"app.kubernetes.io/name": redis})) for p in service_out):
             problems.append(f"llmemb-service: may not reach {redis} on 6379")
     if allowed_peers(objects, SERVICE_POD, 8000) == []:
         problems.append("llmemb-service: its port 8000 is reachable by no one")
