@@ -33,12 +33,19 @@ ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "
 CRD_GROUPS = ("monitoring.coreos.com/", "ray.io/")
 
 
-def render(k8s: Path, target: str) -> list[dict[str, Any]]:
+def render(k8s: Path, target: str, settings: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize` renders of k8s/<target>, with the committed examples as secrets.
+    settings: values for keys of the .env files (an operator's bundle URL and sha256), set before rendering."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "k8s"
         shutil.copytree(k8s, copy)
         for example in copy.glob("**/secrets/*.env.example"):   # the overlays' API keys, the Redis password
             example.with_suffix("").write_text(example.read_text())
+        for env_file in copy.glob("**/*.env") if settings else []:
+            lines = env_file.read_text().splitlines()
+            env_file.write_text("\n".join(
+                f"{key}={settings[key]}" if (key := line.partition("=")[0]) in settings and not line.startswith("#")
+                else line for line in lines) + "\n")
         out = subprocess.run(["kubectl", "kustomize", str(copy / target)], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"{target}: kubectl kustomize failed: {out.stderr.strip()}")
