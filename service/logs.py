@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from datetime import UTC, datetime
 
 FIELDS = ("request_id", "method", "route", "status", "latency_ms")
@@ -22,7 +24,15 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str, fmt: str) -> None:
-    """Root logging for `python -m service`; uvicorn's own loggers go through the same handler."""
+    """Root logging for `python -m service` and its model process; uvicorn's own loggers and Python's
+    warnings go through the same handler, and the Hugging Face progress bars are off (their
+    carriage-return lines would cut through the log lines of the other process)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"   # read when huggingface_hub is first imported
+    for module, switch in (("huggingface_hub.utils", "disable_progress_bars"),
+                           ("transformers.utils.logging", "disable_progress_bar")):
+        if module in sys.modules:   # already imported: switch it off there too
+            getattr(sys.modules[module], switch)()
+    logging.captureWarnings(True)
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -54,6 +54,11 @@ class Metrics:
         self.catalogue_lost = Gauge("llmemb_catalogue_lost", "1 while the shared catalogue went backwards or "
                                     "vanished and the last good snapshot is served", registry=r)
 
+    def watch_model_process(self, pid) -> None:
+        """The model process's CPU seconds, memory and open files, as llmemb_model_process_* (the
+        process_* metrics are the service's own process only); `pid()` names the current child."""
+        ProcessCollector(namespace="llmemb_model", pid=pid, registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from service.embedder import StageVectors, stage_vectors
+from service.logs import configure as configure_logs
 
 log = logging.getLogger("llmemb.service")
 
@@ -45,6 +46,8 @@ class ModelOptions:
     base_model_path: str | None = None
     threads: int | None = None
     nice: int = 0              # CPU priority increment of the model process
+    log_level: str = "info"    # the child logs as the service does (service/logs.py)
+    log_format: str = "json"
 
 
 def _load(options: ModelOptions) -> int:
@@ -52,6 +55,7 @@ def _load(options: ModelOptions) -> int:
     global _EMBEDDER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logs(options.log_level, options.log_format)   # a spawned child starts with no handlers
     import torch
 
     from llmemb.bundle import load_bundle

@@ -110,8 +110,10 @@ class Runtime:
                                  f"max_tokens={bundle.encoder.max_tokens}: one text would not fit")
             base_model_path = str(s.base_model_path) if s.base_model_path is not None else None
             self.model = model = ModelProcess(ModelOptions(str(s.bundle_path), s.device, s.dtype, s.max_batch_tokens,
-                                                           base_model_path, s.torch_threads, s.model_nice),
+                                                           base_model_path, s.torch_threads, s.model_nice,
+                                                           s.log_level, s.log_format),
                                               self.metrics)
+            self.metrics.watch_model_process(lambda: model.pid)
             await model.start()
             self.engine = await loop.run_in_executor(self.score_pool, lambda: Engine(bundle, base_model_path, s.scoring_device))
             self.cache = EmbeddingCache(bundle.fingerprint, bundle.dims, self.link, s.lru_size,

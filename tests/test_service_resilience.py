@@ -281,6 +281,7 @@ def test_a_killed_model_process_answers_503_then_is_replaced(logs):
             children = [ch for ch in psutil.Process(proc.pid).children()
                         if "resource_tracker" not in " ".join(ch.cmdline())]
             assert len(children) == 1
+            assert model_started(c.metrics()) == pytest.approx(children[0].create_time(), abs=1.0)
             children[0].kill()
             children[0].wait(10)
             with pytest.raises(LLMEmbError) as err:
@@ -290,5 +291,19 @@ def test_a_killed_model_process_answers_503_then_is_replaced(logs):
             wait_for(lambda: c.ready().model == "up", 60, 0.2, "a new model process")
             assert c.embed_items([{"attributes": movie("After The Kill")}]).data[0].cached is False
             assert "llmemb_model_restarts_total 1.0" in c.metrics()
+            new = [ch for ch in psutil.Process(proc.pid).children() if "resource_tracker" not in " ".join(ch.cmdline())]
+            assert model_started(c.metrics()) == pytest.approx(new[0].create_time(), abs=1.0)   # the new one's
     finally:
         proc.stop()
+    # Both processes log JSON lines, no progress bars. Python's own resource tracker (a helper process
+    # multiprocessing starts, with no logging set up) warns in plain text about the killed child's semaphore.
+    text = proc.log_path.read_text().replace(
+        "  warnings.warn('resource_tracker: There appear to be %d '\n", "")
+    records = [json.loads(line) for line in text.splitlines() if line.strip() and "resource_tracker.py" not in line]
+    assert any("model process restarted" in r["message"] for r in records)
+
+
+def model_started(metrics: str) -> float:
+    """The model process's start time, from the service's /metrics (llmemb_model_process_*)."""
+    line = next(x for x in metrics.splitlines() if x.startswith("llmemb_model_process_start_time_seconds "))
+    return float(line.split()[1])
