@@ -9,7 +9,8 @@ For each of k8s/namespace, k8s/overlays/cpu, k8s/overlays/gpu, k8s/monitoring an
   a registry, that no Secret is empty, no claim asks for ReadOnlyMany and no Redis runs without a
   password;
 - check that every ConfigMap and Secret a pod reads is created by the same render under that name,
-  and that no workload an HPA scales sets its own replica count; that only k8s/namespace creates
+  and that no workload an HPA scales sets its own replica count, and one with several replicas spreads
+  them over nodes; that only k8s/namespace creates
   the Namespace; that NetworkPolicies deny by default and open the two Redis to the service and the
   backfill alone.
 Exit status 1 with one line per problem.
@@ -242,6 +243,23 @@ def autoscaling_problems(objects: list[dict[str, Any]]) -> list[str]:
             for o in objects if (o.get("kind"), o["metadata"]["name"]) in scaled and "replicas" in o.get("spec", {})]
 
 
+def spread_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """A workload that runs several replicas (an HPA's maxReplicas or its own replicas above 1) spreads them
+    over nodes: without a topology spread on kubernetes.io/hostname, one node can hold every replica."""
+    most = {(o["spec"]["scaleTargetRef"]["kind"], o["spec"]["scaleTargetRef"]["name"]): o["spec"]["maxReplicas"]
+            for o in objects if o.get("kind") == "HorizontalPodAutoscaler"}
+    problems = []
+    for o in objects:
+        if o.get("kind") != "Deployment":
+            continue
+        key = (o["kind"], o["metadata"]["name"])
+        if max(most.get(key, 1), o["spec"].get("replicas", 1)) > 1 and not any(
+                c.get("topologyKey") == "kubernetes.io/hostname"
+                for c in o["spec"]["template"]["spec"].get("topologySpreadConstraints", [])):
+            problems.append(f"{key[0]}/{key[1]}: several replicas and no topology spread over kubernetes.io/hostname")
+    return problems
+
+
 def schema_problems(objects: list[dict[str, Any]], target: str) -> list[str]:
     """kubernetes-validate --strict on the API objects and on the pods inside custom resources."""
     docs = []
@@ -273,7 +291,7 @@ def main() -> int:
         objects = render(k8s, target)
         problems += schema_problems(objects, target)
         problems += [f"{target}: {p}" for p in reference_problems(objects, shared) + autoscaling_problems(objects)
-                     + namespace_problems(objects, target) + network_problems(objects)]
+                     + spread_problems(objects) + namespace_problems(objects, target) + network_problems(objects)]
         for obj in objects:
             problems += [f"{target}: {p}" for p in object_problems(obj)]
         print(f"{target}: {len(objects)} objects rendered")

@@ -338,7 +338,8 @@ class Pod:
     spec: dict[str, Any]
     labels: dict[str, str]
     claims: list[str] = field(default_factory=list)     # a StatefulSet's volumeClaimTemplates
-    job: bool = False                                   # runs to completion (a submitter)
+    job: bool = False                                   # runs to completion (a Job's pod, a submitter)
+    after_ready: bool = False                           # started once every other pod is ready (a submitter)
     ns: str = ""
     address: str = ""
     processes: dict[str, Started] = field(default_factory=dict)
@@ -353,9 +354,11 @@ def pods_of(objects: list[dict[str, Any]]) -> Iterator[Pod]:
             for i in range(spec.get("replicas", 1)):
                 yield Pod(f"{name}-{i}", spec["template"]["spec"], spec["template"]["metadata"].get("labels", {}),
                           claims)
+        elif kind == "Job":
+            yield Pod(f"{name}-job", spec["template"]["spec"], spec["template"]["metadata"].get("labels", {}), job=True)
         elif kind == "RayJob":
             yield from kuberay_pods(obj)
-        elif kind in ("Job", "DaemonSet", "CronJob", "Pod"):
+        elif kind in ("DaemonSet", "CronJob", "Pod"):
             raise PodFailure(f"{kind}/{name}: not run here (add it to scripts/run_pods.py)")
 
 
@@ -415,7 +418,8 @@ def kuberay_pods(rayjob: dict[str, Any]) -> Iterator[Pod]:
     job["command"] = ["ray", "job", "submit", "--address", f"http://{head_svc}:8265", "--submission-id", f"{name}-1",
                       "--", *shlex.split(spec["entrypoint"])]
     job.setdefault("env", []).append({"name": "RAY_DASHBOARD_ADDRESS", "value": f"{head_svc}:8265"})
-    yield Pod(f"{name}-submitter", submitter["spec"], submitter["metadata"].get("labels", {}), job=True)
+    yield Pod(f"{name}-submitter", submitter["spec"], submitter["metadata"].get("labels", {}), job=True,
+              after_ready=True)
 
 
 class Runner:
@@ -430,6 +434,7 @@ class Runner:
         self.pods = list(pods_of(objects))
         self.helpers: list[subprocess.Popen] = []
         self.failures: list[str] = []
+        self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ setup
     def hosts(self) -> str:
@@ -455,23 +460,37 @@ class Runner:
             [*cluster, __file__, "serve-dns", str(self.work / "hosts")])]
         self.until(lambda: self.net.http_status(f"http://{BRIDGE_IP}:{FILES_PORT}/") == 200, "the file server")
 
-    def volumes(self, pod: Pod) -> dict[str, Path]:
-        folders = {}
-        fs_group = pod.spec.get("securityContext", {}).get("fsGroup")
+    def volumes(self, pod: Pod) -> dict[str, tuple[Path, bool]]:
+        """name -> (folder, read-only) of each volume: a fresh world-writable folder per emptyDir (as the
+        kubelet makes it), one folder per claim shared by every pod that mounts it, given to the fsGroup."""
+        folders: dict[str, tuple[Path, bool]] = {}
+        claims: list[Path] = []
         for volume in pod.spec.get("volumes", []):
             kinds = set(volume) - {"name"}
-            if kinds != {"emptyDir"}:
-                raise PodFailure(f"{pod.name}: volume {volume['name']} of type {sorted(kinds)} not supported here")
-            folders[volume["name"]] = self.work / "pods" / pod.name / "volumes" / volume["name"]
-        for claim in pod.claims:
-            folders[claim] = self.work / "pods" / pod.name / "claims" / claim
-        for name, folder in folders.items():
-            folder.mkdir(parents=True)
-            if name in pod.claims and fs_group is not None:   # the kubelet gives a claim to the fsGroup
-                os.chown(folder, 0, fs_group)
-                folder.chmod(0o2775)
+            if kinds == {"emptyDir"}:
+                folder = self.work / "pods" / pod.name / "volumes" / volume["name"]
+                folder.mkdir(parents=True)
+                folder.chmod(0o777)
+                folders[volume["name"]] = (folder, False)
+            elif kinds == {"persistentVolumeClaim"}:
+                claim = volume["persistentVolumeClaim"]
+                if not any(o.get("kind") == "PersistentVolumeClaim" and o["metadata"]["name"] == claim["claimName"]
+                           for o in self.objects):
+                    raise PodFailure(f"{pod.name}: claim {claim['claimName']!r} is mounted but not rendered")
+                claims.append(self.work / "claims" / claim["claimName"])
+                folders[volume["name"]] = (claims[-1], bool(claim.get("readOnly")))
             else:
-                folder.chmod(0o777)   # an emptyDir is world-writable
+                raise PodFailure(f"{pod.name}: volume {volume['name']} of type {sorted(kinds)} not supported here")
+        for claim in pod.claims:   # a StatefulSet's own
+            claims.append(self.work / "pods" / pod.name / "claims" / claim)
+            folders[claim] = (claims[-1], False)
+        fs_group = pod.spec.get("securityContext", {}).get("fsGroup")
+        with self.lock:
+            for folder in claims:
+                folder.mkdir(parents=True, exist_ok=True)
+                if fs_group is not None:
+                    os.chown(folder, 0, fs_group)
+                    folder.chmod(0o2775)
         return folders
 
     # ------------------------------------------------------------------ containers
@@ -482,7 +501,7 @@ class Runner:
         groups = [g for g in [psc.get("fsGroup"), *psc.get("supplementalGroups", [])] if g is not None]
         return uid, gid, groups
 
-    def start(self, pod: Pod, container: dict[str, Any], folders: dict[str, Path]) -> subprocess.Popen:
+    def start(self, pod: Pod, container: dict[str, Any], folders: dict[str, tuple[Path, bool]]) -> subprocess.Popen:
         image = image_for(container["image"], self.checkout)
         manifest_env = container_env(container, self.objects)
         env = image.env | manifest_env
@@ -493,7 +512,8 @@ class Runner:
         for mount in container.get("volumeMounts", []):
             if "subPath" in mount:
                 raise PodFailure(f"{pod.name}/{container['name']}: subPath mounts not supported here")
-            binds[mount["mountPath"]] = (folders[mount["name"]], bool(mount.get("readOnly")))
+            folder, read_only_volume = folders[mount["name"]]
+            binds[mount["mountPath"]] = (folder, read_only_volume or bool(mount.get("readOnly")))
         uid, gid, groups = self.identity(pod, container)
         root = self.work / "roots" / f"{pod.name}-{container['name']}"
         root.mkdir(parents=True)
@@ -576,6 +596,7 @@ class Runner:
             self.until(lambda: process.poll() is not None, f"{pod.name}")
             if process.returncode != 0:
                 raise PodFailure(f"{pod.name}: exited {process.returncode}:\n    " + self.tail(pod, containers[0]["name"]))
+            self.log(f"  {pod.name}: succeeded")
             return
         for container in containers:
             for kind in ("readinessProbe", "livenessProbe"):
@@ -596,21 +617,21 @@ class Runner:
             (self.work / "hosts").write_text(self.hosts())
             (self.work / "resolv.conf").write_text(RESOLV_CONF)
             self.serve(files)
-            servers = [p for p in self.pods if not p.job]
-            threads = [threading.Thread(target=self.run_pod, args=(p,)) for p in servers]
+            first = [p for p in self.pods if not p.after_ready]   # as a cluster starts them: all at once
+            threads = [threading.Thread(target=self.run_pod, args=(p,)) for p in first]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            if not self.failures:
-                for pod in servers:
+            for pod in first:
+                if not self.failures:
                     self.wait_ready(pod)
-                for pod in [p for p in self.pods if p.job]:
+            for pod in [p for p in self.pods if p.after_ready]:   # KubeRay submits once the cluster is ready
+                if not self.failures:
                     self.run_pod(pod)
-                    if not self.failures:
-                        self.wait_ready(pod)
-                        self.log(f"  {pod.name}: succeeded")
-                        self.check_ray_job(pod)
+                if not self.failures:
+                    self.wait_ready(pod)
+                    self.check_ray_job(pod)
         except (PodFailure, subprocess.TimeoutExpired) as err:
             self.failures.append(str(err))
         finally:

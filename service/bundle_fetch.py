@@ -87,6 +87,7 @@ def _fingerprint(directory: Path) -> str | None:
 
 
 WORK_PREFIX = ".fetch-"   # the download's working folder, inside dest (a pod's root filesystem is read-only)
+DONE = ".llmemb-fetched"  # written last into a fetched directory: the archive's sha256 (a base model's)
 
 
 def _checked_sha256(sha256: str | None) -> str | None:
@@ -107,6 +108,8 @@ def fetch(url: str, dest: Path, sha256: str | None = None, is_bundle: bool = Tru
     for stale in dest.glob(WORK_PREFIX + "*"):   # left by a fetch that was killed
         shutil.rmtree(stale, ignore_errors=True)
     current = _fingerprint(dest) if is_bundle else None
+    if not is_bundle and expected is not None and _done(dest) == expected:
+        return f"{_redacted(url)} already in {dest} (sha256 {expected[:12]}...)"
     with tempfile.TemporaryDirectory(dir=dest, prefix=WORK_PREFIX) as tmp:
         archive = Path(tmp) / "archive"
         got = download(url, archive)
@@ -134,20 +137,53 @@ def fetch(url: str, dest: Path, sha256: str | None = None, is_bundle: bool = Tru
             shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
         for item in root.iterdir():
             shutil.move(str(item), dest / item.name)
+    if not is_bundle:
+        (dest / DONE).write_text(got + "\n")
     return f"bundle {fingerprint} in {dest}" if is_bundle else f"{_redacted(url)} unpacked in {dest}"
+
+
+def _done(directory: Path) -> str | None:
+    try:
+        return (directory / DONE).read_text().strip()
+    except OSError:
+        return None
+
+
+def wait(dest: Path, sha256: str, timeout_s: float, poll_s: float = 5.0) -> str:
+    """Wait until another process (the Job that fills a shared volume) has fetched the archive with
+    `sha256` into `dest`; only reads, so `dest` may be mounted read-only."""
+    expected = _checked_sha256(sha256)
+    deadline = time.monotonic() + timeout_s
+    while (found := _done(dest)) != expected:
+        if time.monotonic() > deadline:
+            raise FetchError(f"{dest} does not hold the archive with sha256 {expected} after {timeout_s:.0f}s "
+                             f"(it holds {found or 'nothing fetched'}): has the Job that fills it run?")
+        time.sleep(poll_s)
+    return f"{dest} holds the archive with sha256 {expected[:12]}..."
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m service.bundle_fetch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", required=True, help="http(s):// or file:// URL of a tar archive")
+    p.add_argument("--url", help="http(s):// or file:// URL of a tar archive (required unless --wait)")
     p.add_argument("--dest", required=True, type=Path, help="directory to fill (e.g. the pod's /bundle volume)")
     p.add_argument("--sha256", help="expected sha256 of the archive (64 hex digits; an empty value is an error)")
     p.add_argument("--directory", action="store_true",
-                   help="any directory (a base model), not a bundle: no bundle verification")
+                   help="any directory (a base model), not a bundle: no bundle verification; the sha256 is "
+                        f"written into {DONE} when done, and an unchanged archive is not fetched again")
+    p.add_argument("--wait", action="store_true", help="fetch nothing: wait until --dest holds the directory "
+                   "archive with --sha256 (a shared volume another pod fills)")
+    p.add_argument("--timeout-s", type=float, default=3600.0, help="how long --wait waits")
     args = p.parse_args(argv)
+    if args.wait and not args.sha256:
+        p.error("--wait needs --sha256")
+    if not args.wait and not args.url:
+        p.error("--url is required")
     try:
-        print(fetch(args.url, args.dest, args.sha256, is_bundle=not args.directory), flush=True)
+        if args.wait:
+            print(wait(args.dest, args.sha256, args.timeout_s), flush=True)
+        else:
+            print(fetch(args.url, args.dest, args.sha256, is_bundle=not args.directory), flush=True)
     except FetchError as err:
         sys.exit(f"bundle_fetch: {err}")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from llmemb.bundle import MANIFEST, verify_bundle
-from service.bundle_fetch import FetchError, fetch
+from service.bundle_fetch import DONE, FetchError, fetch, wait
 from tests.servers import shared_test_bundle
 
 
@@ -93,6 +93,28 @@ def test_a_plain_directory_such_as_a_base_model(tmp_path):
         tar.add(model, arcname="llama-7b")
     fetch(archive.as_uri(), tmp_path / "dest", is_bundle=False)
     assert (tmp_path / "dest" / "config.json").read_text() == "{}"
+
+
+def test_a_shared_base_model_volume_is_filled_once_and_waited_for(tmp_path):
+    """The GPU overlay's Job fills a shared volume; each service pod's init container only waits for it."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    archive = tmp_path / "model.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(model, arcname="llama-7b")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    dest = tmp_path / "shared"
+    with pytest.raises(FetchError, match="does not hold the archive .* nothing fetched"):
+        wait(dest, digest, timeout_s=0.2, poll_s=0.05)
+    waiter = threading.Thread(target=wait, args=(dest, digest, 30.0, 0.05))
+    waiter.start()
+    assert "unpacked in" in fetch(archive.as_uri(), dest, digest, is_bundle=False)
+    waiter.join(10)
+    assert not waiter.is_alive() and (dest / DONE).read_text().strip() == digest
+    assert "already in" in fetch(archive.as_uri(), dest, digest, is_bundle=False)   # a rerun of the Job
+    with pytest.raises(FetchError, match="holds " + digest):
+        wait(dest, "0" * 64, timeout_s=0.1, poll_s=0.05)
 
 
 def test_an_empty_or_malformed_checksum_is_refused_not_skipped(tmp_path):

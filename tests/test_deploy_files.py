@@ -160,6 +160,7 @@ def test_every_shipped_kustomization_renders_and_passes(target):
     shared = check.render(ROOT / "k8s", "namespace")
     assert check.reference_problems(objects, shared) == [] and check.autoscaling_problems(objects) == []
     assert check.namespace_problems(objects, target) == [] and check.network_problems(objects) == []
+    assert check.spread_problems(objects) == []
 
 
 def test_only_the_namespace_kustomization_creates_the_namespace():
@@ -181,6 +182,38 @@ def test_a_replica_count_beside_an_hpa_is_reported():
     assert check.autoscaling_problems([hpa, deployment]) == [
         "Deployment/x: sets replicas while an HPA scales it (each apply resets the count)"]
     assert check.autoscaling_problems([deployment]) == []
+
+
+def test_replicas_without_a_spread_over_nodes_are_reported():
+    hpa = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}, "maxReplicas": 4}}
+    deployment = _deployment({"name": "c", "image": "ghcr.io/a/b:1"})
+    assert check.spread_problems([deployment]) == []   # one replica
+    assert check.spread_problems([hpa, deployment]) == [
+        "Deployment/x: several replicas and no topology spread over kubernetes.io/hostname"]
+    deployment["spec"]["template"]["spec"]["topologySpreadConstraints"] = [
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]
+    assert check.spread_problems([hpa, deployment]) == []
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
+def test_gpu_replicas_scale_on_the_queue_and_share_one_read_only_base_model():
+    objects = check.render(ROOT / "k8s", "overlays/gpu")
+    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    assert [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == ["llmemb_queue_depth"]
+    pod = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "llmemb-service")[
+        "spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "base-model")
+    claim = volume["persistentVolumeClaim"]
+    assert claim["readOnly"] is True
+    job = next(o for o in objects if o["kind"] == "Job")["spec"]["template"]["spec"]
+    assert next(v for v in job["volumes"] if v["name"] == "base-model")["persistentVolumeClaim"]["claimName"] == \
+        claim["claimName"]
+    pvc = next(o for o in objects if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == claim["claimName"])
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    mounts = [m for c in pod["initContainers"] + pod["containers"] for m in c.get("volumeMounts", [])
+              if m["name"] == "base-model"]
+    assert mounts and all(m.get("readOnly") for m in mounts)   # only the Job writes it
 
 
 def test_compose_trainer_writes_as_the_host_user():

@@ -2,8 +2,8 @@
 
 The first tests check the runner's reading of the manifests (no privileges needed); the last ones run
 the pods: k8s/overlays/cpu with the backfill RayJob beside it (service, both Redis, Ray head, two
-workers and the submitter), and k8s/overlays/gpu (its two init containers; the GPU container only
-where a GPU is). They need root (network and mount namespaces), as on the CI machine."""
+workers and the submitter), and k8s/overlays/gpu (the Job that fills the shared base-model volume and
+the replica's init containers; its GPU container only where a GPU is). They need root (network and mount namespaces), as on the CI machine."""
 from __future__ import annotations
 
 import importlib.util
@@ -142,12 +142,14 @@ def test_cpu_overlay_and_backfill_start_and_the_rayjob_succeeds(archives, tmp_pa
 
 
 @can_run
-def test_gpu_overlay_fetches_the_base_model_and_the_bundle(archives, tmp_path):
+def test_gpu_overlay_fills_the_shared_base_model_and_fetches_the_bundle(archives, tmp_path):
     lines: list[str] = []
     problems = pods.run_targets(["overlays/gpu"], archives, tmp_path, deadline_s=120, log=lines.append)
     assert problems == [], "\n".join(problems)
-    assert "  llmemb-service-0: init container fetch-base-model done" in lines
+    assert "  llmemb-base-model-job: succeeded" in lines   # the Job filled the shared claim ...
+    assert "  llmemb-service-0: init container wait-base-model done" in lines   # ... which the replica waited for
     assert "  llmemb-service-0: init container fetch-bundle done" in lines
+    assert (tmp_path / "claims" / "llmemb-base-model" / "config.json").is_file()
     if shutil.which("nvidia-smi") is None:
         assert any("container service not started: it asks for an nvidia.com/gpu" in line for line in lines)
     else:
