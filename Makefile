@@ -24,7 +24,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lock models data test run bundle-archive compose-train quality quality-gru4rec quality-bert4rec quality-ablations hybrid-drop quality-sparse regimes regimes-ml1m regimes-ml1m-cold quality-ml1m quality-beauty quality-beauty-cold quality-beauty-paper quality-beauty-paper-cold quality-beauty-backbones quality-beauty-smollm2 quality-scientific quality-scientific-cold amazon encoders baselines bench bench-load bench-infinity bench-recbole bench-losses lint redis backfill clean
+.PHONY: install lock models data test run bundle-archive compose-train quality quality-gru4rec quality-bert4rec quality-ablations hybrid-drop quality-sparse regimes regimes-ml1m regimes-ml1m-cold quality-ml1m quality-beauty quality-beauty-cold quality-beauty-paper quality-beauty-paper-cold quality-beauty-backbones quality-beauty-smollm2 quality-scientific quality-scientific-cold amazon encoders baselines bench bench-load bench-infinity bench-recbole bench-losses lint images push pods redis backfill clean
 
 # torch is installed first, the build chosen by TORCH: cpu (default), cu128 for NVIDIA GPUs, or any
 # other wheel index of the PyTorch project. A plain resolve would pull PyPI's CUDA build (several GB)
@@ -203,13 +203,28 @@ bench-infinity: install models $(INFINITY_VENV)/.installed
 
 # Code and deployment checks, offline: ruff and mypy on the Python, hadolint on the images, every
 # kustomization rendered and checked (scripts/check_k8s.py: API schemas, restricted Pod Security,
-# registries, no empty Secret), and the compose file against its schema. CI runs it after the tests.
+# registries, no empty Secret), the compose file and the workflows against their schemas. CI runs it
+# after the tests; the pods themselves run in `make test` (tests/test_pods.py, also `make pods`).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint docker/*.Dockerfile
 	$(PY) scripts/check_k8s.py
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+# The release images (scripts/images.sh: serve cpu/gpu, backfill, trainer cpu/gpu, tagged
+# <version>-cpu/-gpu, from the base image pinned in docker/base-image.lock; `scripts/images.sh plan`
+# prints the commands). Need a Docker engine; .github/workflows/images.yml runs them on version tags.
+images:
+	scripts/images.sh build
+
+push:
+	scripts/images.sh push
+
+# Every overlay's pods run on this machine as the manifests say (scripts/run_pods.py; needs root).
+pods: install models
+	$(PY) -m pytest -q tests/test_pods.py
 
 # The bundle as the tar archive the k8s init container fetches (service/bundle_fetch.py): upload it
 # and put its URL and sha256 in k8s/overlays/<cpu|gpu>/bundle.env.

@@ -2,7 +2,9 @@
 # torch's cu128 wheels (the nvidia-* packages); the base image is plain Python, and the host's
 # driver is mounted by the NVIDIA container toolkit. Base model weights are mounted read-only
 # (LLMEMB_BASE_MODEL_PATH); the bundle at /bundle (compose mount or k8s init container).
-FROM python:3.11-slim-bookworm AS build
+# The base image, pinned by digest: scripts/images.sh passes docker/base-image.lock's pin.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -18,7 +20,7 @@ COPY llmemb_cli ./llmemb_cli
 COPY service ./service
 RUN pip install --no-deps ./client .
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN useradd --create-home --uid 10001 llmemb
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \

