@@ -84,25 +84,26 @@ def test_refuses_an_archive_that_escapes_its_directory(tmp_path):
     assert not (tmp_path / "outside.txt").exists()
 
 
-def test_a_plain_directory_such_as_a_base_model(tmp_path):
+def _model_archive(tmp_path: Path) -> Path:
+    """A tar of a one-file model folder, as a base model's archive."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
     archive = tmp_path / "model.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(model, arcname="llama-7b")
+    return archive
+
+
+def test_a_plain_directory_such_as_a_base_model(tmp_path):
+    archive = _model_archive(tmp_path)
     fetch(archive.as_uri(), tmp_path / "dest", is_bundle=False)
     assert (tmp_path / "dest" / "config.json").read_text() == "{}"
 
 
 def test_a_shared_base_model_volume_is_filled_once_and_waited_for(tmp_path):
     """The GPU overlay's Job fills a shared volume; each service pod's init container only waits for it."""
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    archive = tmp_path / "model.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(model, arcname="llama-7b")
+    archive = _model_archive(tmp_path)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     dest = tmp_path / "shared"
     with pytest.raises(FetchError, match="does not hold the archive .* nothing fetched"):
