@@ -430,8 +430,8 @@ class Runner:
         self.objects, self.work, self.checkout, self.log = objects, work, checkout, log
         self.deadline = time.monotonic() + deadline_s
         self.gpu = shutil.which("nvidia-smi") is not None
+        self.pods = list(pods_of(objects))   # before the network: a manifest it cannot run leaves nothing behind
         self.net = Network(str(os.getpid()))
-        self.pods = list(pods_of(objects))
         self.helpers: list[subprocess.Popen] = []
         self.failures: list[str] = []
         self.lock = threading.Lock()
