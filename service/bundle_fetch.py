@@ -153,6 +153,8 @@ def wait(dest: Path, sha256: str, timeout_s: float, poll_s: float = 5.0) -> str:
     """Wait until another process (the Job that fills a shared volume) has fetched the archive with
     `sha256` into `dest`; only reads, so `dest` may be mounted read-only."""
     expected = _checked_sha256(sha256)
+    if expected is None:
+        raise FetchError("waiting needs the archive's sha256")
     deadline = time.monotonic() + timeout_s
     while (found := _done(dest)) != expected:
         if time.monotonic() > deadline:
