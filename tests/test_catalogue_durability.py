@@ -176,13 +176,18 @@ def test_the_command_line_round_trip(server, tmp_path):
 
 
 # ------------------------------------------------ the shipped Redis configuration
+PASSWORD = "durability-test-password"
+
+
 def shipped_redis_args(service: str) -> list[str]:
-    """The redis-server arguments docker-compose.yml gives `service`, minus the binary name."""
+    """The redis-server arguments docker-compose.yml gives `service`, minus the binary name, with the
+    password variable interpolated as compose does (to PASSWORD)."""
     from pathlib import Path
 
     import yaml
     compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
-    command = compose["services"][service]["command"]
+    command = [PASSWORD if arg.startswith("${LLMEMB_REDIS_PASSWORD") else arg
+               for arg in compose["services"][service]["command"]]
     return command[1:] if command[0] == "redis-server" else command
 
 
@@ -204,11 +209,11 @@ def test_eviction_pressure_never_loses_a_catalogue_item(tmp_path):
     try:
         async def main():
             from service.catalogue import CatalogueUnavailable
-            link = RedisLink(cat_server.url, 0.5, 0.1, Metrics(), role="catalogue")
+            link = RedisLink(cat_server.url, 0.5, 0.1, Metrics(), role="catalogue", password=PASSWORD)
             await link.start()
             cat = Catalogue(torch.zeros(3, dim), ["a", "b"], FP, link, 0.02, Metrics())
             await cat.start()
-            cache = redis.Redis(port=cache_server.port)
+            cache = redis.Redis(port=cache_server.port, password=PASSWORD)
             for i in range(3000):           # a backfill of 3,000 LLM-stage vectors (384 floats)
                 cache.set(f"llmemb:{FP}:emb:llm:{i}", np.random.rand(384).astype("<f4").tobytes())
             put, refused = [], None
