@@ -77,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     attributes = dict(zip(bundle.item_ids, bundle.item_attributes))
     with tempfile.TemporaryDirectory(prefix="new-items-") as tmp:
         cache, catalogue = RedisServer(Path(tmp) / "cache").start(), RedisServer(Path(tmp) / "catalogue").start()
+        # Whole histories, so that every item the user has seen is excluded as offline (ML-100K has users
+        # with several hundred ratings; the default limit is 200).
+        longest = max(len(history) for history, _ in cases)
         service = ServiceProcess(args.bundle, Path(tmp), env={
-            "LLMEMB_REDIS_URL": cache.url, "LLMEMB_CATALOGUE_REDIS_URL": catalogue.url}).start()
+            "LLMEMB_REDIS_URL": cache.url, "LLMEMB_CATALOGUE_REDIS_URL": catalogue.url,
+            "LLMEMB_MAX_HISTORY": str(max(200, longest))}).start()
         try:
             service.wait_ready(300)
             with LLMEmbClient(service.url, timeout=120) as client:
