@@ -70,12 +70,18 @@ class HybridItemEmbedding(AdaptedItemEmbedding):
     each training forward pass (no rescaling), so that the model also learns to rank
     items that have only their text path, as cold items do at test time. The weight
     decay on r is `residual_penalty`, added to the loss by the trainer.
+
+    `text_residual` > 0 (an experiment, not served yet): a linear map g from the PCA source
+    predicts a residual from text. Items without training interactions take g(x_i) instead of
+    0, and in each training pass every trained item's r_i is replaced by g(x_i) with that
+    probability (in the spirit of DropoutNet), so that g learns the residual a trained item
+    would get. g starts at zero: at the first step the layer is Hybrid's.
     """
 
     trained: torch.Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(self, source: torch.Tensor, adapter: nn.Module, trained: torch.Tensor,
-                 residual_dropout: float = 0.0, residual_item_drop: float = 0.0):
+                 residual_dropout: float = 0.0, residual_item_drop: float = 0.0, text_residual: float = 0.0):
         super().__init__(source, adapter, freeze=True)
         if trained.shape != (source.shape[0],):
             raise ValueError(f"trained mask has shape {tuple(trained.shape)}, expected ({source.shape[0]},)")
@@ -89,6 +95,14 @@ class HybridItemEmbedding(AdaptedItemEmbedding):
         self.residual = nn.Parameter(torch.zeros(source.shape[0], self.dim))
         self.residual_dropout = residual_dropout
         self.residual_item_drop = residual_item_drop
+        if not 0.0 <= text_residual < 1.0:
+            raise ValueError(f"text_residual must be in [0, 1), got {text_residual}")
+        self.text_residual = text_residual
+        self.residual_from_text: nn.Linear | None = None
+        if text_residual > 0:
+            self.residual_from_text = nn.Linear(source.shape[1], self.dim)
+            nn.init.zeros_(self.residual_from_text.weight)
+            nn.init.zeros_(self.residual_from_text.bias)
 
     def residual_rows(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         r = self.residual if ids is None else self.residual[ids]
@@ -98,6 +112,14 @@ class HybridItemEmbedding(AdaptedItemEmbedding):
         r = r * keep.unsqueeze(-1).to(r.dtype)
         if self.training and self.residual_dropout > 0:
             r = nn.functional.dropout(r, self.residual_dropout)
+        if self.residual_from_text is not None:
+            trained = self.trained if ids is None else self.trained[ids]
+            real = (ids != 0) if ids is not None else torch.arange(len(trained), device=trained.device) > 0  # not padding
+            predict = ~trained
+            if self.training:
+                predict = predict | (trained & (torch.rand(trained.shape, device=trained.device) < self.text_residual))
+            predicted = self.residual_from_text(self.source if ids is None else self.source[ids])
+            r = torch.where((predict & real).unsqueeze(-1), predicted, r)
         return r
 
     def adapted_table(self) -> torch.Tensor:

@@ -499,6 +499,33 @@ def test_hybrid_starts_as_llmemb_and_untrained_items_keep_a_zero_residual():
     assert torch.allclose(layer(ids)[0], table[[0, 3, 4]])
 
 
+def test_a_text_residual_gives_untrained_items_the_prediction_and_learns_from_swapped_ones():
+    trained = np.ones(N + 1, dtype=bool)
+    trained[[0, 3, 7]] = False
+    model, _ = _hybrid(trained, text_residual=0.5)
+    layer = model.item_embedding
+    with torch.no_grad():
+        assert torch.equal(layer.table(), layer.adapted_table())      # g starts at zero: Hybrid's first step
+        layer.residual.add_(1.0)
+        layer.residual_from_text.bias.fill_(0.25)
+        layer.eval()
+        table, base = layer.table(), layer.adapted_table()
+    assert torch.equal(table[0], base[0])                              # padding: never a residual
+    assert torch.allclose(table[[3, 7]] - base[[3, 7]], torch.full((2, HIDDEN), 0.25))   # untrained: g(x)
+    assert torch.allclose(table[[1, 2]] - base[[1, 2]], torch.ones(2, HIDDEN))           # trained: r, in eval
+    ids = torch.tensor([[0, 3, 4]])
+    assert torch.allclose(layer(ids)[0], table[[0, 3, 4]])
+    layer.train()
+    torch.manual_seed(0)
+    rows = layer.residual_rows()
+    swapped = (rows[1:] - 0.25).abs().sum(1) < 1e-6                     # trained rows that took g(x) this pass
+    assert 0 < int(swapped.sum()) < N                                   # about half of them
+    rows.sum().backward()
+    assert layer.residual_from_text.weight.grad.abs().sum() > 0         # g learns through swapped and cold rows
+    with pytest.raises(ValueError, match="text_residual"):
+        RATConfig.from_dict({"text_residual": 1.0})
+
+
 def test_hybrid_residual_trains_only_for_trained_items_and_is_penalised():
     trained = np.ones(N + 1, dtype=bool)
     trained[[0, 9]] = False

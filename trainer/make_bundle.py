@@ -19,6 +19,9 @@ def bundle_from_run(run_dir: Path, dataset: Dataset, lora_dir: Path | None, out_
     config = load_config(run_dir / CONFIG_FILE)
     model = load_checkpoint(run_dir / CHECKPOINT_FILE)
     layer = load_item_layer(run_dir)
+    if float((config.sections.get("rat") or {}).get("text_residual", 0.0)) > 0:
+        raise ValueError(f"{run_dir}: rat.text_residual is an experiment the service cannot apply to new items "
+                         "yet; a bundle of it would serve them differently from the run")
     if layer.adapter is None:
         raise ValueError(f"{run_dir}: a bundle needs the LLMEmb item layer (PCA table + adapter); "
                          "this run has no adapter")

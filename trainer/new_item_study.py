@@ -90,7 +90,10 @@ def summary(ranks: torch.Tensor, cold_users: np.ndarray) -> dict[str, Any]:
             "cold_ndcg@10": new["ndcg@10"], "warm_users": warm["n"], "cold_users": new["n"]}
 
 
-def study(hybrid_dir: Path, llmemb_dir: Path, cold_fraction: float, cold_seed: int) -> dict[str, dict[str, Any]]:
+def study(hybrid_dir: Path, llmemb_dir: Path, cold_fraction: float, cold_seed: int,
+          label: str = "Hybrid (no residual for new items)", rules: bool = True) -> dict[str, dict[str, Any]]:
+    """The rows of one seed: LLMEmb, the Hybrid run as trained (under `label`), and with `rules` the
+    serving rules applied to it (they assume new items carry no residual in the run)."""
     config, hybrid = load_run(hybrid_dir)
     _, llmemb = load_run(llmemb_dir)
     dataset, _ = prepared_dataset(config)
@@ -115,7 +118,9 @@ def study(hybrid_dir: Path, llmemb_dir: Path, cold_fraction: float, cold_seed: i
 
     hybrid_scores = masked(full_scores(hybrid, histories, table), histories)
     rows["LLMEmb"] = summary(plain_ranks(text_scores, targets), cold_users)
-    rows["Hybrid (no residual for new items)"] = summary(plain_ranks(hybrid_scores, targets), cold_users)
+    rows[label] = summary(plain_ranks(hybrid_scores, targets), cold_users)
+    if not rules:
+        return rows
     mean = residual[trained].mean(0)
     n_cold = int(cold.sum())
     for s in (0.5, 1.0):
@@ -159,12 +164,17 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
     p.add_argument("--cold-fraction", type=float, default=0.1)
     p.add_argument("--cold-seed", type=int, default=0)
     p.add_argument("--report", default="study", help="reports/new-item-study/<report>.md")
+    p.add_argument("--hybrid-label", default="Hybrid (no residual for new items)", help="the Hybrid runs' row")
+    p.add_argument("--no-rules", action="store_true", help="only the runs as trained (e.g. Hybrid runs whose new "
+                   "items already get a residual: rat.text_residual)")
     args = p.parse_args(argv)
     if len(args.hybrid) != len(args.llmemb):
         p.error("give one LLMEmb run per Hybrid run (the same seeds, in the same order)")
-    per_seed = [study(h, e, args.cold_fraction, args.cold_seed) for h, e in zip(args.hybrid, args.llmemb)]
+    per_seed = [study(h, e, args.cold_fraction, args.cold_seed, args.hybrid_label, not args.no_rules)
+                for h, e in zip(args.hybrid, args.llmemb)]
     command = (f"python -m trainer.new_item_study --hybrid {' '.join(map(str, args.hybrid))} "
-               f"--llmemb {' '.join(map(str, args.llmemb))} --report {args.report}")
+               f"--llmemb {' '.join(map(str, args.llmemb))} --report {args.report}"
+               + (f" --hybrid-label '{args.hybrid_label}' --no-rules" if args.no_rules else ""))
     out = Path("reports") / "new-item-study"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.report}.json").write_text(json.dumps({"command": command, "per_seed": per_seed}, indent=1) + "\n")

@@ -73,6 +73,10 @@ class RATConfig:
     residual_l2: float = 0.0
     residual_dropout: float = 0.0
     residual_item_drop: float = 0.0
+    # Hybrid only, an experiment (bundles refuse it: the service cannot apply it yet): a residual
+    # predicted from text for items without one, learnt by swapping trained items' r for the
+    # prediction with this probability (llmemb/item_tables.py: HybridItemEmbedding).
+    text_residual: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> RATConfig:
@@ -89,6 +93,8 @@ class RATConfig:
             raise ValueError(f"rat.residual_dropout must be in [0, 1), got {cfg.residual_dropout!r}")
         if not 0 <= cfg.residual_item_drop < 1:
             raise ValueError(f"rat.residual_item_drop must be in [0, 1), got {cfg.residual_item_drop!r}")
+        if not 0 <= cfg.text_residual < 1:
+            raise ValueError(f"rat.text_residual must be in [0, 1), got {cfg.text_residual!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,7 +176,8 @@ def build_model(
     source = pca_source(table, pca)
     if method == "hybrid":
         trained = torch.ones(n_items + 1, dtype=torch.bool) if trained_items is None else torch.as_tensor(trained_items)
-        layer = HybridItemEmbedding(source, adapter, trained, rat.residual_dropout, rat.residual_item_drop)
+        layer = HybridItemEmbedding(source, adapter, trained, rat.residual_dropout, rat.residual_item_drop,
+                                    rat.text_residual)
     else:
         layer = AdaptedItemEmbedding(source, adapter, freeze=(method != "wo_freeze"))
     return build_backbone(backbone, layer), pca
