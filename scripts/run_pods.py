@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
-import hashlib
 import importlib.util
 import json
 import os
@@ -48,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmemb.models import model_cache_dir
+from llmemb.models import model_cache_dir, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("check_k8s", ROOT / "scripts" / "check_k8s.py")
@@ -667,28 +666,13 @@ class Runner:
 
 
 # --------------------------------------------------------------------------------------- archives
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def archive(folder: Path, into: Path, name: str) -> Path:
-    """A tar.gz of `folder`'s content under one top directory, as `make bundle-archive` writes it."""
-    out = into / f"{name}.tar.gz"
-    subprocess.run(["tar", "-C", str(folder.parent), "-czf", str(out), folder.name], check=True)
-    return out
-
-
 def settings_for(files: dict[str, Path]) -> dict[str, str]:
     """The .env settings that point the init containers at the served archives:
     {"BUNDLE": path} -> LLMEMB_BUNDLE_URL and LLMEMB_BUNDLE_SHA256."""
     settings = {}
     for key, path in files.items():
         settings[f"LLMEMB_{key}_URL"] = f"http://{FILES_HOST}:{FILES_PORT}/{path.name}"
-        settings[f"LLMEMB_{key}_SHA256"] = sha256(path)
+        settings[f"LLMEMB_{key}_SHA256"] = sha256_file(path)
     return settings
 
 
