@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmemb.backbones.base import BackboneConfig
+from llmemb.methods import Method, get_method, served_method
 from llmemb.models import ModelIdentity, model_identity, sha256_file
 from llmemb.spec import EncoderSpec
 
@@ -54,9 +55,10 @@ ITEMS_FILE = "items.safetensors"
 ITEMS_JSONL = "items.jsonl"
 RESIDUAL_FILE = "residual.safetensors"
 LORA_DIR = "lora"
-# What produced the item table: llmemb = Adapter(PCA(E_llm)); hybrid = that plus a per-item
-# residual r (docs/METHOD.md, beyond the paper). A bundle without the field is llmemb.
-BUNDLE_METHODS = ("llmemb", "hybrid")
+# What produced the item table: a method a bundle may carry (llmemb.methods: served), e.g. llmemb =
+# Adapter(PCA(E_llm)); hybrid = that plus a per-item residual r (docs/METHOD.md, beyond the paper).
+# A bundle without the field is llmemb.
+DEFAULT_METHOD = "llmemb"
 
 
 class BundleError(Exception):
@@ -65,6 +67,14 @@ class BundleError(Exception):
     def __init__(self, message: str, file: str | None = None):
         super().__init__(f"{file}: {message}" if file else message)
         self.file = file
+
+
+def _served(name: Any, file: str | None = None) -> Method:
+    """The method a bundle names, when a bundle may carry it (a BundleError naming `method` otherwise)."""
+    try:
+        return served_method(name)
+    except ValueError as e:
+        raise BundleError(str(e), file) from None
 
 
 @dataclass
@@ -84,8 +94,8 @@ class BundleParts:
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     base_model_identity: ModelIdentity | None = None  # computed from the base model when None
-    method: str = "llmemb"                   # llmemb | hybrid
-    residual: torch.Tensor | None = None     # hybrid: r [N+1, d]
+    method: str = DEFAULT_METHOD             # a servable method (llmemb.methods)
+    residual: torch.Tensor | None = None     # methods with a residual (hybrid): r [N+1, d]
 
 
 @dataclass
@@ -101,8 +111,8 @@ class LoadedBundle:
     item_ids: list[str]
     item_attributes: list[dict[str, Any]]
     lora_dir: Path | None
-    method: str = "llmemb"
-    residual: torch.Tensor | None = None     # hybrid: r [N+1, d], already part of item_table
+    method: str = DEFAULT_METHOD
+    residual: torch.Tensor | None = None     # methods with a residual (hybrid): r [N+1, d], already in item_table
 
     @property
     def fingerprint(self) -> str:
@@ -130,9 +140,8 @@ class LoadedBundle:
         (e_i = Adapter(PCA(E_llm))_i + r_i): a bundle item keeps its residual r_i when its
         attributes are replaced; any other item has none (r = 0). Other bundles: unchanged."""
         row = self.rows.get(item_id)
-        if self.residual is None or row is None:
-            return adapted
-        return (adapted + self.residual[row].numpy()).astype(np.float32)
+        residual_row = None if self.residual is None or row is None else self.residual[row].numpy()
+        return get_method(self.method).catalogue_vector(adapted, residual_row)
 
 
 # --------------------------------------------------------------------- hashing
@@ -197,10 +206,9 @@ def _check_parts(parts: BundleParts) -> dict[str, int]:
     d = int(table.shape[1])
     if parts.backbone_config.hidden != d:
         raise BundleError(f"backbone hidden {parts.backbone_config.hidden} != item table width {d}")
-    if parts.method not in BUNDLE_METHODS:
-        raise BundleError(f"method must be one of {', '.join(BUNDLE_METHODS)}, got {parts.method!r}")
-    if (parts.residual is not None) != (parts.method == "hybrid"):
-        raise BundleError("a hybrid bundle needs its residual, and only a hybrid bundle has one")
+    method = _served(parts.method)
+    if (parts.residual is not None) != method.residual:
+        raise BundleError(f"a {method.name} bundle {'needs its residual' if method.residual else 'has no residual'}")
     if parts.residual is not None and tuple(parts.residual.shape) != tuple(table.shape):
         raise BundleError(f"residual has shape {tuple(parts.residual.shape)}, the item table {tuple(table.shape)}")
     return {"llm": d_llm, "pca": d_pca, "item": d}
@@ -372,13 +380,11 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
         spec = EncoderSpec.from_dict(manifest["encoder"])
     except ValueError as e:
         raise BundleError(str(e), MANIFEST) from None
-    method = manifest.get("method", "llmemb")
-    if method not in BUNDLE_METHODS:
-        raise BundleError(f"method: must be one of {', '.join(BUNDLE_METHODS)}, got {method!r}", MANIFEST)
+    method = _served(manifest.get("method", DEFAULT_METHOD), MANIFEST)
     residual = None
-    if method == "hybrid":
+    if method.residual:
         if not (root / RESIDUAL_FILE).is_file():
-            raise BundleError("a hybrid bundle needs its residual file", RESIDUAL_FILE)
+            raise BundleError(f"a {method.name} bundle needs its residual file", RESIDUAL_FILE)
         residual = _load_tensors(root, RESIDUAL_FILE).get("residual")
         if residual is None or tuple(residual.shape) != tuple(table.shape):
             shape = None if residual is None else tuple(residual.shape)
@@ -395,6 +401,6 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
         item_ids=ids,
         item_attributes=attrs,
         lora_dir=lora if manifest.get("lora") else None,
-        method=method,
+        method=method.name,
         residual=residual,
     )

@@ -148,8 +148,8 @@ def test_rat_command_trains_the_id_run_then_the_method_and_bundles_the_run(tmp_p
     assert torch.equal(bundle.item_table, load_item_table(root / "llmemb"))
     assert bundle.manifest["metrics"]["test"] == saved["test"]
     assert f"{saved['test']['full']['overall']['ndcg@10']:.4f}" in out and bundle.fingerprint in out
-    # a method without an adapter has no bundle: a clear error, not a broken bundle
+    # a method a bundle cannot carry: a clear error before any training, not a broken bundle
     result = CliRunner().invoke(app, ["rat", "--config", str(path), "--method", "llm2x", "--bundle",
                                       str(tmp_path / "b2")])
-    assert result.exit_code != 0 and "item_layer.safetensors" in str(result.exception)
-    assert not (tmp_path / "b2").exists()
+    assert result.exit_code != 0 and "--method must be one of llmemb, hybrid, got 'llm2x'" in str(result.exception)
+    assert not (tmp_path / "b2").exists() and not (root / "llm2x").exists()

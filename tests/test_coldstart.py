@@ -11,10 +11,10 @@ import torch
 from llmemb.backbones import BackboneConfig
 from llmemb.data.coldstart import cold_start_split
 from llmemb.data.dataset import Dataset
+from llmemb.methods import RATConfig, build_model
 from llmemb.metrics import EvalConfig
 from trainer.config import Config, TrainConfig
 from trainer.experiments import RunSplit, Tables, run_method
-from trainer.rat import RATConfig, build_model
 from trainer.runs import load_item_table
 from trainer.train import seed_everything
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from llmemb.bundle import BundleError, load_bundle
 from llmemb.encoder import EncoderConfig, ItemEncoder, default_model_path
 from llmemb.item_tables import with_padding_row
+from llmemb.methods import RATConfig
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA, Adapter
 from llmemb.prompts import build_prompt, instruction_for
@@ -27,7 +28,6 @@ from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 from trainer import report
 from trainer.experiments import RunSplit, Tables, run_method
 from trainer.quick import run_quick
-from trainer.rat import RATConfig
 from trainer.runs import CHECKPOINT_FILE, TABLE_KEY, load_checkpoint, load_item_layer, load_item_table
 
 # ===================================================================== run_method
@@ -126,7 +126,7 @@ def test_runs_depend_only_on_what_they_read(setup, tmp_path):
 
 def test_run_method_needs_the_id_table_to_align(setup, tmp_path):
     ds, config, ev, tables = setup
-    with pytest.raises(ValueError, match="train 'none' first"):
+    with pytest.raises(ValueError, match="train the ID run first"):
         run_method(config, RunSplit(ds, tables), "llmemb", RATConfig(), tmp_path / "x")
     # without alignment no ID table is needed
     run = run_method(config, RunSplit(ds, tables), "wo_align", RATConfig(d_pca=6), tmp_path / "y")

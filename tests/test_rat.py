@@ -11,10 +11,10 @@ from llmemb.contrastive import symmetric_contrastive_loss
 from llmemb.data.dataset import Dataset
 from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
 from llmemb.losses import full_softmax_ce, recommendation_loss, training_negatives
+from llmemb.methods import METHODS, RATConfig, build_model, extra_loss, get_method
 from llmemb.metrics import EvalConfig, Evaluator
 from llmemb.projection import PCA, Adapter
 from trainer.config import TrainConfig
-from trainer.rat import METHODS, RATConfig, build_model, rat_extra_loss, uses_alignment
 from trainer.train import fit, seed_everything
 
 N, D, HIDDEN = 20, 32, 8
@@ -229,7 +229,7 @@ def test_build_model_errors():
     for method in ("llm2x", "wo_scft"):
         with pytest.raises(ValueError, match="needs the base-LLM export table"):
             build_model(method, backbone(), N, RATConfig(), scft_table=scft, base_table=None)
-    for method in METHODS[1:]:
+    for method in [n for n, m in METHODS.items() if m.table is not None]:
         with pytest.raises(ValueError, match=f"19 rows, the dataset {N} items"):
             build_model(method, backbone(), N, RATConfig(), scft_table=scft[:-1], base_table=base[:-1])
     with pytest.raises(ValueError, match="unknown key"):
@@ -268,12 +268,12 @@ def test_uses_alignment_truth_table():
     off = RATConfig(alpha=0.0)
     expected = {"none": False, "llm2x": False, "llmemb": True, "hybrid": True, "wo_scft": True, "wo_adapter": True,
                 "wo_freeze": True, "wo_align": False}
-    assert {m: uses_alignment(m, on) for m in METHODS} == expected
-    assert not any(uses_alignment(m, off) for m in METHODS)
+    assert {m: get_method(m).uses_alignment(on) for m in METHODS} == expected
+    assert not any(get_method(m).uses_alignment(off) for m in METHODS)
 
 
 def alignment_loss(id_table, rat):
-    return rat_extra_loss("llmemb", id_table, rat)
+    return extra_loss("llmemb", id_table, rat)
 
 
 def _aligned_model():
@@ -531,7 +531,7 @@ def test_hybrid_residual_trains_only_for_trained_items_and_is_penalised():
     trained[[0, 9]] = False
     model, _ = _hybrid(trained, alpha=0.1, residual_l2=0.5)
     id_table = torch.randn(N + 1, HIDDEN, generator=torch.Generator().manual_seed(1))
-    extra = rat_extra_loss("hybrid", id_table, RATConfig(alpha=0.1, residual_l2=0.5))
+    extra = extra_loss("hybrid", id_table, RATConfig(alpha=0.1, residual_l2=0.5))
     layer = model.item_embedding
     with torch.no_grad():
         layer.residual.fill_(0.1)
@@ -543,17 +543,17 @@ def test_hybrid_residual_trains_only_for_trained_items_and_is_penalised():
     assert grad[1].abs().sum() > 0 and grad[4].abs().sum() > 0     # penalised rows of the batch
     assert grad[5].abs().sum() == 0                                 # not in the batch
     # the penalty alone: mean squared norm over the batch's trained items
-    no_align = rat_extra_loss("hybrid", None, RATConfig(alpha=0.0, residual_l2=0.5))
+    no_align = extra_loss("hybrid", None, RATConfig(alpha=0.0, residual_l2=0.5))
     seen = torch.tensor([1, 2, 4, 9])
     expected = 0.5 * (layer.residual[seen] * layer.trained[seen, None]).pow(2).sum(-1).mean()
     assert torch.isclose(no_align(model, inputs, targets), expected)
-    assert rat_extra_loss("hybrid", None, RATConfig(alpha=0.0)) is None
+    assert extra_loss("hybrid", None, RATConfig(alpha=0.0)) is None
 
 
 def test_hybrid_alignment_reads_the_llmemb_part_not_the_residual():
     model, _ = _hybrid()
     id_table = torch.randn(N + 1, HIDDEN, generator=torch.Generator().manual_seed(2))
-    extra = rat_extra_loss("hybrid", id_table, RATConfig(alpha=1.0))
+    extra = extra_loss("hybrid", id_table, RATConfig(alpha=1.0))
     targets = torch.tensor([[1, 2, 3, 5]])
     before = extra(model, targets, targets)
     with torch.no_grad():

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from llmemb.methods import RATConfig
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
 from trainer.experiments import RunSplit, Tables, _digest, run_settings
 from trainer.pipeline import method_tasks, run_pipeline, waits_for
-from trainer.rat import RATConfig
 from trainer.run_pool import prepare_negatives
 from trainer.runs import load_item_table
 

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmemb.backbones import BACKBONES
+from llmemb.methods import METHODS, RATConfig, get_method, served_method
 from trainer import prepare as prepare_stage
 from trainer.baselines import run_baselines
 from trainer.config import Config, load_config
@@ -122,16 +123,16 @@ def export(config: ConfigPath,
 
 @app.command()
 def rat(config: ConfigPath,
-        method: Annotated[str, typer.Option(help="none | llm2x | llmemb | hybrid | wo_scft | wo_adapter | wo_freeze | wo_align")] = "llmemb",
+        method: Annotated[str, typer.Option(help=" | ".join(METHODS))] = "llmemb",
         backbone: Backbone = None, seed: Seed = None,
-        bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (llmemb or hybrid).")] = None,
+        bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (a method a bundle may carry).")] = None,
         overrides: Overrides = None) -> None:
     """PCA + ID pretraining + RAT for one method; prints its test metrics."""
     from trainer.experiments import RunSplit
     from trainer.make_bundle import bundle_from_run
     from trainer.pipeline import llm_tables, method_tasks, run_pipeline
-    from trainer.rat import RATConfig
 
+    served_method(method, "--method") if bundle is not None else get_method(method, "--method")
     cfg = resolve(config, overrides, backbone, seed)
     dataset, data_dir = prepared_dataset(cfg)
     lora, tables = llm_tables(cfg, dataset, [method])

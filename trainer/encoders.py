@@ -30,13 +30,13 @@ from typing import Any
 import torch
 import yaml
 
+from llmemb.methods import ID_METHOD, METHODS, RATConfig, get_method
 from llmemb.sections import checked
 from trainer.config import Config, load_config
 from trainer.experiments import RunSplit, Tables
 from trainer.llm_stages import base_model_id, export_summary
 from trainer.pipeline import llm_tables, run_pipeline
 from trainer.prepare import prepared_dataset
-from trainer.rat import METHODS, RATConfig
 from trainer.report import LABELS, aggregate, mean_std, pm, separation
 from trainer.run_pool import MethodTask, prepare_negatives
 
@@ -50,9 +50,10 @@ def load_comparison(path: Path) -> dict[str, Any]:
     if not isinstance(raw.get("encoders"), dict) or not raw["encoders"]:
         raise ValueError(f"{path}: 'encoders' must map names to config files")
     out = {"backbone": "sasrec", "seeds": [0, 1, 2], "methods": ["llm2x", "wo_scft", "llmemb"], "workers": 2, **raw}
-    bad = [m for m in out["methods"] if m not in METHODS or m == "none"]
+    bad = [m for m in out["methods"] if m not in METHODS or get_method(m).table is None]
     if bad:
-        raise ValueError(f"{path}: methods {bad} are not encoder methods of {METHODS}")
+        raise ValueError(f"{path}: methods {bad} read no LLM table; encoder methods: "
+                         f"{', '.join(n for n, m in METHODS.items() if m.table is not None)}")
     out["encoders"] = {name: (Path(path).parent / file).resolve() for name, file in raw["encoders"].items()}
     return out
 
@@ -97,14 +98,14 @@ def run_encoders(comparison_path: Path, log: Callable[[str], None] = print) -> d
     splits = {"main": RunSplit(dataset, Tables(), data_dir)}
     prepare_negatives(splits, reference.eval)
     rat = {name: RATConfig.from_dict(by_seed[seeds[0]].sections.get("rat")) for name, by_seed in configs.items()}
-    id_dirs = {s: root / f"none-{backbone}-seed{s}" for s in seeds}
-    id_tasks = [MethodTask("main", configs[first_name][s], "none", rat[first_name], id_dirs[s], label="none")
+    id_dirs = {s: root / f"{ID_METHOD}-{backbone}-seed{s}" for s in seeds}
+    id_tasks = [MethodTask("main", configs[first_name][s], ID_METHOD, rat[first_name], id_dirs[s], label=ID_METHOD)
                 for s in seeds]
     method_runs = [MethodTask("main", configs[name][s], method, rat[name], root / name / f"{method}-{backbone}-seed{s}",
                               id_dir=id_dirs[s], tables=tables[name], label=f"{name}/{method}")
                    for name in configs for method in comp["methods"] for s in seeds]
     results = run_pipeline(splits, id_tasks + method_runs, workers=int(comp["workers"]), log=log)
-    runs = [{**metrics, "split": "ids" if task.method == "none" else task.label.split("/")[0]}
+    runs = [{**metrics, "split": "ids" if get_method(task.method).is_id else task.label.split("/")[0]}
             for task, metrics in zip(id_tasks + method_runs, results)]
     report = {
         "comparison": str(comparison_path), "backbone": backbone, "seeds": seeds, "methods": comp["methods"],
@@ -126,7 +127,7 @@ def encoders_markdown(report: dict[str, Any]) -> str:
     agg = aggregate(report["runs"])
     backbone = report["backbone"]
     protocols = [p for p in ("full", "sampled") if p in report["runs"][0]["test"]]
-    none = agg[("ids", backbone, "none")]
+    none = agg[("ids", backbone, ID_METHOD)]
     lines = [
         f"# Item encoders on {report['dataset'].get('name', 'the dataset')} ({backbone}, seeds "
         f"{', '.join(map(str, report['seeds']))}, test, mean ± std)",
@@ -150,7 +151,7 @@ def encoders_markdown(report: dict[str, Any]) -> str:
         cells.append(f"{summary['best_epoch']['mean']:.0f}")
         return "| " + " | ".join(cells) + " |"
 
-    lines.append(row("-", "none", none))
+    lines.append(row("-", ID_METHOD, none))
     for name in report["encoders"]:
         for method in report["methods"]:
             lines.append(row(name, method, agg[(name, backbone, method)]))
@@ -159,8 +160,8 @@ def encoders_markdown(report: dict[str, Any]) -> str:
               "| encoder | comparison | metric | difference | sd | counts |", "|---|---|---|---|---|---|"]
     for name in report["encoders"]:
         full = agg.get((name, backbone, "llmemb"))
-        for other, label in (("wo_scft", "LLMEmb − w/o SCFT"), ("none", "LLMEmb − None")):
-            ref = none if other == "none" else agg.get((name, backbone, other))
+        for other, label in (("wo_scft", "LLMEmb − w/o SCFT"), (ID_METHOD, "LLMEmb − None")):
+            ref = none if get_method(other).is_id else agg.get((name, backbone, other))
             if full is None or ref is None:
                 continue
             for p in protocols:

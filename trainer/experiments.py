@@ -18,18 +18,11 @@ import torch
 
 from llmemb.backbones import SequentialBackbone
 from llmemb.data.dataset import Dataset
+from llmemb.methods import ID_METHOD, RATConfig, build_model, extra_loss, get_method
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA
 from trainer.config import Config
 from trainer.prepare import prepared_dataset
-from trainer.rat import (
-    USES_BASE_TABLE,
-    USES_PCA,
-    USES_SCFT_TABLE,
-    RATConfig,
-    build_model,
-    rat_extra_loss,
-)
 from trainer.runs import CHECKPOINT_FILE, ITEM_LAYER_FILE, METRICS_FILE, is_done, recompute, write_run
 from trainer.train import fit, seed_everything
 
@@ -112,11 +105,12 @@ def run_settings(
     the masks. Other stages' config sections (encoder, scft, quality, quick) reach a
     run only through the tables, so editing them does not invalidate ID-only runs."""
     whole = config.to_dict()
-    table = "scft" if method in USES_SCFT_TABLE else "base" if method in USES_BASE_TABLE else None
+    m = get_method(method)
+    table = m.table
     source = getattr(tables, table) if table is not None else None
     sections = {k: _result_keys(k, whole[k]) for k in ("backbone", "train", "eval")}
     return {"config": {"dataset": whole["dataset"], **sections},
-            "method": method, "rat": None if method == "none" else rat_settings(rat),
+            "method": method, "rat": None if m.is_id else rat_settings(rat),
             "table": None if source is None else {table: _tensor_digest(source)},
             "loss_items": None if loss_items is None else _digest(np.flatnonzero(loss_items).tolist()),
             "fit_rows": None if fit_rows is None else _digest(np.asarray(fit_rows).tolist()),
@@ -148,11 +142,11 @@ def run_method(
     seed = config.train.seed
     settings = run_settings(config, method, rat, tables, id_table, loss_items, fit_rows, user_groups)
     metrics_path = directory / METRICS_FILE
-    outputs = (METRICS_FILE, CHECKPOINT_FILE) + ((ITEM_LAYER_FILE,) if method in USES_PCA else ())
+    outputs = (METRICS_FILE, CHECKPOINT_FILE) + ((ITEM_LAYER_FILE,) if get_method(method).has_pca else ())
     if reuse and is_done(directory, settings, *outputs):
         return MethodRun(method, config.backbone.name, seed, json.loads(metrics_path.read_text(encoding="utf-8")))
 
-    extra = rat_extra_loss(method, id_table, rat)
+    extra = extra_loss(method, id_table, rat)
     seed_everything(seed)
     model, pca = build_model(method, config.backbone, dataset.n_items, rat, tables.scft, tables.base, fit_rows,
                              trained_items=trained_items(dataset, loss_items))
@@ -181,9 +175,9 @@ def run_method(
 
 def train_id_run(config: Config, directory: Path, reuse: bool = True) -> MethodRun:
     """The ID-only run of config.backbone, seed config.train.seed (`trainer train`, the baselines):
-    run_method("none") on the prepared dataset (its `model` is None when the run was reused)."""
+    run_method of the ID-only method on the prepared dataset (its `model` is None when the run was reused)."""
     dataset, data_dir = prepared_dataset(config)
-    return run_method(config, RunSplit(dataset, cache_dir=data_dir), "none", RATConfig(), directory, reuse=reuse)
+    return run_method(config, RunSplit(dataset, cache_dir=data_dir), ID_METHOD, RATConfig(), directory, reuse=reuse)
 
 
 def trained_items(dataset: Dataset, loss_items: np.ndarray | None = None) -> np.ndarray:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from llmemb.data.dataset import Dataset
+from llmemb.methods import ID_METHOD, RATConfig, get_method, tables_read
 from trainer.config import Config
 from trainer.experiments import RunSplit, Tables
 from trainer.llm_stages import ensure_export, ensure_scft
-from trainer.rat import USES_BASE_TABLE, USES_SCFT_TABLE, RATConfig
 from trainer.run_pool import MethodTask, reads_id_run, run_tasks
 from trainer.runs import CHECKPOINT_FILE, settings_of
 
@@ -28,28 +28,28 @@ def llm_tables(config: Config, dataset: Dataset, methods: Iterable[str], *, scft
 
     item_rows: the catalogue rows SCFT may see (cold start: the warm items only);
     scft_changes: SCFT settings that differ from config's scft section (e.g. steps)."""
-    methods = set(methods)
+    read = tables_read(methods)
     lora = (ensure_scft(config, dataset, tag=scft_tag, item_rows=item_rows, **(scft_changes or {}))
-            if methods & USES_SCFT_TABLE else None)
-    base = ensure_export(config, dataset, None, base_tag) if methods & USES_BASE_TABLE else None
+            if "scft" in read else None)
+    base = ensure_export(config, dataset, None, base_tag) if "base" in read else None
     scft = ensure_export(config, dataset, lora, scft_tag) if lora is not None else None
     return lora, Tables(base=base, scft=scft)
 
 
 def method_tasks(split: str, config: Config, methods: Sequence[str], rat: RATConfig, root: Path,
                  name: Callable[[str], str] = lambda method: method) -> list[MethodTask]:
-    """The ID-only run of `config` (backbone, seed) under root/name("none"), then each other method
+    """The ID-only run of `config` (backbone, seed) under root/name(ID_METHOD), then each other method
     under root/name(method), aligned to it."""
-    id_dir = root / name("none")
-    return [MethodTask(split, config, "none", rat, id_dir)] + [
-        MethodTask(split, config, m, rat, root / name(m), id_dir=id_dir) for m in methods if m != "none"]
+    id_dir = root / name(ID_METHOD)
+    return [MethodTask(split, config, ID_METHOD, rat, id_dir)] + [
+        MethodTask(split, config, m, rat, root / name(m), id_dir=id_dir) for m in methods if not get_method(m).is_id]
 
 
 def waits_for(tasks: Sequence[MethodTask]) -> list[int | None]:
     """For each task, the index of the task it must wait for: the ID run whose table it aligns to when
     that run is a task here (else it must be a finished run: a ValueError otherwise); None for every
     task that reads no ID table (ID runs, LLM2X) or reads a finished one."""
-    by_dir = {t.directory: i for i, t in enumerate(tasks) if t.method == "none"}
+    by_dir = {t.directory: i for i, t in enumerate(tasks) if get_method(t.method).is_id}
     after: list[int | None] = []
     for task in tasks:
         d = task.id_dir if reads_id_run(task) else None

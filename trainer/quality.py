@@ -31,12 +31,12 @@ import torch
 
 from llmemb.data.coldstart import cold_start_split
 from llmemb.data.dataset import Dataset
+from llmemb.methods import RATConfig, get_method
 from llmemb.sections import checked
 from trainer.config import Config, load_config
 from trainer.experiments import RunSplit, Tables
 from trainer.pipeline import llm_tables, method_tasks, run_pipeline
 from trainer.prepare import prepared_dataset
-from trainer.rat import USES_BASE_TABLE, RATConfig
 from trainer.report import write_report
 from trainer.run_pool import MethodTask, prepare_negatives
 
@@ -108,7 +108,7 @@ def run_quality(
     main_methods = {*q["methods"], *q["ablations"]} if q["backbones"] else set()
     cold_methods = set(q["cold_methods"]) if q["cold_fraction"] > 0 else set()
     # the cold split trains its own SCFT and reads only the base table from here
-    lora, tables = llm_tables(base, dataset, main_methods | (cold_methods & USES_BASE_TABLE))
+    lora, tables = llm_tables(base, dataset, main_methods | {m for m in cold_methods if get_method(m).table == "base"})
     stage_seconds["llm_tables"] = time.perf_counter() - t
     report = str(q["report"] or base.name)
     root = Path(base.runs_dir) / base.name / "quality" / report

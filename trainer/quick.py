@@ -15,17 +15,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmemb.methods import RATConfig, served_method
 from llmemb.sections import checked
 from trainer.config import load_config
 from trainer.experiments import RunSplit
 from trainer.make_bundle import bundle_from_run
 from trainer.pipeline import llm_tables, method_tasks, run_pipeline
 from trainer.prepare import prepared_dataset
-from trainer.rat import RATConfig
 
 DEFAULTS: dict[str, Any] = {"scft_steps": 60, "backbone": "sasrec", "seed": 0, "max_seconds": 120,
                             "method": "hybrid"}
-BUNDLE_METHODS = ("llmemb", "hybrid")
 
 
 def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
@@ -34,8 +33,7 @@ def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
     first = load_config(config_path, list(overrides))
     q = {**DEFAULTS, **checked(first.sections.get("quick"), DEFAULTS, "quick")}
     method = q["method"]
-    if method not in BUNDLE_METHODS:
-        raise ValueError(f"quick.method must be one of {', '.join(BUNDLE_METHODS)}, got {method!r}")
+    served_method(method, "quick.method")
     config = load_config(config_path, [*overrides, f"train.seed={q['seed']}",
                                        f"train.max_seconds={q['max_seconds']}"], backbone=q["backbone"])
     rat = RATConfig.from_dict(config.sections.get("rat"))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmemb.methods import get_method
 from trainer.report import LABELS, pm, verdict
 
 DENSE = "Dense: MovieLens-100K, every interaction, full-softmax CE"
@@ -111,7 +112,7 @@ def _regime_lines(name: str, title: str, results: dict[str, Any], backbone: str)
         cells = [("empty" if s[p][g].get("n") == 0 else pm(s[p][g][m])) if g in s[p] else "n/a"
                  for p, g, m, _ in COLUMNS]
         cold = summary.get(f"cold|{backbone}|{method}")
-        cold_cell = "n/a" if cold is None or method == "none" else pm(cold["full"]["cold_targets"]["hr@10"])
+        cold_cell = "n/a" if cold is None or get_method(method).is_id else pm(cold["full"]["cold_targets"]["hr@10"])
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {cold_cell} | "
                      f"{', '.join(map(str, s.get('best_epochs', [])))} |")
     checks = goals(summary, backbone, dense)

@@ -20,16 +20,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from llmemb.methods import METHODS, get_method  # noqa: E402
 from llmemb.metrics import ITEM_GROUPS  # noqa: E402
 from llmemb.models import DEFAULT_MODEL_ID  # noqa: E402
 from trainer.runs import CHECKPOINT_FILE, load_item_table  # noqa: E402
 
-LABELS = {
-    "none": "None (ID only)", "llm2x": "LLM2X", "llmemb": "LLMEmb",
-    "hybrid": "Hybrid", "wo_scft": "w/o SCFT", "wo_adapter": "w/o adapter", "wo_freeze": "w/o freeze", "wo_align": "w/o align",
-}
-COLOURS = {"none": "tab:gray", "llm2x": "tab:blue", "llmemb": "tab:red", "hybrid": "tab:green"}
-FIGURE_METHODS = ("none", "llm2x", "llmemb", "hybrid")
+LABELS = {name: m.label for name, m in METHODS.items()}
+COLOURS = {name: m.colour for name, m in METHODS.items() if m.colour is not None}
+FIGURE_METHODS = tuple(COLOURS)   # the methods drawn in the figures
 # (method, rivals): the comparisons the report counts, each on overall NDCG@10 and tail HR@10.
 CLAIMS = (("llmemb", ("none", "llm2x")), ("hybrid", ("none", "llm2x")))
 
@@ -337,7 +335,7 @@ def _cold_tables(results: dict[str, Any], agg) -> list[str]:
             s = agg.get(("cold", cb, m))
             if s is None:
                 continue
-            if m == "none":
+            if get_method(m).is_id:
                 cold_cells = "no vector (ID embeddings of unseen items are untrained noise) | n/a"
             else:
                 cold_cells = f"{pm(s[protocol]['cold_targets']['hr@10'])} | {pm(s[protocol]['cold_targets']['ndcg@10'])}"

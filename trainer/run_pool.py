@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from llmemb.methods import RATConfig, get_method
 from llmemb.metrics import Evaluator
 from trainer.config import Config
 from trainer.experiments import RunSplit, Tables, run_method
-from trainer.rat import RATConfig, uses_alignment
 from trainer.runs import load_item_table
 
 
@@ -47,7 +47,7 @@ def _init_worker(splits: dict[str, RunSplit]) -> None:
 
 def reads_id_run(task: MethodTask) -> bool:
     """Whether the task needs its ID run's item table (only the methods that align read it)."""
-    return task.id_dir is not None and uses_alignment(task.method, task.rat)
+    return task.id_dir is not None and get_method(task.method).uses_alignment(task.rat)
 
 
 def run_task(task: MethodTask, splits: dict[str, RunSplit] | None = None) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def load_item_table(directory: Path) -> torch.Tensor:
         return f.get_tensor(TABLE_KEY)
 
 
-def save_item_layer(model: SequentialBackbone, pca: PCA, path: Path) -> None:
+def save_item_layer(model: SequentialBackbone, pca: PCA, path: Path, method: str) -> None:
     """pca.*, adapter.* (when the layer has an adapter) and, for Hybrid, residual: the
     residual rows as evaluated (zero for items without training interactions)."""
     layer = model.item_embedding
@@ -150,7 +150,7 @@ def save_item_layer(model: SequentialBackbone, pca: PCA, path: Path) -> None:
         with torch.no_grad():
             state["residual"] = layer.residual_rows().detach()
     save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(path),
-              metadata={"method": "hybrid" if "residual" in state else "llmemb"})
+              metadata={"method": method})
 
 
 @dataclass
@@ -187,7 +187,7 @@ def write_run(
     write_json(directory / DATASET_STATS_FILE, dataset.stats(config.eval.head_fraction))
     save_checkpoint(model, directory / CHECKPOINT_FILE)
     if pca is not None:
-        save_item_layer(model, pca, directory / ITEM_LAYER_FILE)
+        save_item_layer(model, pca, directory / ITEM_LAYER_FILE, metrics["method"])
     else:
         (directory / ITEM_LAYER_FILE).unlink(missing_ok=True)
     write_json(directory / HISTORY_FILE, history)

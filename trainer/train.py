@@ -38,10 +38,9 @@ from llmemb.backbones import BackboneConfig, SequentialBackbone
 from llmemb.data.dataset import Dataset
 from llmemb.devices import autocast, check_precision, resolve_device
 from llmemb.losses import LOSSES, NegativeSampler, recommendation_loss
+from llmemb.methods import ExtraLoss
 from llmemb.metrics import EvalConfig, Evaluator
 from trainer.config import TrainConfig
-
-ExtraLoss = Callable[[SequentialBackbone, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass

@@ -32,12 +32,12 @@ from typing import Any
 
 import yaml
 
+from llmemb.methods import ID_METHOD, RATConfig
 from llmemb.sections import checked
 from trainer.config import Config, load_config
 from trainer.experiments import RunSplit, Tables
 from trainer.pipeline import llm_tables, run_pipeline
 from trainer.prepare import prepared_dataset
-from trainer.rat import RATConfig
 from trainer.report import mean_std, pm
 from trainer.run_pool import MethodTask, prepare_negatives
 
@@ -108,9 +108,9 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
     splits = {"main": RunSplit(dataset, Tables(), data_dir)}
     prepare_negatives(splits, reference.eval)
     ref_rat = RATConfig.from_dict(reference.sections.get("rat"))
-    id_dirs = {s: root / f"none-{grid['backbone']}-seed{s}" for s in grid["seeds"]}
+    id_dirs = {s: root / f"{ID_METHOD}-{grid['backbone']}-seed{s}" for s in grid["seeds"]}
     id_tasks = [MethodTask("main", load_config(config_path, [*shared, f"train.seed={s}"], backbone=grid["backbone"]),
-                           "none", ref_rat, id_dirs[s], label="none") for s in grid["seeds"]]
+                           ID_METHOD, ref_rat, id_dirs[s], label=ID_METHOD) for s in grid["seeds"]]
     variant_tasks = [MethodTask("main", configs[name][s], method, RATConfig.from_dict(configs[name][s].sections.get("rat")),
                                 root / f"{name}-seed{s}", id_dir=id_dirs[s], tables=tables[name], label=name)
                      for name in grid["variants"] for s in grid["seeds"]]
