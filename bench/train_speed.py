@@ -536,12 +536,12 @@ def profile_steps(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 # ---------------------------------------------------------- losses section
-def loss_run(task: tuple[str, str, int, int]) -> dict[str, Any]:
+def loss_run(task: tuple[str, str, int, int, int, str]) -> dict[str, Any]:
     """One ID-only SASRec run to early stopping (in a worker process): timings and test metrics."""
-    dataset_name, loss, seed, threads = task
+    dataset_name, loss, seed, threads, negatives, sampler = task
     os.chdir(ROOT)
     overrides = ["train.progress=false", f"train.threads={threads}", f"backbone.loss={loss}", f"train.seed={seed}",
-                 "train.device=cpu"]
+                 "train.device=cpu", f"backbone.loss_negatives={negatives}", f"backbone.loss_sampler={sampler}"]
     cfg = load_config(SCALE_DATASETS[dataset_name], overrides, backbone="sasrec")
     dataset, data_dir = prepared_dataset(cfg)
     seed_everything(seed)
@@ -569,8 +569,9 @@ def loss_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     datasets = [d.strip() for d in args.loss_datasets.split(",") if d.strip()]
     seeds = [int(x) for x in args.loss_seeds.split(",")]
-    tasks = [(d, loss, seed, 1) for d in datasets for loss in ("ce", "sampled_ce") for seed in seeds]
-    tasks += [(d, "bce", seeds[0], 1) for d in datasets if args.loss_bce]
+    neg, sampler = args.loss_negatives, args.loss_sampler
+    tasks = [(d, loss, seed, 1, neg, sampler) for d in datasets for loss in ("ce", "sampled_ce") for seed in seeds]
+    tasks += [(d, "bce", seeds[0], 1, neg, sampler) for d in datasets if args.loss_bce]
     runs = []
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         for run in pool.map(loss_run, tasks):
@@ -582,7 +583,7 @@ def loss_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     lines = ["## Full CE against sampled CE, trained to early stopping", "",
              f"SASRec, ID embeddings, seeds {', '.join(map(str, seeds))}, each run on one thread with "
              f"{args.workers} runs side by side (so seconds are those of one core beside another busy one). "
-             "sampled_ce: 256 uniform negatives shared per batch, logQ-corrected. Test metrics of the restored "
+             f"sampled_ce: {neg} {sampler} negatives shared per batch, logQ-corrected. Test metrics of the restored "
              "best epoch, mean ± sd over seeds; tail = items outside the 20% most popular.", "",
              "| dataset | loss | s / epoch | best epoch | s to best (with validation) | valid N@10 | "
              "test N@10 full | tail H@10 full | test N@10 sampled |", "|---|---|---|---|---|---|---|---|---|"]
@@ -715,10 +716,13 @@ def main() -> None:
     parser.add_argument("--loss-datasets", default="ml100k,amazon-beauty,ml1m")
     parser.add_argument("--loss-seeds", default="0,1,2")
     parser.add_argument("--loss-bce", type=int, default=1, help="also one BCE run per dataset (1) or not (0)")
+    parser.add_argument("--loss-negatives", type=int, default=256, help="sampled_ce's shared negatives per batch")
+    parser.add_argument("--loss-sampler", default="uniform", help="sampled_ce's sampler: uniform | popularity")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--eval-datasets", default="amazon-beauty,ml1m")
     parser.add_argument("--recbole-epochs", type=int, default=200)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--tag", default="", help="kept beside an earlier result of the same section (e.g. 1024neg)")
     args = parser.parse_args()
     os.chdir(ROOT)  # configs name their data and run paths relative to the repository root
     torch.set_num_threads(args.threads)
@@ -730,7 +734,7 @@ def main() -> None:
         if name not in SECTIONS:
             parser.error(f"unknown section {name!r}; known: {', '.join(SECTIONS)}")
         numbers, markdown = SECTIONS[name](args)
-        results[name] = {"numbers": numbers, "markdown": markdown,
+        results[name + (f"-{args.tag}" if args.tag else "")] = {"numbers": numbers, "markdown": markdown,
                          "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
                          "environment": f"python {platform.python_version()}, torch {torch.__version__}, "
                                         f"{args.threads} threads, {platform.machine()}"}

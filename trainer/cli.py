@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmemb.backbones import BACKBONES
-from llmemb.methods import METHODS, RATConfig, get_method, served_method
+from llmemb.methods import METHODS, get_method, served_method
 from trainer import prepare as prepare_stage
 from trainer.baselines import run_baselines
 from trainer.config import Config, load_config
@@ -136,7 +136,7 @@ def rat(config: ConfigPath,
     cfg = resolve(config, overrides, backbone, seed)
     dataset, data_dir = prepared_dataset(cfg)
     lora, tables = llm_tables(cfg, dataset, [method])
-    tasks = method_tasks("main", cfg, [method], RATConfig.from_dict(cfg.sections.get("rat")),
+    tasks = method_tasks("main", cfg, [method], cfg.rat,
                          run_dir(cfg, f"rat/{cfg.backbone.name}-seed{cfg.train.seed}"))
     metrics = run_pipeline({"main": RunSplit(dataset, tables, data_dir)}, tasks)[-1]
     typer.echo(metrics_table(metrics))

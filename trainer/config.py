@@ -6,6 +6,7 @@ A config file has these sections (all but `dataset` optional):
     backbone: BackboneConfig fields
     train:    TrainConfig fields
     eval:     EvalConfig fields
+    rat:      RATConfig fields (llmemb/methods/settings.py): the item-layer methods' settings
     per_backbone:  {<backbone name>: {backbone: {...}, train: {...}}} merged into the
                    backbone / train sections when that backbone is chosen
                    (e.g. BERT4Rec wants more patience)
@@ -16,7 +17,7 @@ command-line overrides. A loaded Config is resolved: per_backbone has been
 applied and is not kept, so the config.yaml a run saves reloads to the same
 values.
 
-Sections this module does not know (later stages: scft, export, rat, ...) are
+Sections this module does not know (later stages: encoder, scft, quality, quick, ...) are
 kept verbatim in `Config.sections` for their own loaders. Unknown keys inside the
 known sections are errors, so a typo never silently falls back to a default.
 """
@@ -30,6 +31,7 @@ from typing import Any
 import yaml
 
 from llmemb.backbones.base import BackboneConfig
+from llmemb.methods import RATConfig
 from llmemb.metrics import EvalConfig
 from llmemb.sections import dataclass_from
 
@@ -62,6 +64,7 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rat: RATConfig = field(default_factory=RATConfig)   # the item-layer methods' settings
     runs_dir: str = "runs"
     reports_dir: str = "reports"
     sections: dict[str, Any] = field(default_factory=dict)  # other stages' sections, verbatim
@@ -76,6 +79,7 @@ class Config:
             "backbone": self.backbone.to_dict(),
             "train": asdict(self.train),
             "eval": asdict(self.eval),
+            "rat": self.rat.to_dict(),
             "runs_dir": self.runs_dir,
             "reports_dir": self.reports_dir,
         }
@@ -83,7 +87,7 @@ class Config:
         return out
 
 
-KNOWN = {"dataset", "backbone", "train", "eval", "per_backbone", "runs_dir", "reports_dir"}
+KNOWN = {"dataset", "backbone", "train", "eval", "rat", "per_backbone", "runs_dir", "reports_dir"}
 PER_BACKBONE_SECTIONS = {"backbone", "train"}
 
 
@@ -104,6 +108,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         backbone=_merge(BackboneConfig(), raw.get("backbone") or {}, "backbone"),
         train=_merge(TrainConfig(), raw.get("train") or {}, "train"),
         eval=_merge(EvalConfig(), raw.get("eval") or {}, "eval"),
+        rat=RATConfig.from_dict(raw.get("rat")),
         runs_dir=str(raw.get("runs_dir", "runs")),
         reports_dir=str(raw.get("reports_dir", "reports")),
         sections={k: copy.deepcopy(v) for k, v in raw.items() if k not in KNOWN},

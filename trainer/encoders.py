@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from llmemb.methods import ID_METHOD, METHODS, RATConfig, get_method
+from llmemb.methods import ID_METHOD, METHODS, get_method
 from llmemb.sections import checked
 from trainer.config import Config, load_config
 from trainer.experiments import RunSplit, Tables
@@ -97,7 +97,7 @@ def run_encoders(comparison_path: Path, log: Callable[[str], None] = print) -> d
 
     splits = {"main": RunSplit(dataset, Tables(), data_dir)}
     prepare_negatives(splits, reference.eval)
-    rat = {name: RATConfig.from_dict(by_seed[seeds[0]].sections.get("rat")) for name, by_seed in configs.items()}
+    rat = {name: by_seed[seeds[0]].rat for name, by_seed in configs.items()}
     id_dirs = {s: root / f"{ID_METHOD}-{backbone}-seed{s}" for s in seeds}
     id_tasks = [MethodTask("main", configs[first_name][s], ID_METHOD, rat[first_name], id_dirs[s], label=ID_METHOD)
                 for s in seeds]

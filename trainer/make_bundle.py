@@ -6,7 +6,7 @@ from typing import Any
 
 from llmemb.bundle import BundleParts, write_bundle
 from llmemb.data.dataset import Dataset
-from llmemb.methods import RATConfig, served_method
+from llmemb.methods import served_method
 from trainer.config import load_config
 from trainer.llm_stages import base_model_id, encoder_spec
 from trainer.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, load_checkpoint, load_item_layer, read_json
@@ -22,7 +22,7 @@ def bundle_from_run(run_dir: Path, dataset: Dataset, lora_dir: Path | None, out_
     metrics = read_json(run_dir / METRICS_FILE)
     try:
         method = served_method(metrics["method"])
-        method.check_servable(RATConfig.from_dict(config.sections.get("rat")))
+        method.check_servable(config.rat)
     except ValueError as e:
         raise ValueError(f"{run_dir}: {e}") from None
     model = load_checkpoint(run_dir / CHECKPOINT_FILE)

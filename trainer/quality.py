@@ -99,7 +99,7 @@ def run_quality(
     started = time.perf_counter()
     base = load_config(config_path, list(overrides))
     q = quality_settings(base)
-    rat = RATConfig.from_dict(base.sections.get("rat"))
+    rat = base.rat
     dataset, data_dir = prepared_dataset(base)
     log(f"dataset {dataset.name}: {dataset.n_users} users, {dataset.n_items} items")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmemb.methods import RATConfig, served_method
+from llmemb.methods import served_method
 from llmemb.sections import checked
 from trainer.config import load_config
 from trainer.experiments import RunSplit
@@ -36,7 +36,7 @@ def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
     served_method(method, "quick.method")
     config = load_config(config_path, [*overrides, f"train.seed={q['seed']}",
                                        f"train.max_seconds={q['max_seconds']}"], backbone=q["backbone"])
-    rat = RATConfig.from_dict(config.sections.get("rat"))
+    rat = config.rat
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from llmemb.methods import ID_METHOD, RATConfig
+from llmemb.methods import ID_METHOD
 from llmemb.sections import checked
 from trainer.config import Config, load_config
 from trainer.experiments import RunSplit, Tables
@@ -107,11 +107,11 @@ def run_tuning(config_path: Path, grid_path: Path, log: Callable[[str], None] = 
 
     splits = {"main": RunSplit(dataset, Tables(), data_dir)}
     prepare_negatives(splits, reference.eval)
-    ref_rat = RATConfig.from_dict(reference.sections.get("rat"))
+    ref_rat = reference.rat
     id_dirs = {s: root / f"{ID_METHOD}-{grid['backbone']}-seed{s}" for s in grid["seeds"]}
     id_tasks = [MethodTask("main", load_config(config_path, [*shared, f"train.seed={s}"], backbone=grid["backbone"]),
                            ID_METHOD, ref_rat, id_dirs[s], label=ID_METHOD) for s in grid["seeds"]]
-    variant_tasks = [MethodTask("main", configs[name][s], method, RATConfig.from_dict(configs[name][s].sections.get("rat")),
+    variant_tasks = [MethodTask("main", configs[name][s], method, configs[name][s].rat,
                                 root / f"{name}-seed{s}", id_dir=id_dirs[s], tables=tables[name], label=name)
                      for name in grid["variants"] for s in grid["seeds"]]
     results = run_pipeline(splits, id_tasks + variant_tasks, workers=int(grid["workers"]), log=log)
