@@ -132,7 +132,10 @@ def rat(config: ConfigPath,
     from trainer.make_bundle import bundle_from_run
     from trainer.pipeline import llm_tables, method_tasks, run_pipeline
 
-    served_method(method, "--method") if bundle is not None else get_method(method, "--method")
+    if bundle is not None:
+        served_method(method, "--method")   # before any training: a bundle needs a servable method
+    else:
+        get_method(method, "--method")
     cfg = resolve(config, overrides, backbone, seed)
     dataset, data_dir = prepared_dataset(cfg)
     lora, tables = llm_tables(cfg, dataset, [method])

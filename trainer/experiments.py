@@ -18,7 +18,7 @@ import torch
 
 from llmemb.backbones import SequentialBackbone
 from llmemb.data.dataset import Dataset
-from llmemb.methods import ID_METHOD, RATConfig, build_model, extra_loss, get_method
+from llmemb.methods import ID_METHOD, RATConfig, build_model, get_method
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA
 from trainer.config import Config
@@ -140,13 +140,14 @@ def run_method(
     user_groups = split.user_groups
     evaluator = split.evaluator(config)
     seed = config.train.seed
+    m = get_method(method)
     settings = run_settings(config, method, rat, tables, id_table, loss_items, fit_rows, user_groups)
     metrics_path = directory / METRICS_FILE
-    outputs = (METRICS_FILE, CHECKPOINT_FILE) + ((ITEM_LAYER_FILE,) if get_method(method).has_pca else ())
+    outputs = (METRICS_FILE, CHECKPOINT_FILE) + ((ITEM_LAYER_FILE,) if m.has_pca else ())
     if reuse and is_done(directory, settings, *outputs):
         return MethodRun(method, config.backbone.name, seed, json.loads(metrics_path.read_text(encoding="utf-8")))
 
-    extra = extra_loss(method, id_table, rat)
+    extra = m.extra_loss(id_table, rat)
     seed_everything(seed)
     model, pca = build_model(method, config.backbone, dataset.n_items, rat, tables.scft, tables.base, fit_rows,
                              trained_items=trained_items(dataset, loss_items))

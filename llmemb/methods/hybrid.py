@@ -12,9 +12,9 @@ import torch
 from llmemb.backbones.base import ItemEmbedding
 from llmemb.item_tables import HybridItemEmbedding
 from llmemb.methods.base import Method
-from llmemb.methods.llmemb import adapter_source
+from llmemb.methods.llmemb import adapter_parts
 from llmemb.methods.settings import RATConfig
-from llmemb.projection import PCA, Adapter
+from llmemb.projection import PCA
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,7 @@ class Hybrid(Method):
     def build_layer(self, n_items: int, d: int, rat: RATConfig, table: torch.Tensor | None,
                     fit_rows: np.ndarray | None, trained: torch.Tensor) -> tuple[ItemEmbedding, PCA | None]:
         assert table is not None
-        source, pca = adapter_source(table, fit_rows, rat)
-        adapter = Adapter(pca.n_components, d, hidden=rat.adapter_hidden)
+        source, adapter, pca = adapter_parts(table, d, fit_rows, rat)
         return HybridItemEmbedding(source, adapter, trained, rat.residual_dropout, rat.residual_item_drop,
                                    rat.text_residual), pca
 

@@ -21,12 +21,15 @@ from llmemb.methods.settings import RATConfig
 from llmemb.projection import PCA, Adapter, default_n_components
 
 
-def adapter_source(table: torch.Tensor, fit_rows: np.ndarray | None, rat: RATConfig) -> tuple[torch.Tensor, PCA]:
-    """The frozen source of an adapter layer: the table's PCA to rat.d_pca components (default:
-    min(1536, D, N-1) over the fitted rows), [N+1, k] with a zero padding row; and the PCA."""
+def adapter_parts(table: torch.Tensor, d: int, fit_rows: np.ndarray | None,
+                  rat: RATConfig) -> tuple[torch.Tensor, Adapter, PCA]:
+    """What an adapter layer is built from: its frozen source, the table's PCA to rat.d_pca components
+    (default: min(1536, D, N-1) over the fitted rows), [N+1, k] with a zero padding row; a fresh
+    adapter from k to d; and the PCA."""
     k = rat.d_pca or default_n_components(table.shape[0] if fit_rows is None else len(fit_rows), table.shape[1])
     pca = reduce_table(table, k, fit_rows, rat)
-    return pca_source(table, pca), pca
+    source = pca_source(table, pca)
+    return source, Adapter(pca.n_components, d, hidden=rat.adapter_hidden), pca
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,7 @@ class LLMEmb(Method):
         if not self.adapter:
             pca = reduce_table(table, d, fit_rows, rat)
             return AdaptedItemEmbedding(pca_source(table, pca), None, freeze=True), pca
-        source, pca = adapter_source(table, fit_rows, rat)
-        adapter = Adapter(pca.n_components, d, hidden=rat.adapter_hidden)
+        source, adapter, pca = adapter_parts(table, d, fit_rows, rat)
         return AdaptedItemEmbedding(source, adapter, freeze=self.freeze), pca
 
 
