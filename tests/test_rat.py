@@ -307,6 +307,30 @@ def test_alignment_loss_value_over_distinct_targets(variant):
     assert torch.isclose(extra(model, inputs, targets.flip(1)), value, atol=1e-6)
 
 
+def test_align_max_items_aligns_on_a_uniform_draw_of_that_many_distinct_targets():
+    model, id_table = _aligned_model()
+    targets = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 2, 3]])   # 10 distinct items
+    inputs = torch.ones_like(targets)
+    rat = RATConfig(alpha=1.0, align_max_items=4)
+    torch.manual_seed(5)
+    capped = alignment_loss(id_table, rat)(model, inputs, targets)
+    torch.manual_seed(5)   # the draw the hook makes, from torch's generator
+    chosen = torch.unique(targets)[torch.randperm(10)[:4]]
+    with torch.no_grad():
+        e = model.item_embedding.table()[chosen]
+        direct = symmetric_contrastive_loss(e, id_table[chosen].detach(), 2.0, "dot", exclude_positive=True)
+    assert torch.isclose(capped, direct, atol=1e-6)
+    full = alignment_loss(id_table, RATConfig(alpha=1.0))(model, inputs, targets)
+    assert not torch.isclose(capped, full, atol=1e-4)
+    # at or under the cap nothing is drawn: the loss is the uncapped one
+    small = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(alignment_loss(id_table, rat)(model, small, small),
+                       alignment_loss(id_table, RATConfig(alpha=1.0))(model, small, small))
+    for bad in (1, 0, 2.5, "8"):
+        with pytest.raises(ValueError, match="rat.align_max_items"):
+            RATConfig.from_dict({"align_max_items": bad})
+
+
 def test_alignment_loss_paper_and_infonce_differ_and_alpha_scales():
     model, id_table = _aligned_model()
     targets = torch.tensor([[1, 2, 3, 5]])

@@ -68,9 +68,9 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-# RAT settings added after runs were recorded: left out of a run's settings while at their default
-# (which is the behaviour before they existed), so the runs recorded before stay reusable.
-ADDED_LATER = {"residual_item_drop": 0.0, "text_residual": 0.0}
+# Settings added after runs were recorded: left out of a run's settings while at the value that
+# reproduces the behaviour before they existed, so the runs recorded before stay reusable.
+ADDED_LATER = {"residual_item_drop": 0.0, "text_residual": 0.0, "align_max_items": None}
 # The same for the other sections; and settings that never change a result (where a run trains,
 # how much it scores at once, the progress bar) are left out altogether.
 ADDED_LATER_CONFIG = {"train": {"precision": "fp32", "batching": "shuffle"},

@@ -81,7 +81,8 @@ class Method:
 
     def extra_loss(self, id_table: torch.Tensor | None, rat: RATConfig) -> ExtraLoss | None:
         """fit's extra_loss hook, or None: alpha * L_align between the layer's vectors and the ID
-        model's table over the distinct target items of the batch, plus the method's penalty."""
+        model's table over the distinct target items of the batch (at most rat.align_max_items of them,
+        drawn uniformly), plus the method's penalty."""
         aligned, penalised = self.uses_alignment(rat), self.penalised(rat)
         if aligned and id_table is None:
             raise ValueError(f"method {self.name} aligns with the ID model's table: train the ID run first")
@@ -97,8 +98,11 @@ class Method:
                 assert target_table is not None   # checked above: aligning needs the ID table
                 if ids.device not in on_device:
                     on_device[ids.device] = target_table.to(ids.device)
-                e = self.aligned_rows(model.item_embedding, ids)
-                loss = loss + rat.alpha * align(e, on_device[ids.device][ids], rat)
+                chosen = ids
+                if rat.align_max_items is not None and ids.numel() > rat.align_max_items:
+                    chosen = ids[torch.randperm(ids.numel(), device=ids.device)[:rat.align_max_items]]
+                e = self.aligned_rows(model.item_embedding, chosen)
+                loss = loss + rat.alpha * align(e, on_device[ids.device][chosen], rat)
             if penalised:
                 seen = torch.unique(torch.cat([inputs[inputs > 0], ids]))
                 loss = loss + self.penalty(model.item_embedding, seen, rat)

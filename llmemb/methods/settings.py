@@ -21,6 +21,10 @@ class RATConfig:
     # paper: SCFT form, positive left out of the denominator | infonce: positive kept |
     # soft: the reference code's CLIP-style loss with soft targets
     align_loss: str = "paper"
+    # Align on at most this many of a batch's distinct target items, drawn uniformly each step; None:
+    # all of them. The loss is square in that count (about 1,900 a batch on MovieLens-1M, where it
+    # doubled the epoch), so large catalogues want a cap (docs/TRAINING_AT_SCALE.md).
+    align_max_items: int | None = None
     llm2x_init_std: float | None = None  # rescale LLM2X's initial table to this entry std; None: as PCA gives
     # Rescale the frozen PCA table (LLMEmb and its ablations) to this entry std; None: as PCA gives.
     # A single scalar, folded into the saved PCA, so the function class is unchanged: it only
@@ -48,6 +52,8 @@ class RATConfig:
             value = getattr(cfg, name)
             if value is not None and not value > 0:
                 raise ValueError(f"rat.{name} must be positive or null, got {value!r}")
+        if cfg.align_max_items is not None and not (isinstance(cfg.align_max_items, int) and cfg.align_max_items >= 2):
+            raise ValueError(f"rat.align_max_items must be an integer >= 2 or null, got {cfg.align_max_items!r}")
         if cfg.align_loss not in ALIGN_LOSSES:
             raise ValueError(f"rat.align_loss must be one of {', '.join(ALIGN_LOSSES)}, got {cfg.align_loss!r}")
         if not cfg.residual_l2 >= 0:
