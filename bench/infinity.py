@@ -38,12 +38,12 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.load import Tally, summary  # noqa: E402
+from load import Tally, summary  # noqa: E402  (bench/load.py, beside this file)
+
 from llmemb.bundle import load_bundle  # noqa: E402
+from llmemb_testing.servers import ServiceProcess, free_port, wait_for  # noqa: E402
 from service.st_export import export_item_stage  # noqa: E402
-from tests.servers import ServiceProcess, free_port, wait_for  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

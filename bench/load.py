@@ -52,9 +52,8 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tests.servers import RedisServer, ServiceProcess  # noqa: E402
+from llmemb_testing.servers import RedisServer, ServiceProcess  # noqa: E402
 
 KINDS = ("embed_uncached", "embed_cached", "recommend", "score")
 CHEAP = ("embed_cached", "recommend", "score")

@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from llmemb.bundle import load_bundle  # noqa: E402
 from llmemb_client import LLMEmbClient  # noqa: E402
-from tests.servers import RedisServer, ServiceProcess  # noqa: E402
+from llmemb_testing.servers import RedisServer, ServiceProcess  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.prepare import prepared_dataset  # noqa: E402
+from trainer.stages.prepare import prepared_dataset  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

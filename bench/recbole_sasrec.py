@@ -77,7 +77,7 @@ def main() -> None:
     started = time.perf_counter()
     best_valid, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     total = time.perf_counter() - started
-    test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    test = trainer.stages.evaluate(test_data, load_best_model=True, show_progress=False)
     best_epoch = max(range(len(curve)), key=lambda i: curve[i][1]) + 1
     print(json.dumps({
         "recbole": __import__("recbole").__version__, "torch": torch.__version__, "threads": args.threads,

@@ -37,11 +37,10 @@ import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
+from llmemb.base_models import resolve_model_path  # noqa: E402
 from llmemb.bundle import load_bundle  # noqa: E402
-from llmemb.encoder import ItemEncoder  # noqa: E402
-from llmemb.models import resolve_model_path  # noqa: E402
+from llmemb.encoder import EncoderConfig, ItemEncoder  # noqa: E402
 from service.scoring import TopK, top_k  # noqa: E402
 
 
@@ -326,7 +325,7 @@ def main() -> None:
     prompts = [spec.prompt(a) for a in attrs]
     model_path = resolve_model_path(bundle.base_model_id)
     # The encoder the service builds from the bundle's spec (service.embedder.ItemEmbedder).
-    config = spec.encoder_config(model_path, token_budget=args.token_budget)
+    config = EncoderConfig.from_spec(spec, model_path, token_budget=args.token_budget)
     encoder = (ItemEncoder.from_pretrained_lora(config, bundle.lora_dir) if bundle.lora_dir
                else ItemEncoder(config))
     from sentence_transformers import SentenceTransformer

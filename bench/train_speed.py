@@ -53,14 +53,12 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine a
 # spinning 2-thread process next to any other busy process runs ~10x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -70,8 +68,8 @@ import torch  # noqa: E402
 from llmemb.backbones import build_id_backbone  # noqa: E402
 from llmemb.metrics import Evaluator  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.prepare import prepared_dataset  # noqa: E402
-from trainer.train import fit, seed_everything, training_rows  # noqa: E402
+from trainer.stages.prepare import prepared_dataset  # noqa: E402
+from trainer.stages.train import fit, seed_everything, training_rows  # noqa: E402
 
 GOAL_SECONDS_TO_BEST = 120.0
 
@@ -170,18 +168,18 @@ def llm_stages(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from transformers import AutoModel
 
     from llmemb.encoder import ItemEncoder, load_tokenizer, pool, tokenize
-    from trainer.export import embed_catalogue
-    from trainer.llm_stages import (
+    from trainer.stages.export import embed_catalogue
+    from trainer.stages.llm_stages import (
         encoder_config,
         encoder_spec,
         lora_settings,
         scft_config,
     )
-    from trainer.scft import run_scft
+    from trainer.stages.scft import run_scft
 
     config = load_config(args.config)
     dataset, _ = prepared_dataset(config)
-    # As the trainer does it (trainer.llm_stages.ensure_export / ensure_scft): one spec, the
+    # As the trainer does it (trainer.stages.llm_stages.ensure_export / ensure_scft): one spec, the
     # export on the base model, SCFT with the config's LoRA settings.
     spec = encoder_spec(config, dataset.domain)
     enc = encoder_config(config, spec)
@@ -570,7 +568,7 @@ def loss_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from trainer.report import mean_std, separation
+    from trainer.reports.quality_report import mean_std, separation
 
     datasets = [d.strip() for d in args.loss_datasets.split(",") if d.strip()]
     seeds = [int(x) for x in args.loss_seeds.split(",")]

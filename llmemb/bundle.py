@@ -38,8 +38,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmemb.backbones.base import BackboneConfig
+from llmemb.base_models import ModelIdentity, model_identity, sha256_file
 from llmemb.methods import Method, get_method, served_method
-from llmemb.models import ModelIdentity, model_identity, sha256_file
 from llmemb.spec import EncoderSpec
 
 IDENTITY_FIELDS = tuple(ModelIdentity.__dataclass_fields__)

@@ -12,8 +12,9 @@ which is real whatever the batch. Decoders append the EOS token (`append_eos`)
 so that the pooled last position has read the whole prompt and ends every
 prompt the same way.
 
-The vector contract (`llmemb.spec.EncoderSpec`) builds the `EncoderConfig` of
-this module; trainer and service both go through it.
+The vector contract (`llmemb.spec.EncoderSpec`) gives the `EncoderConfig` of this
+module its vector settings (`EncoderConfig.from_spec`); trainer and service both go
+through it. spec.py imports nothing of this module.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModel, AutoTokenizer
 
+from llmemb.base_models import DEFAULT_MODEL_ID, model_identity, resolve_model_path
 from llmemb.devices import resolve_device
-from llmemb.models import DEFAULT_MODEL_ID, model_identity, resolve_model_path
 from llmemb.sections import dataclass_from
-from llmemb.spec import DTYPE_NAMES, POOLINGS
+from llmemb.spec import DTYPE_NAMES, POOLINGS, EncoderSpec
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
@@ -49,7 +50,7 @@ BERT_EXCLUDED = ["pooler.dense"]
 
 
 def default_model_path() -> str:
-    """The local directory of the default base model (llmemb.models.DEFAULT_MODEL_ID)."""
+    """The local directory of the default base model (llmemb.base_models.DEFAULT_MODEL_ID)."""
     return resolve_model_path(DEFAULT_MODEL_ID)
 
 
@@ -93,6 +94,17 @@ class EncoderConfig:
     def from_dict(cls, values: dict) -> EncoderConfig:
         """From a config section; unknown keys are errors, `lora` may be a mapping."""
         return dataclass_from(cls, values, "encoder")
+
+    @classmethod
+    def from_spec(cls, spec: EncoderSpec, model_path: str, device: str = "cpu", token_budget: int = 8192,
+                  dtype: str | None = None, lora: LoraSettings | None = None,
+                  gradient_checkpointing: bool = False) -> EncoderConfig:
+        """The encoder that computes `spec`'s vectors with the weights at `model_path`: the vector
+        settings come from the spec (`dtype` overrides its dtype, explicitly), the rest is runtime."""
+        return cls(model_path=model_path, pooling=spec.pooling, max_tokens=spec.max_tokens,
+                   dtype=dtype or spec.dtype, device=device, lora=lora, token_budget=token_budget,
+                   normalize=spec.normalize, append_eos=spec.append_eos,
+                   gradient_checkpointing=gradient_checkpointing)
 
 
 def lora_targets(model_type: str, settings: LoraSettings) -> tuple[list[str], list[str] | None]:

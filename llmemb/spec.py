@@ -13,12 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmemb.prompts import build_prompt
-
-if TYPE_CHECKING:
-    from llmemb.encoder import EncoderConfig, LoraSettings
 
 POOLINGS = ("mean", "last")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
@@ -64,19 +61,6 @@ class EncoderSpec:
     def prompt(self, attributes: Mapping[str, Any], keys: list[str] | None = None) -> str:
         """The prompt of an item: the one place trainer, service and backfill agree on."""
         return build_prompt(attributes, self.instruction, self.max_value_chars, keys=keys)
-
-    def encoder_config(self, model_path: str, device: str = "cpu", token_budget: int = 8192,
-                       dtype: str | None = None, lora: LoraSettings | None = None,
-                       gradient_checkpointing: bool = False) -> EncoderConfig:
-        """The encoder that computes this spec's vectors (`dtype` overrides the spec's, explicitly)."""
-        from llmemb.encoder import (
-            EncoderConfig,  # torch and transformers only where vectors are computed
-        )
-
-        return EncoderConfig(model_path=model_path, pooling=self.pooling, max_tokens=self.max_tokens,
-                             dtype=dtype or self.dtype, device=device, lora=lora, token_budget=token_budget,
-                             normalize=self.normalize, append_eos=self.append_eos,
-                             gradient_checkpointing=gradient_checkpointing)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

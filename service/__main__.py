@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from llmemb.bundle import BundleError, verify_bundle
 from service.app import create_app
+from service.invalid_http import JsonErrorsH11Protocol
 from service.logs import configure as configure_logs
-from service.protocol import JsonErrorsH11Protocol
 from service.settings import Settings
 
 

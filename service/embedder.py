@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmemb.base_models import ModelError, model_identity, resolve_model_path
 from llmemb.bundle import BundleError, LoadedBundle
-from llmemb.encoder import ItemEncoder
-from llmemb.models import ModelError, model_identity, resolve_model_path
+from llmemb.encoder import EncoderConfig, ItemEncoder
 from llmemb.projection import PCA, Adapter
 
 log = logging.getLogger("llmemb.service")
@@ -61,7 +61,7 @@ class ItemEmbedder:
             log.warning("encoder dtype %s overrides the bundle's %s: new vectors will differ slightly from "
                         "the catalogue table (bench/results/encoders.md measures by how much)", dtype, spec.dtype)
         # The spec builds the encoder, as it did in the trainer's export: the same object, the same vectors.
-        config = spec.encoder_config(model_path, device=device, token_budget=token_budget, dtype=dtype)
+        config = EncoderConfig.from_spec(spec, model_path, device=device, token_budget=token_budget, dtype=dtype)
         try:
             if bundle.lora_dir is not None:
                 self.encoder = ItemEncoder.from_pretrained_lora(config, str(bundle.lora_dir))

@@ -165,7 +165,7 @@ async def embed_items(body: EmbedItemsRequest, rt: ReadyRuntime = Depends(ready_
         if item.id is not None:
             check_id(f"items[{i}].id", item.id, s)
         check_attributes(f"items[{i}].attributes", item.attributes, s)
-    prompts = [rt.engine.prompt(item.attributes) for item in body.items]
+    prompts = [rt.scoring.prompt(item.attributes) for item in body.items]
     vectors, cached = await embed(rt, body.stage, prompts)
     data = [EmbeddedItem(index=i, id=item.id, embedding=v.tolist(), cached=c)
             for i, (item, v, c) in enumerate(zip(body.items, vectors, cached))]
@@ -204,7 +204,7 @@ async def put_items(body: PutItemsRequest, rt: ReadyRuntime = Depends(ready_runt
                            f"items[{i}].id")
         seen[item.id] = i
         check_attributes(f"items[{i}].attributes", item.attributes, s)
-    vectors, _ = await embed(rt, "item", [rt.engine.prompt(item.attributes) for item in body.items])
+    vectors, _ = await embed(rt, "item", [rt.scoring.prompt(item.attributes) for item in body.items])
     batch = [(item.id, rt.bundle.catalogue_vector(item.id, v), item.attributes) for item, v in zip(body.items, vectors)]
     try:
         created, version = await rt.catalogue.put_many(batch)
@@ -220,7 +220,7 @@ async def put_item(item_id: str, body: PutItemRequest, request: Request, rt: Rea
     """Add an item (201) or replace one (200) from its attributes; every replica sees it within a second."""
     check_path_id(request, item_id, rt.settings)
     check_attributes("attributes", body.attributes, rt.settings)
-    vectors, _ = await embed(rt, "item", [rt.engine.prompt(body.attributes)])
+    vectors, _ = await embed(rt, "item", [rt.scoring.prompt(body.attributes)])
     try:
         created, version = await rt.catalogue.put(item_id, rt.bundle.catalogue_vector(item_id, vectors[0]),
                                                   body.attributes)
@@ -271,8 +271,8 @@ async def recommend(body: RecommendRequest, rt: ReadyRuntime = Depends(ready_run
     rows, cand_rows, ignored = resolve_history(rt, snap, body.history, body.candidates, body.ignore_unknown)
 
     def work():
-        table = rt.engine.scoring_table(snap.table)
-        user = rt.engine.user_vectors([rows], table)[0]
+        table = rt.scoring.scoring_table(snap.table)
+        user = rt.scoring.user_vectors([rows], table)[0]
         return best_items(user, table, body.k, snap.blocked_rows, rt.topk,
                           history=rows if body.exclude_seen else None,
                           candidates=cand_rows if body.candidates is not None else None)
@@ -289,8 +289,8 @@ async def score(body: ScoreRequest, rt: ReadyRuntime = Depends(ready_runtime)):
     rows, cand_rows, ignored = resolve_history(rt, snap, body.history, body.candidates, body.ignore_unknown)
 
     def work():
-        table = rt.engine.scoring_table(snap.table)
-        user = rt.engine.user_vectors([rows], table)[0]
+        table = rt.scoring.scoring_table(snap.table)
+        user = rt.scoring.user_vectors([rows], table)[0]
         return score_rows(user, table, torch.tensor(cand_rows, dtype=torch.long, device=table.device))
 
     values = await rt.run_scoring(work)
@@ -316,7 +316,7 @@ async def embeddings(body: EmbeddingsRequest, rt: ReadyRuntime = Depends(ready_r
     dim = rt.bundle.dims["item"]
     if body.dimensions is not None and body.dimensions != dim:
         raise ApiError(422, "invalid_dimensions", f"dimensions: this model has {dim} dimensions", "dimensions")
-    tokens = sum(rt.engine.token_lengths(inputs))
+    tokens = sum(rt.scoring.token_lengths(inputs))
     vectors, _ = await embed(rt, "item", inputs)
     if body.encoding_format == "base64":
         data = [EmbeddingData(index=i, embedding=base64.b64encode(to_bytes(v)).decode()) for i, v in enumerate(vectors)]
@@ -341,7 +341,7 @@ async def info(rt: ReadyRuntime = Depends(ready_runtime)):
     return InfoResponse(
         base_model=BaseModelInfo(**m["base_model"]),
         fingerprint=m["fingerprint"],
-        method=rt.engine.method,
+        method=rt.scoring.method,
         format_version=m["format_version"],
         created_at=m["created_at"],
         dims=m["dims"],

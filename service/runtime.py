@@ -27,11 +27,11 @@ from service.batcher import MicroBatcher
 from service.cache import EmbeddingCache
 from service.catalogue import Catalogue
 from service.embedder import StageVectors
-from service.engine import Engine
 from service.metrics import Metrics
 from service.model_process import ModelOptions, ModelProcess
 from service.redis_link import RedisLink
 from service.scoring import TopK
+from service.scoring_model import ScoringModel
 from service.settings import Settings
 
 log = logging.getLogger("llmemb.service")
@@ -45,7 +45,7 @@ class ReadyRuntime(Protocol):
     settings: Settings
     metrics: Metrics
     bundle: LoadedBundle
-    engine: Engine
+    scoring: ScoringModel
     cache: EmbeddingCache
     catalogue: Catalogue
     batcher: MicroBatcher[StageVectors]
@@ -64,7 +64,7 @@ class Runtime:
         self.status = "loading"          # loading | ready | draining | failed
         self.error: str | None = None
         self.bundle: LoadedBundle | None = None
-        self.engine: Engine | None = None
+        self.scoring: ScoringModel | None = None
         self.cache: EmbeddingCache | None = None
         self.catalogue: Catalogue | None = None
         self.batcher: MicroBatcher[StageVectors] | None = None
@@ -115,7 +115,7 @@ class Runtime:
                                               self.metrics)
             self.metrics.watch_model_process(lambda: model.pid)
             await model.start()
-            self.engine = await loop.run_in_executor(self.score_pool, lambda: Engine(bundle, base_model_path, s.scoring_device))
+            self.scoring = await loop.run_in_executor(self.score_pool, lambda: ScoringModel(bundle, base_model_path, s.scoring_device))
             self.cache = EmbeddingCache(bundle.fingerprint, bundle.dims, self.link, s.lru_size,
                                         s.cache_ttl_s, s.cache_enabled, self.metrics)
             self.catalogue = catalogue = Catalogue(bundle.item_table, bundle.item_ids, bundle.fingerprint,
@@ -138,19 +138,19 @@ class Runtime:
 
     async def _warm_up(self) -> None:
         """The real paths once: tokenizer, batcher, encoder (two shapes), backbone and top-k."""
-        bundle, engine, batcher, catalogue = self.bundle, self.engine, self.batcher, self.catalogue
-        if bundle is None or engine is None or batcher is None or catalogue is None:
-            raise RuntimeError("warm-up needs the bundle, engine, batcher and catalogue loaded first")
+        bundle, scoring, batcher, catalogue = self.bundle, self.scoring, self.batcher, self.catalogue
+        if bundle is None or scoring is None or batcher is None or catalogue is None:
+            raise RuntimeError("warm-up needs the bundle, scoring model, batcher and catalogue loaded first")
         attrs = bundle.item_attributes[:8] or [{"title": "warm-up"}]
-        prompts = [engine.prompt(a) for a in attrs]
-        await batcher.submit(prompts, engine.token_lengths(prompts))
-        await batcher.submit(prompts[:1], engine.token_lengths(prompts[:1]))
+        prompts = [scoring.prompt(a) for a in attrs]
+        await batcher.submit(prompts, scoring.token_lengths(prompts))
+        await batcher.submit(prompts[:1], scoring.token_lengths(prompts[:1]))
         snap = catalogue.snapshot
         rows = list(range(1, min(3, len(snap.ids) - 1) + 1))
         if rows:
             def score():
-                table = engine.scoring_table(snap.table)
-                user = engine.user_vectors([rows], table)[0]
+                table = scoring.scoring_table(snap.table)
+                user = scoring.user_vectors([rows], table)[0]
                 self.topk(user, table, 10, snap.blocked_rows)
 
             await self.run_scoring(score)
@@ -190,7 +190,7 @@ class Runtime:
             catalogue = self.catalogue.state
         else:
             catalogue = "local" if link is None else "shared" if link.up else "degraded"
-        return {"status": self.status, "ready": self.ready, "bundle_loaded": self.engine is not None,
+        return {"status": self.status, "ready": self.ready, "bundle_loaded": self.scoring is not None,
                 "warmed_up": self.warmed_up, "cache": cache, "cache_backend": backend, "catalogue": catalogue,
                 "model": self.model.state if self.model is not None else "stopped", "error": self.error}
 
@@ -200,15 +200,15 @@ class Runtime:
 
     async def embed_prompts(self, stage: str, prompts: list[str]) -> tuple[list[np.ndarray], list[bool]]:
         """Vectors of `stage` for each prompt, from the cache or the model; identical prompts run once."""
-        cache, engine, batcher = self.cache, self.engine, self.batcher
-        if cache is None or engine is None or batcher is None:
+        cache, scoring, batcher = self.cache, self.scoring, self.batcher
+        if cache is None or scoring is None or batcher is None:
             raise RuntimeError(f"embedding needs a started runtime (the service is {self.status})")
         found = await cache.get_many(stage, prompts)
         cached = [v is not None for v in found]
         todo = list(dict.fromkeys(p for p, v in zip(prompts, found) if v is None))
         computed: dict[str, np.ndarray] = {}
         if todo:
-            tokens = engine.token_lengths(todo)
+            tokens = scoring.token_lengths(todo)
             results = await batcher.submit(todo, tokens)
             self.metrics.tokens.inc(sum(tokens))
             computed = {p: r.stage(stage) for p, r in zip(todo, results)}

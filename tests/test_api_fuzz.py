@@ -12,9 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from llmemb_testing.servers import ServiceProcess, shared_test_bundle
 from service.app import create_app
 from service.settings import Settings
-from tests.servers import ServiceProcess, shared_test_bundle
+
+pytestmark = pytest.mark.process   # every test here starts a process (a service, Redis or a command)
 
 EXAMPLES_PER_OPERATION = 30
 

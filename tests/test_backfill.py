@@ -20,6 +20,8 @@ import redis
 from safetensors.numpy import load_file
 
 from llmemb.bundle import load_bundle
+from llmemb_testing.servers import RedisServer, shared_test_bundle, wait_for
+from service.backfill.chunks import LazyEmbedder, process_chunk, run_local
 from service.backfill.cli import main
 from service.backfill.config import (
     BackfillConfig,
@@ -29,7 +31,6 @@ from service.backfill.config import (
 )
 from service.backfill.export import ids_path
 from service.backfill.items import CatalogueItem, line_ranges, read_items
-from service.backfill.local import LazyEmbedder, process_chunk, run_local
 from service.backfill.on_ray import run_ray
 from service.backfill.store import RedisVectors
 from service.cache import EmbeddingCache, cache_key
@@ -37,7 +38,8 @@ from service.catalogue import Catalogue, catalogue_keys
 from service.embedder import ItemEmbedder
 from service.metrics import Metrics
 from service.redis_link import RedisLink
-from tests.servers import RedisServer, shared_test_bundle, wait_for
+
+pytestmark = pytest.mark.process   # every test here starts a process (a service, Redis or a command)
 
 N_BUNDLE = 22
 NEW_ITEMS = [

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from llmemb.backbones.base import BackboneConfig
+from llmemb.base_models import ModelError, model_identity, resolve_model_path, sha256_file
 from llmemb.bundle import (
     FORMAT_VERSION,
     MANIFEST,
@@ -19,7 +20,6 @@ from llmemb.bundle import (
     manifest_fingerprint,
     write_bundle,
 )
-from llmemb.models import ModelError, model_identity, resolve_model_path, sha256_file
 from llmemb.prompts import instruction_for
 from llmemb.spec import EncoderSpec
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from llmemb.bundle import MANIFEST, verify_bundle
+from llmemb_testing.servers import shared_test_bundle
 from service.bundle_fetch import DONE, FetchError, fetch, wait
-from tests.servers import shared_test_bundle
 
 
 def _pack(bundle: Path, archive: Path, top: str = "bundle") -> str:
@@ -142,6 +142,7 @@ def test_a_killed_fetchs_work_folder_is_removed_and_an_unchanged_bundle_still_re
     assert not any(p.name.startswith(".fetch-") for p in dest.iterdir())
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare for a private read-only mount")
 def test_fetch_into_a_volume_whose_parent_is_read_only(http_root, tmp_path):
     """As in a pod: readOnlyRootFilesystem, the bundle's emptyDir mounted at /bundle. Here the parent

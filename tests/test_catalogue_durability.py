@@ -13,12 +13,14 @@ import pytest
 import redis
 import torch
 
+from llmemb_testing.servers import RedisServer, until
 from service.catalogue import Catalogue, CatalogueLost, catalogue_keys
 from service.catalogue_io import CatalogueFileError, export_catalogue, import_catalogue
 from service.catalogue_io import main as catalogue_io_main
 from service.metrics import Metrics
 from service.redis_link import RedisLink
-from tests.servers import RedisServer, until
+
+pytestmark = pytest.mark.process   # every test here starts a process (a service, Redis or a command)
 
 FP = "fp0123456789abcdef"
 
@@ -151,7 +153,7 @@ def test_import_refuses_other_bundles_bad_lines_and_a_live_catalogue(server, tmp
 
 def test_the_command_line_round_trip(server, tmp_path):
     from llmemb.bundle import read_manifest
-    from tests.servers import shared_test_bundle
+    from llmemb_testing.servers import shared_test_bundle
     bundle = shared_test_bundle()
     manifest = read_manifest(bundle)
     fp, dim = manifest["fingerprint"], manifest["dims"]["item"]
@@ -249,7 +251,7 @@ def test_a_service_with_its_own_catalogue_redis_survives_losing_it(tmp_path):
     import httpx
 
     from llmemb.bundle import read_manifest
-    from tests.servers import ServiceProcess, shared_test_bundle
+    from llmemb_testing.servers import ServiceProcess, shared_test_bundle
     bundle = shared_test_bundle()
     fp = read_manifest(bundle)["fingerprint"]
     cache_server = RedisServer(tmp_path / "cache").start()

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from trainer.cli import app
 from trainer.config import load_config
-from trainer.runs import load_checkpoint
+from trainer.runs.store import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 N_ITEMS = 40
@@ -123,6 +123,7 @@ def test_config_precedence_and_errors(config_path: Path):
     assert result.exit_code != 0 and "unknown backbone" in result.output
 
 
+@pytest.mark.process
 def test_module_entry_point_lists_the_stages():
     out = subprocess.run([sys.executable, "-m", "trainer", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
@@ -132,11 +133,11 @@ def test_module_entry_point_lists_the_stages():
 
 
 def test_rat_command_trains_the_id_run_then_the_method_and_bundles_the_run(tmp_path: Path) -> None:
-    """`trainer rat --bundle` runs trainer.pipeline (ID run, then LLMEmb aligned to it) and writes the
+    """`trainer rat --bundle` runs trainer.runs.pipeline (ID run, then LLMEmb aligned to it) and writes the
     bundle from the run directory; the metrics it prints are the run's."""
     from llmemb.bundle import load_bundle
     from tests.movies import movie_config
-    from trainer.runs import load_item_table
+    from trainer.runs.store import load_item_table
 
     path, _ = movie_config(tmp_path)
     out = invoke("rat", "--config", str(path), "--method", "llmemb", "--bundle", str(tmp_path / "bundle"))

@@ -14,9 +14,9 @@ from llmemb.data.dataset import Dataset
 from llmemb.methods import RATConfig, build_model
 from llmemb.metrics import EvalConfig
 from trainer.config import Config, TrainConfig
-from trainer.experiments import RunSplit, Tables, run_method
-from trainer.runs import load_item_table
-from trainer.train import seed_everything
+from trainer.runs.method_run import RunSplit, Tables, run_method
+from trainer.runs.store import load_item_table
+from trainer.stages.train import seed_everything
 
 N_ITEMS = 30
 

@@ -138,6 +138,7 @@ def _ddp_worker(rank: int, world: int, port: int, bounds: list[int], exclude: bo
         dist.destroy_process_group()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("bounds", [[0, 4, 7], [0, 2, 7]])  # equal-ish and uneven shards
 def test_gathered_loss_and_gradients_equal_the_single_process_ones(tmp_path, bounds):
     exclude = True
@@ -154,3 +155,24 @@ def test_gathered_loss_and_gradients_equal_the_single_process_ones(tmp_path, bou
         # Each rank's backward yields exactly its rows of the full-batch gradient.
         assert torch.allclose(got["ga"], a.grad[lo:hi], atol=1e-6)
         assert torch.allclose(got["gb"], b.grad[lo:hi], atol=1e-6)
+
+
+# ------------------------------------------------- the reference's soft alignment
+def test_soft_alignment_matches_its_definition_and_prefers_aligned_pairs():
+    from llmemb.contrastive import soft_target_alignment_loss
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    t = 2.0
+    logits = x @ y.T / t
+    targets = torch.softmax((x @ x.T + y @ y.T) / 2 * t, dim=-1)
+    by_hand = 0.0
+    for i in range(6):
+        by_hand += -(targets[i] * torch.log_softmax(logits[i], 0)).sum()
+        by_hand += -(targets[:, i] * torch.log_softmax(logits[:, i], 0)).sum()
+    assert torch.isclose(soft_target_alignment_loss(x, y, t), by_hand / 12, atol=1e-5)
+    # an aligned pair set scores lower than the same rows shuffled
+    assert soft_target_alignment_loss(x, x, t) < soft_target_alignment_loss(x, x[torch.randperm(6, generator=g)], t)
+    with pytest.raises(ValueError, match="temperature"):
+        soft_target_alignment_loss(x, y, 0.0)
+
+

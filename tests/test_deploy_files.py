@@ -19,6 +19,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.process
 def test_dockerfiles_pass_hadolint():
     files = sorted(glob.glob(str(ROOT / "docker" / "*.Dockerfile")))
     assert len(files) >= 3
@@ -26,11 +27,13 @@ def test_dockerfiles_pass_hadolint():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.process
 def test_compose_file_matches_the_compose_spec():
     r = run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("broken", ["services: [1, 2]\n"])
 def test_compose_check_rejects_a_broken_file(tmp_path, broken):
     bad = tmp_path / "compose.yml"
@@ -39,11 +42,13 @@ def test_compose_check_rejects_a_broken_file(tmp_path, broken):
     assert r.returncode != 0
 
 
+@pytest.mark.process
 def test_the_images_workflow_matches_its_schema():
     r = run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", ".github/workflows/images.yml")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
 def test_the_release_images_are_the_ones_the_manifests_run_and_start_from_the_pinned_base():
     plan = run(str(ROOT / "scripts" / "images.sh"), "plan").stdout.splitlines()
@@ -59,6 +64,7 @@ def test_the_release_images_are_the_ones_the_manifests_run_and_start_from_the_pi
         assert froms and all(line.split()[1] == "${PYTHON_IMAGE}" for line in froms), dockerfile.name
 
 
+@pytest.mark.process
 def test_images_are_not_built_from_an_unpinned_base():
     lock = (ROOT / "docker" / "base-image.lock").read_text()
     if any(line.startswith("python:") for line in lock.splitlines()):
@@ -172,6 +178,7 @@ def test_a_pod_reading_a_configmap_or_secret_the_render_lacks_is_reported():
                         "RayJob/j head: reads Secret 'tls', which this render does not create"]
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
 def test_the_rayjob_reads_the_configmap_its_kustomization_generates(tmp_path):
     objects = check.render(ROOT / "k8s", "backfill")
@@ -191,6 +198,7 @@ def test_the_rayjob_reads_the_configmap_its_kustomization_generates(tmp_path):
                for p in check.reference_problems(check.render(copy, "backfill"), shared))
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
 @pytest.mark.parametrize("target", check.TARGETS)
 def test_every_shipped_kustomization_renders_and_passes(target):
@@ -204,6 +212,7 @@ def test_every_shipped_kustomization_renders_and_passes(target):
     assert check.spread_problems(objects) == []
 
 
+@pytest.mark.process
 def test_only_the_namespace_kustomization_creates_the_namespace():
     namespace = {"kind": "Namespace", "metadata": {"name": "llmemb"}}
     assert check.namespace_problems([namespace], "namespace") == []
@@ -237,6 +246,7 @@ def test_replicas_without_a_spread_over_nodes_are_reported():
     assert check.spread_problems([hpa, deployment]) == []
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
 def test_gpu_replicas_scale_on_the_queue_and_share_one_read_only_base_model():
     objects = check.render(ROOT / "k8s", "overlays/gpu")
@@ -263,6 +273,7 @@ def test_compose_trainer_writes_as_the_host_user():
     assert trainer["user"] == "${LLMEMB_UID:-1000}:${LLMEMB_GID:-1000}"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations (make lint)")
 def test_network_policies_deny_by_default_and_keep_redis_to_its_clients():
     import copy

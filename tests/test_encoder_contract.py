@@ -22,8 +22,8 @@ import torch
 from llmemb.bundle import MANIFEST, BundleError, load_bundle, manifest_fingerprint
 from llmemb.prompts import instruction_for
 from llmemb.spec import EncoderSpec
+from llmemb_testing.servers import build_test_bundle
 from service.embedder import ItemEmbedder
-from tests.servers import build_test_bundle
 from tests.tiny_models import build_tiny_llama
 
 BASE = EncoderSpec(instruction=instruction_for("movie"), pooling="mean", max_tokens=64)

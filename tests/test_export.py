@@ -7,11 +7,11 @@ from dataclasses import replace
 import torch
 from safetensors import safe_open
 
-from llmemb.encoder import ItemEncoder
+from llmemb.encoder import EncoderConfig, ItemEncoder
 from llmemb.prompts import build_prompt, instruction_for
 from llmemb.spec import EncoderSpec
 from tests.tiny_models import ml100k_like_items
-from trainer.export import (
+from trainer.stages.export import (
     EMBEDDINGS_KEY,
     export_embeddings,
     load_embeddings,
@@ -23,7 +23,7 @@ MOVIE = EncoderSpec(instruction=instruction_for("movie"), pooling="last", max_va
 
 def test_export_writes_the_catalogue_in_order(tiny_llama_dir, tmp_path):
     items = ml100k_like_items()[:12]
-    encoder = ItemEncoder(MOVIE.encoder_config(str(tiny_llama_dir), token_budget=48))
+    encoder = ItemEncoder(EncoderConfig.from_spec(MOVIE, str(tiny_llama_dir), token_budget=48))
     out = tmp_path / "export" / "llm.safetensors"
     table = export_embeddings(encoder, items, MOVIE, out)
 
@@ -45,7 +45,7 @@ def test_export_writes_the_catalogue_in_order(tiny_llama_dir, tmp_path):
 
 def test_max_value_chars_reaches_the_prompts(tiny_llama_dir, tmp_path):
     items = [{"movie_title": "Toy Story Goldeneye Babe", "class": "Drama"}]
-    encoder = ItemEncoder(MOVIE.encoder_config(str(tiny_llama_dir)))
+    encoder = ItemEncoder(EncoderConfig.from_spec(MOVIE, str(tiny_llama_dir)))
     cut = replace(MOVIE, max_value_chars=3)
     short = export_embeddings(encoder, items, cut, tmp_path / "a.safetensors")
     full = export_embeddings(encoder, items, MOVIE, tmp_path / "b.safetensors")

@@ -10,11 +10,13 @@ import httpx
 import pytest
 import torch
 
+from llmemb.base_models import resolve_model_path
 from llmemb.bundle import BundleError, BundleParts, load_bundle, write_bundle
-from llmemb.encoder import ItemEncoder
-from llmemb.models import resolve_model_path
+from llmemb.encoder import EncoderConfig, ItemEncoder
 from llmemb.projection import PCA, Adapter
-from tests.servers import RedisServer, ServiceProcess, build_test_bundle
+from llmemb_testing.servers import RedisServer, ServiceProcess, build_test_bundle
+
+pytestmark = pytest.mark.process   # every test here starts a process (a service, Redis or a command)
 
 NEW_ITEM = {"title": "A Film Nobody Has Rated", "year": 2026, "genres": ["Drama", "Mystery"]}
 
@@ -37,7 +39,7 @@ def hybrid(tmp_path_factory):
 def llmemb_path(bundle, attributes: dict) -> torch.Tensor:
     """Adapter(PCA(LLM(prompt))) computed here with the library, not by the service."""
     spec = bundle.encoder
-    encoder = ItemEncoder.from_pretrained_lora(spec.encoder_config(resolve_model_path(bundle.base_model_id)),
+    encoder = ItemEncoder.from_pretrained_lora(EncoderConfig.from_spec(spec, resolve_model_path(bundle.base_model_id)),
                                                str(bundle.lora_dir))
     with torch.no_grad():
         e = encoder.embed([spec.prompt(attributes)])

@@ -1,8 +1,8 @@
 """The production LLaMA path end to end, on a tiny random LLaMA saved to a temp dir.
 
-SCFT trains a LoRA (trainer.scft.run_scft, 2 steps) -> the merged model exports
+SCFT trains a LoRA (trainer.stages.scft.run_scft, 2 steps) -> the merged model exports
 the catalogue -> PCA, adapter, SASRec -> write_bundle with the model directory as
-base_model_id and last-token pooling -> load_bundle + service Engine (CPU) must
+base_model_id and last-token pooling -> load_bundle + service ScoringModel (CPU) must
 reproduce the bundle's item table, pool the final non-pad token, and refuse a
 base model whose config.json or weights are not the ones the bundle was trained on.
 
@@ -35,17 +35,17 @@ from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaModel
 
 from llmemb.backbones import BackboneConfig, build_backbone
 from llmemb.backbones.base import left_pad
+from llmemb.base_models import model_identity
 from llmemb.bundle import BundleError, BundleParts, load_bundle, write_bundle
-from llmemb.encoder import DTYPES, ItemEncoder, LoraSettings
+from llmemb.encoder import DTYPES, EncoderConfig, ItemEncoder, LoraSettings
 from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
-from llmemb.models import model_identity
 from llmemb.projection import PCA, Adapter
 from llmemb.prompts import build_prompt, instruction_for
 from llmemb.spec import EncoderSpec
 from service.embedder import ItemEmbedder
-from service.engine import Engine
+from service.scoring_model import ScoringModel
 from tests.tiny_models import ml100k_like_items
-from trainer.scft import SCFTConfig, run_scft
+from trainer.stages.scft import SCFTConfig, run_scft
 
 DOMAIN = "movie"
 MAX_TOKENS = 64
@@ -95,7 +95,7 @@ def build_case(dtype: str, model_dir: Path, root: Path) -> Case:
     spec = EncoderSpec(instruction=instruction_for(DOMAIN), pooling="last", max_tokens=MAX_TOKENS, dtype=dtype,
                        max_value_chars=MAX_VALUE_CHARS)
     # 1. SCFT: a LoRA on every projection of the tiny LLaMA, two optimiser steps.
-    encoder_config = spec.encoder_config(str(model_dir), lora=LoraSettings())
+    encoder_config = EncoderConfig.from_spec(spec, str(model_dir), lora=LoraSettings())
     scft = SCFTConfig(steps=2, batch_items=8, lr=5e-3, val_items=4, log_every=1, seed=0, progress=False)
     summary = run_scft(encoder_config, scft, items, spec, work / "scft")
     lora_dir = Path(summary["lora_dir"])
@@ -147,15 +147,15 @@ def case(request, tiny_llama_dir, workdir) -> Case:
 
 
 @pytest.fixture(scope="module")
-def engines() -> dict[str, tuple[ItemEmbedder, Engine]]:
+def engines() -> dict[str, tuple[ItemEmbedder, ScoringModel]]:
     return {}
 
 
-def engine_for(case: Case, engines: dict[str, tuple[ItemEmbedder, Engine]]) -> tuple[ItemEmbedder, Engine]:
+def engine_for(case: Case, engines: dict[str, tuple[ItemEmbedder, ScoringModel]]) -> tuple[ItemEmbedder, ScoringModel]:
     """The service's two halves over the case's bundle: the model process's embedder, the scoring engine."""
     if case.dtype not in engines:
         bundle = load_bundle(case.bundle_dir)
-        engines[case.dtype] = ItemEmbedder(bundle, device="cpu"), Engine(bundle)
+        engines[case.dtype] = ItemEmbedder(bundle, device="cpu"), ScoringModel(bundle)
     return engines[case.dtype]
 
 
@@ -286,6 +286,7 @@ def sha_prefix(model_dir: Path) -> str:
     return config_sha256(model_dir)[:12]
 
 
+@pytest.mark.process
 def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkeypatch):
     case = build_case("fp32", tiny_llama_dir, workdir)
     other = build_other_llama(workdir / "other-llama", case.model_dir, hidden=48)
@@ -312,7 +313,7 @@ def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkey
     finally:
         runtime.score_pool.shutdown()
     assert runtime.model is not None and runtime.model.state == "failed"  # the model process said why
-    assert runtime.status == "failed" and runtime.engine is None
+    assert runtime.status == "failed" and runtime.scoring is None
     assert "BundleError" in runtime.error and "base_model.config_sha256:" in runtime.error
     assert str(other) in runtime.error
 
@@ -366,10 +367,10 @@ def test_a_base_model_with_the_same_config_and_other_weights_is_refused(tiny_lla
 
 def test_the_scoring_engine_takes_the_device_rule(case):
     bundle = load_bundle(case.bundle_dir)
-    engine = Engine(bundle, device="auto")
+    engine = ScoringModel(bundle, device="auto")
     table = engine.scoring_table(bundle.item_table)
     assert table.device == engine.device and engine.scoring_table(bundle.item_table) is table
     assert engine.user_vectors([[1, 2]], table).device == engine.device
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="LLMEMB_SCORING_DEVICE: 'cuda' asks for CUDA"):
-            Engine(bundle, device="cuda")
+            ScoringModel(bundle, device="cuda")

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.process   # every test here starts a process (a service, Redis or a command)
+
 
 def _llmemb(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmemb_cli", *args], capture_output=True, text=True, timeout=120)

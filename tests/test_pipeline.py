@@ -25,10 +25,10 @@ from llmemb.prompts import build_prompt, instruction_for
 from llmemb_cli.main import app
 from tests.movies import Q_ITEMS, movie_config
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
-from trainer import report
-from trainer.experiments import RunSplit, Tables, run_method
-from trainer.quick import run_quick
-from trainer.runs import CHECKPOINT_FILE, TABLE_KEY, load_checkpoint, load_item_layer, load_item_table
+from trainer.reports import quality_report as report
+from trainer.runs.method_run import RunSplit, Tables, run_method
+from trainer.runs.store import CHECKPOINT_FILE, TABLE_KEY, load_checkpoint, load_item_layer, load_item_table
+from trainer.studies.quick import run_quick
 
 # ===================================================================== run_method
 
@@ -425,7 +425,7 @@ def test_write_report_without_runs_for_figures(tmp_path):
 
 
 def test_regimes_page_checks_the_goals_of_each_regime(tmp_path):
-    from trainer.regimes import write_regimes
+    from trainer.reports.regimes import write_regimes
     quality = {"seeds": [0, 1, 2], "backbones": ["sasrec"], "methods": ["none", "llm2x", "llmemb", "hybrid"],
                "ablations": [], "ablation_backbone": "sasrec", "cold_backbone": "sasrec",
                "cold_methods": ["none", "llm2x", "llmemb", "hybrid"]}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import movielens_items, shared_test_bundle
+from llmemb_testing.servers import movielens_items, shared_test_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("run_pods", ROOT / "scripts" / "run_pods.py")
@@ -40,6 +40,7 @@ def test_kubelet_expansion():
     assert pods.expand("--url $(A) $(B) $$(A) $(EMPTY)", env) == "--url x $(B) $(A) "
 
 
+@pytest.mark.process
 def test_env_comes_from_rendered_names_and_a_bare_generated_name_is_refused():
     objects = render("backfill")
     head = next(p for p in pods.pods_of(objects) if p.name.endswith("-head"))
@@ -53,6 +54,7 @@ def test_env_comes_from_rendered_names_and_a_bare_generated_name_is_refused():
         pods.container_env(fetch, objects)
 
 
+@pytest.mark.process
 def test_commands_combine_the_manifest_and_the_image():
     service = pods.image_for("ghcr.io/llmemb/llmemb-serve:0.1.0-cpu", ROOT)
     assert service.entrypoint == ["llmemb", "serve"]
@@ -68,6 +70,7 @@ def test_commands_combine_the_manifest_and_the_image():
         pods.image_for("docker.io/library/nginx:1", ROOT)
 
 
+@pytest.mark.process
 def test_kuberay_pods_of_the_backfill():
     rayjob = next(o for o in render("backfill") if o["kind"] == "RayJob")
     made = {p.name: p for p in pods.kuberay_pods(rayjob)}
@@ -141,6 +144,7 @@ def test_cpu_overlay_and_backfill_start_and_the_rayjob_succeeds(archives, tmp_pa
     assert '"keys_written": 40' in submitted
 
 
+@pytest.mark.process
 @can_run
 def test_gpu_overlay_fills_the_shared_base_model_and_fetches_the_bundle(archives, tmp_path):
     lines: list[str] = []
@@ -156,6 +160,7 @@ def test_gpu_overlay_fills_the_shared_base_model_and_fetches_the_bundle(archives
         assert "  llmemb-service-0: ready" in lines
 
 
+@pytest.mark.process
 @can_run
 def test_a_write_outside_the_volumes_stops_the_pod(archives, tmp_path):
     """The defect the runner was built to catch: the bundle download used to make its work folder in the

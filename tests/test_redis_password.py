@@ -7,10 +7,12 @@ import httpx
 import pytest
 import redis
 
+from llmemb_testing.servers import RedisServer, ServiceProcess, shared_test_bundle
 from service.backfill.config import BackfillError
 from service.backfill.store import connect
 from service.catalogue_io import main as catalogue_io_main
-from tests.servers import RedisServer, ServiceProcess, shared_test_bundle
+
+pytestmark = pytest.mark.process   # every test here starts a process (a service, Redis or a command)
 
 PASSWORD = "0f3a9c27d1e84b6b"
 

@@ -1,4 +1,4 @@
-"""RAT runs on worker processes (trainer.pipeline.run_pipeline over run_pool): the same
+"""RAT runs on worker processes (trainer.runs.pipeline.run_pipeline over run_pool): the same
 metrics as in-process, the ID runs first (an alignment run reads the table its ID run wrote)."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 
 from llmemb.methods import RATConfig
 from tests.synthetic import N_ITEMS, cyclic_dataset, tiny_config
-from trainer.experiments import RunSplit, Tables, _digest, run_settings
-from trainer.pipeline import method_tasks, run_pipeline, waits_for
-from trainer.run_pool import prepare_negatives
-from trainer.runs import load_item_table
+from trainer.runs.method_run import RunSplit, Tables, _digest, run_settings
+from trainer.runs.pipeline import method_tasks, run_pipeline, waits_for
+from trainer.runs.pool import prepare_negatives
+from trainer.runs.store import load_item_table
 
 
 def grid(tmp_path, root_name):
@@ -101,7 +101,7 @@ def test_split_tables_can_be_overridden_per_task(tmp_path):
 
 
 def test_a_result_rewritten_in_place_is_not_done_until_it_completes(tmp_path):
-    from trainer.runs import is_done, recompute
+    from trainer.runs.store import is_done, recompute
 
     with recompute(tmp_path, {"a": 1}):
         (tmp_path / "out.txt").write_text("old")

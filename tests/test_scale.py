@@ -13,7 +13,7 @@ from llmemb.devices import autocast, resolve_device
 from llmemb.losses import NegativeSampler, full_softmax_ce, recommendation_loss, sampled_softmax_ce
 from llmemb.metrics import EvalConfig, Evaluator, SeenItems, chunked_full_ranks, compute_ranks, full_ranks
 from tests.test_train import cyclic_dataset, quick, small
-from trainer.train import fit, seed_everything, training_rows
+from trainer.stages.train import fit, seed_everything, training_rows
 
 
 # -------------------------------------------------------------------- device

@@ -16,7 +16,7 @@ from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
 from llmemb.prompts import ViewSampler, instruction_for
 from llmemb.spec import EncoderSpec
 from tests.tiny_models import ml100k_like_items
-from trainer.scft import (
+from trainer.stages.scft import (
     BatchStream,
     SCFTConfig,
     global_batch_size,
@@ -136,7 +136,7 @@ def free_port() -> int:
 def tiny_run_configs(model_dir: str) -> tuple[EncoderConfig, SCFTConfig, EncoderSpec]:
     # No dropout anywhere, so one process and two ranks must compute the same updates.
     spec = replace(MOVIE, pooling="last")
-    encoder = spec.encoder_config(model_dir, lora=LoraSettings(dropout=0.0))
+    encoder = EncoderConfig.from_spec(spec, model_dir, lora=LoraSettings(dropout=0.0))
     scft = SCFTConfig(steps=4, batch_items=8, lr=5e-3, log_every=2, loss="paper", seed=7, progress=False)
     return encoder, scft, spec
 
@@ -153,6 +153,7 @@ def _scft_rank(rank: int, world: int, port: int, model_dir: str, out_dir: str) -
         json.dump(summary["loss_curve"], f)
 
 
+@pytest.mark.process
 def test_two_ranks_train_exactly_like_one_process_on_the_whole_batch(tiny_llama_dir, tmp_path):
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     ddp_dir.mkdir()

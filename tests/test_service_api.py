@@ -17,8 +17,8 @@ import redis
 import torch
 
 from llmemb.backbones import FixedItemEmbedding, build_backbone, left_pad
+from llmemb.base_models import model_identity
 from llmemb.bundle import load_bundle
-from llmemb.models import model_identity
 from llmemb.prompts import instruction_for
 from llmemb_client import (
     AsyncLLMEmbClient,
@@ -26,8 +26,10 @@ from llmemb_client import (
     LLMEmbError,
     decode_base64_embedding,
 )
+from llmemb_testing.servers import RedisServer, ServiceProcess, shared_test_bundle, wait_for
 from service.cache import cache_key
-from tests.servers import RedisServer, ServiceProcess, shared_test_bundle, wait_for
+
+pytestmark = pytest.mark.process   # every test here starts a process (a service, Redis or a command)
 
 KEYS = ("key-one", "key-two")
 LIMITS = {

@@ -14,14 +14,16 @@ import pytest
 import redis
 
 from llmemb_client import LLMEmbClient, LLMEmbError
-from service.cache import cache_key
-from tests.servers import (
+from llmemb_testing.servers import (
     SHIPPED_CATALOGUE_REDIS,
     RedisServer,
     ServiceProcess,
     shared_test_bundle,
     wait_for,
 )
+from service.cache import cache_key
+
+pytestmark = pytest.mark.process   # every test here starts a process (a service, Redis or a command)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +157,8 @@ def test_full_queue_answers_429_with_retry_after(services):
 
     t = threading.Thread(target=post, args=("Queued", 3))
     t.start()
-    time.sleep(0.3)  # the 3 texts wait in the queue for a fuller batch (max wait 1 s)
+    wait_for(lambda: "llmemb_queue_depth 3.0" in httpx.get(f"{url}/metrics").text, 10, 0.01,
+             "the 3 texts waiting in the queue for a fuller batch (max wait 1 s)")
     post("Overflow", 6)
     t.join()
     assert sorted(a.status_code for a in answers) == [200, 429], [a.text for a in answers]
@@ -242,17 +245,22 @@ def test_redis_killed_under_load_loses_no_item_and_answers_no_5xx(tmp_path, logs
                     statuses.append(h.get(f"/v1/items/{added[i]}").status_code)
                     n += 1
 
+        def answered_more(n: int) -> None:
+            """Wait until the readers have had n more answers than now."""
+            start = len(statuses)
+            wait_for(lambda: len(statuses) >= start + n, 30, 0.01, f"{n} more answers to the readers")
+
         threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        answered_more(50)
         server.kill()
         with LLMEmbClient(url) as c:
             wait_for(lambda: c.ready().cache == "degraded", 10, what="/readyz degraded")
-            time.sleep(1.0)
+            answered_more(50)   # traffic while Redis is down
             server.start()  # same port, same directory: the AOF is replayed
             wait_for(lambda: (c.ready().cache, c.ready().catalogue) == ("ok", "shared"), 15, what="/readyz ok")
-            time.sleep(0.5)
+            answered_more(50)   # and after it is back
             stop.set()
             for t in threads:
                 t.join()

@@ -17,6 +17,7 @@ import redis
 import torch
 
 from llmemb_client import LLMEmbClient, LLMEmbError, decode_base64_embedding
+from llmemb_testing.servers import RedisServer, until, wait_for
 from service.batcher import MicroBatcher, Overloaded, ShuttingDown
 from service.cache import LRU, EmbeddingCache, cache_key, from_bytes, to_bytes
 from service.catalogue import Catalogue, UnknownItem, build_snapshot
@@ -27,7 +28,6 @@ from service.redis_link import RedisLink, RedisUnavailable
 from service.scoring import TopK, score_rows, top_k
 from service.security import ApiKeyChecker
 from service.settings import Settings
-from tests.servers import RedisServer, until, wait_for
 
 
 # --------------------------------------------------------------------- top-k
@@ -135,18 +135,19 @@ def test_batcher_refuses_when_the_queue_is_full_and_drains_on_stop():
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
+            metrics = Metrics()
             b = MicroBatcher(in_pool(rec, pool), max_batch_tokens=1000, max_batch_size=2, max_wait_s=0.0, queue_size=4,
-                             metrics=Metrics())
+                             metrics=metrics)
             b.start()
             first = asyncio.create_task(b.submit(["a", "b"], [1, 1]))
-            await asyncio.sleep(0.05)  # a, b are in the forward pass now
+            await until(lambda: rec.batches == [["a", "b"]], what="a, b in the forward pass")
             queued = asyncio.create_task(b.submit(["c", "d", "e", "f"], [1, 1, 1, 1]))
-            await asyncio.sleep(0.01)
+            await until(lambda: metrics.queue_depth._value.get() == 4, what="c..f queued")
             with pytest.raises(Overloaded) as err:
                 await b.submit(["g"], [1])
             assert err.value.retry_after_s >= 1
             stopping = asyncio.create_task(b.stop())
-            await asyncio.sleep(0.01)
+            await until(lambda: b._stopping, what="the batcher stopping")
             with pytest.raises(ShuttingDown):
                 await b.submit(["h"], [1])
             await stopping
@@ -177,12 +178,13 @@ def test_cancelled_requests_are_skipped():
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            b = MicroBatcher(in_pool(rec, pool), 1000, 1, 0.0, 100, Metrics())
+            metrics = Metrics()
+            b = MicroBatcher(in_pool(rec, pool), 1000, 1, 0.0, 100, metrics)
             b.start()
             busy = asyncio.create_task(b.submit(["busy"], [1]))
-            await asyncio.sleep(0.02)
+            await until(lambda: rec.batches == [["busy"]], what="busy in the forward pass")
             gone = asyncio.create_task(b.submit(["gone"], [1]))
-            await asyncio.sleep(0.01)
+            await until(lambda: metrics.queue_depth._value.get() == 1, what="gone queued")
             gone.cancel()
             await busy
             await b.stop()
@@ -228,6 +230,7 @@ def test_memory_cache_and_key_format():
     assert off_state == "disabled" and off_get == [None]
 
 
+@pytest.mark.process
 def test_redis_cache_degrades_and_recovers(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
@@ -274,6 +277,7 @@ def test_redis_cache_degrades_and_recovers(tmp_path):
             server.stop()
 
 
+@pytest.mark.process
 def test_a_redis_restart_costs_no_command_and_no_flap(tmp_path):
     """Every pooled connection is stale after a restart: each failing command retries once on a
     fresh connection, so the link never goes down while Redis answers again."""
@@ -302,6 +306,7 @@ def test_a_redis_restart_costs_no_command_and_no_flap(tmp_path):
             server.stop()
 
 
+@pytest.mark.process
 def test_coming_back_up_needs_consecutive_good_probes(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
@@ -365,6 +370,7 @@ def test_local_catalogue_put_delete():
     assert snap.table[3].tolist() == [2, 2] and snap.table[1].tolist() == [3, 3]
 
 
+@pytest.mark.process
 def test_two_catalogues_share_changes_through_redis(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
@@ -511,6 +517,7 @@ def test_wait_for_helper_times_out():
 
 
 # ------------------------------------------------------------------ process
+@pytest.mark.process
 def test_the_service_never_imports_the_trainer():
     import subprocess
     import sys
@@ -532,6 +539,7 @@ def test_print_examples_uses_the_bundle_items(tmp_path):
     assert "Authorization: Bearer $LLMEMB_API_KEY" in text and "secret-key-123" not in text
 
 
+@pytest.mark.process
 def test_printed_examples_survive_the_shell_with_apostrophes(tmp_path):
     from service.__main__ import examples
 
@@ -627,6 +635,7 @@ def test_async_client_retries_503_after_retry_after():
     assert asyncio.run(go()).catalogue_version == 3 and calls["n"] == 2
 
 
+@pytest.mark.process
 def test_the_client_needs_neither_torch_nor_numpy_nor_the_service():
     code = ("import sys, llmemb_client; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'service', 'llmemb'}))")

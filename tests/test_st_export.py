@@ -10,9 +10,9 @@ import torch
 
 from llmemb.bundle import load_bundle
 from llmemb.projection import PCA, Adapter
+from llmemb_testing.servers import shared_test_bundle
 from service.embedder import ItemEmbedder
 from service.st_export import export_item_stage, folded_dense
-from tests.servers import shared_test_bundle
 
 
 def test_pca_then_adapter_folds_into_one_affine_map():
@@ -48,6 +48,7 @@ def test_sentence_transformers_serves_the_bundles_item_vectors(exported):
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.process
 def test_the_command_refuses_a_missing_bundle(tmp_path):
     out = subprocess.run([sys.executable, "-m", "llmemb_cli", "export-st", "--bundle", str(tmp_path / "none"),
                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)

@@ -15,9 +15,10 @@ from llmemb.losses import (
     sampled_bce,
     training_negatives,
 )
+from llmemb.methods import RATConfig, build_model
 from llmemb.metrics import EvalConfig, Evaluator
 from trainer.config import TrainConfig
-from trainer.train import fit, seed_everything, training_rows
+from trainer.stages.train import fit, seed_everything, training_rows
 
 N_ITEMS = 60
 
@@ -191,3 +192,51 @@ def test_overlapping_windows_train_causal_models_only(stride):
     assert result.history[0].predictions == n_targets
     with pytest.raises(ValueError, match="causal"):
         fit(small("bert4rec", ds), ds, quick(epochs=1, stride=stride), evaluator=Evaluator(ds))
+
+
+# ------------------------------------------------- fit with loss_items (cold start)
+HELD_N = 20
+
+
+def held_out_dataset() -> tuple[Dataset, np.ndarray]:
+    """Items 1..16 are trained on; 17..20 appear only as test targets (cold start)."""
+    rng = np.random.default_rng(0)
+    sequences = []
+    for u in range(30):
+        start, length = int(rng.integers(16)), int(rng.integers(5, 9))
+        seq = [(start + t) % 16 + 1 for t in range(length)]
+        if u % 3 == 0:
+            seq[-1] = 17 + u % 4
+        sequences.append(np.asarray(seq, dtype=np.int64))
+    ds = Dataset(name="held", domain="item", user_ids=[f"u{u}" for u in range(30)],
+                 item_ids=[f"i{i}" for i in range(1, HELD_N + 1)], sequences=sequences,
+                 attributes=[{} for _ in range(HELD_N)])
+    allowed = np.ones(HELD_N + 1, dtype=bool)
+    allowed[0] = False
+    allowed[17:] = False
+    return ds, allowed
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_fit_never_moves_the_rows_of_disallowed_items(loss):
+    ds, allowed = held_out_dataset()
+    for s in ds.split().train:
+        assert allowed[s].all()   # the premise: disallowed items are never inputs
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, patience=5, progress=False)
+    ev = Evaluator(ds, EvalConfig(n_negatives=5, ks=[10]))
+    moved = {}
+    for mask in (torch.from_numpy(allowed), None):
+        seed_everything(0)
+        model, _ = build_model("none", BackboneConfig(name="sasrec", hidden=8, max_len=6, n_layers=1,
+                                                      n_heads=1, dropout=0.0, loss=loss), HELD_N, RATConfig())
+        before = model.item_embedding.table().detach().clone()
+        fit(model, ds, cfg, evaluator=ev, loss_items=mask)
+        after = model.item_embedding.table().detach()
+        moved[mask is not None] = (after - before).abs().sum(1)
+    with_mask, without = moved[True], moved[False]
+    assert torch.equal(with_mask[17:], torch.zeros(4))          # held-out rows untouched
+    assert (with_mask[1:17] > 1e-3).all()                         # trained rows moved
+    assert with_mask[0] == 0
+    if loss == "ce":
+        assert (without[17:] > 1e-3).all()   # without the mask the softmax pushes them down
+

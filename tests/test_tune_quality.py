@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from tests.movies import movie_config
-from trainer.encoders import run_encoders
-from trainer.quality import run_quality
-from trainer.tune import load_grid, run_tuning
+from trainer.studies.encoders import run_encoders
+from trainer.studies.quality import run_quality
+from trainer.studies.tune import load_grid, run_tuning
 
 
 @pytest.mark.slow
@@ -102,8 +102,8 @@ def test_grid_files_are_checked(tmp_path):
 @pytest.mark.slow
 def test_scft_is_reused_unless_a_trained_setting_changes(tmp_path):
     from trainer.config import load_config
-    from trainer.llm_stages import ensure_scft
-    from trainer.prepare import prepared_dataset
+    from trainer.stages.llm_stages import ensure_scft
+    from trainer.stages.prepare import prepared_dataset
 
     path, _ = movie_config(tmp_path)
     cfg = load_config(path)

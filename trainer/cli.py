@@ -14,13 +14,13 @@ import typer
 
 from llmemb.backbones import BACKBONES
 from llmemb.methods import METHODS, get_method, served_method
-from trainer import prepare as prepare_stage
-from trainer.baselines import run_baselines
 from trainer.config import Config, load_config
-from trainer.evaluate import evaluate_run, metrics_table
-from trainer.experiments import train_id_run
-from trainer.prepare import prepared_dataset
-from trainer.runs import run_dir
+from trainer.runs.method_run import train_id_run
+from trainer.runs.store import run_dir
+from trainer.stages import prepare as prepare_stage
+from trainer.stages.evaluate import evaluate_run, metrics_table
+from trainer.stages.prepare import prepared_dataset
+from trainer.studies.baselines import run_baselines
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLMEmb offline trainer.")
 
@@ -99,7 +99,7 @@ def scft(config: ConfigPath, steps: Annotated[Optional[int], typer.Option(help="
          tag: Annotated[str, typer.Option(help="Output name: <runs_dir>/<dataset>/llm/<model>/<tag>-<settings digest>/.")] = "scft",
          overrides: Overrides = None) -> None:
     """Supervised contrastive fine-tuning (LoRA) on the catalogue's attribute-drop views."""
-    from trainer.llm_stages import ensure_scft
+    from trainer.stages.llm_stages import ensure_scft
 
     cfg = resolve(config, overrides)
     dataset, _ = prepared_dataset(cfg)
@@ -113,7 +113,7 @@ def export(config: ConfigPath,
            tag: Annotated[str, typer.Option(help="Output name: <runs_dir>/<dataset>/llm/<model>/export-<tag>-<settings digest>/.")] = "scft",
            overrides: Overrides = None) -> None:
     """Embed every catalogue item from its full prompt (fp32, safetensors)."""
-    from trainer.llm_stages import ensure_export, export_dir
+    from trainer.stages.llm_stages import ensure_export, export_dir
 
     cfg = resolve(config, overrides)
     dataset, _ = prepared_dataset(cfg)
@@ -128,9 +128,9 @@ def rat(config: ConfigPath,
         bundle: Annotated[Optional[Path], typer.Option(help="Also write the bundle here (a method a bundle may carry).")] = None,
         overrides: Overrides = None) -> None:
     """PCA + ID pretraining + RAT for one method; prints its test metrics."""
-    from trainer.experiments import RunSplit
-    from trainer.make_bundle import bundle_from_run
-    from trainer.pipeline import llm_tables, method_tasks, run_pipeline
+    from trainer.runs.method_run import RunSplit
+    from trainer.runs.pipeline import llm_tables, method_tasks, run_pipeline
+    from trainer.stages.make_bundle import bundle_from_run
 
     if bundle is not None:
         served_method(method, "--method")   # before any training: a bundle needs a servable method
@@ -151,7 +151,7 @@ def rat(config: ConfigPath,
 @app.command()
 def regimes(reports_dir: Annotated[Path, typer.Option(help="Where the quality reports are.")] = Path("reports")) -> None:
     """One page comparing None, LLM2X, LLMEmb and Hybrid across the regimes' quality reports."""
-    from trainer.regimes import write_regimes
+    from trainer.reports.regimes import write_regimes
 
     write_regimes(reports_dir, log=typer.echo)
 
@@ -159,16 +159,16 @@ def regimes(reports_dir: Annotated[Path, typer.Option(help="Where the quality re
 @app.command()
 def quality(config: ConfigPath, overrides: Overrides = None) -> None:
     """None / LLM2X / LLMEmb / Hybrid on every backbone, the ablations and cold start, 3 seeds; writes the report."""
-    from trainer.quality import run_quality
+    from trainer.studies.quality import run_quality
 
     run_quality(config, list(overrides or []), log=typer.echo)
 
 
 @app.command()
 def tune(config: ConfigPath,
-         grid: Annotated[Path, typer.Option("--grid", help="YAML grid of variants (see trainer/tune.py).", exists=True, dir_okay=False)]) -> None:
+         grid: Annotated[Path, typer.Option("--grid", help="YAML grid of variants (see trainer/studies/tune.py).", exists=True, dir_okay=False)]) -> None:
     """Try variants of one method on validation; writes <reports>/<dataset>/tuning/<grid name>.{json,md}."""
-    from trainer.tune import run_tuning
+    from trainer.studies.tune import run_tuning
 
     try:
         run_tuning(config, grid, log=typer.echo)
@@ -178,9 +178,9 @@ def tune(config: ConfigPath,
 
 @app.command()
 def encoders(comparison: Annotated[Path, typer.Option("--comparison", help="YAML comparison of item encoders "
-                                                      "(see trainer/encoders.py).", exists=True, dir_okay=False)]) -> None:
+                                                      "(see trainer/studies/encoders.py).", exists=True, dir_okay=False)]) -> None:
     """The same rows on several item encoders; writes <reports>/<dataset>/encoders.{json,md}."""
-    from trainer.encoders import run_encoders
+    from trainer.studies.encoders import run_encoders
 
     try:
         run_encoders(comparison, log=typer.echo)
@@ -193,7 +193,7 @@ def quick(config: ConfigPath,
           out: Annotated[Path, typer.Option("--out", help="Bundle directory to write (must not exist).")],
           overrides: Overrides = None) -> None:
     """The quick pipeline of `make run`: short SCFT, RAT on SASRec, evaluation, bundle."""
-    from trainer.quick import run_quick
+    from trainer.studies.quick import run_quick
 
     summary = run_quick(config, out, list(overrides or []), log=typer.echo)
     typer.echo(metrics_table({"test": summary["test"]}))

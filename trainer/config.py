@@ -45,7 +45,7 @@ class TrainConfig:
     patience: int = 10               # epochs without a better validation score before stopping
     seed: int = 0
     stride: int = 0                  # windows of max_len+1 items every `stride` items; 0 = max_len
-                                     # (no overlap); 1 = prefix-materialised (see trainer/train.py)
+                                     # (no overlap); 1 = prefix-materialised (see trainer/stages/train.py)
     windows: str = "all"             # all = tile each user's sequence; last = only its most recent window
     grad_clip: float = 0.0           # max gradient norm; 0 = off
     max_seconds: float = 0.0         # stop after this much training time; 0 = no limit

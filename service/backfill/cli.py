@@ -15,6 +15,7 @@ import redis
 import service.backfill
 from llmemb.bundle import BundleError, load_bundle, verify_bundle
 from llmemb.spec import EncoderSpec
+from service.backfill.chunks import run_local
 from service.backfill.config import (
     ENGINES,
     ON_ERROR,
@@ -24,7 +25,6 @@ from service.backfill.config import (
     Summary,
 )
 from service.backfill.export import check_out, export_vectors
-from service.backfill.local import run_local
 from service.backfill.on_ray import run_ray
 from service.backfill.store import RedisVectors, connect
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from llmemb.bundle import BundleError, load_bundle
+from service.backfill.chunks import LazyEmbedder, check_stages, process_chunk
 from service.backfill.config import (
     BackfillConfig,
     BackfillError,
@@ -16,7 +17,6 @@ from service.backfill.config import (
     Counts,
 )
 from service.backfill.items import chunked, line_ranges, read_items
-from service.backfill.local import LazyEmbedder, check_stages, process_chunk
 from service.backfill.store import CatalogueTarget, RedisVectors, connect
 
 

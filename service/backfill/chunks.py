@@ -1,4 +1,5 @@
-"""The local engine: the whole file in one process, chunk by chunk, with one ItemEmbedder."""
+"""The chunk pipeline of a backfill: embed the chunk's uncached items with one ItemEmbedder and write
+them; the local engine runs it over the whole file in one process, the Ray engine (on_ray.py) per range."""
 from __future__ import annotations
 
 import logging

@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 
 from llmemb.backbones import BackboneConfig, build_backbone
+from llmemb.base_models import resolve_model_path
 from llmemb.bundle import BundleParts, write_bundle
-from llmemb.encoder import ItemEncoder, LoraSettings
+from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
 from llmemb.item_tables import (
     AdaptedItemEmbedding,
     HybridItemEmbedding,
     with_padding_row,
 )
-from llmemb.models import resolve_model_path
 from llmemb.projection import PCA, Adapter
 from llmemb.prompts import instruction_for
 from llmemb.spec import EncoderSpec
@@ -245,7 +245,7 @@ def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int 
     lora_dir = None
     if lora:
         # A LoRA with non-zero B matrices, so merging it really changes the vectors.
-        trainee = ItemEncoder(spec.encoder_config(model_path, lora=LoraSettings(r=4, alpha=8, dropout=0.0)))
+        trainee = ItemEncoder(EncoderConfig.from_spec(spec, model_path, lora=LoraSettings(r=4, alpha=8, dropout=0.0)))
         with torch.no_grad():
             for name, p in trainee.model.named_parameters():
                 if "lora_B" in name:
@@ -253,9 +253,9 @@ def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int 
         lora_dir = work / "lora"
         trainee.save_lora(lora_dir)
         del trainee
-        encoder = ItemEncoder.from_pretrained_lora(spec.encoder_config(model_path), lora_dir)
+        encoder = ItemEncoder.from_pretrained_lora(EncoderConfig.from_spec(spec, model_path), lora_dir)
     else:
-        encoder = ItemEncoder(spec.encoder_config(model_path))
+        encoder = ItemEncoder(EncoderConfig.from_spec(spec, model_path))
     e_llm = encoder.embed([spec.prompt(a) for a in attrs])
     pca = PCA.fit(e_llm, min(d_pca, n_items - 1))
     adapter = Adapter(pca.n_components, d)

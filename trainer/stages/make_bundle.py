@@ -8,12 +8,12 @@ from llmemb.bundle import BundleParts, write_bundle
 from llmemb.data.dataset import Dataset
 from llmemb.methods import served_method
 from trainer.config import load_config
-from trainer.llm_stages import base_model_id, encoder_spec
-from trainer.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, load_checkpoint, load_item_layer, read_json
+from trainer.runs.store import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, load_checkpoint, load_item_layer, read_json
+from trainer.stages.llm_stages import base_model_id, encoder_spec
 
 
 def bundle_from_run(run_dir: Path, dataset: Dataset, lora_dir: Path | None, out_dir: Path) -> dict[str, Any]:
-    """Write `out_dir` from a run (trainer/runs.py) of a method a bundle may carry: its item layer is
+    """Write `out_dir` from a run (trainer/runs/store.py) of a method a bundle may carry: its item layer is
     Adapter(PCA(E_llm)), for Hybrid plus a residual r (the bundle then stores r as well); `dataset` is
     the one the run trained on, `lora_dir` the SCFT adapter its table was exported with. Returns the
     manifest."""

@@ -255,13 +255,13 @@ def model_identity(model_id: str) -> ModelIdentity:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m llmemb.models MODEL_ID...`: resolve (convert or unpack into the
+    """`python -m llmemb.base_models MODEL_ID...`: resolve (convert or unpack into the
     cache) and print each model's directory and identity; `make models` runs it."""
     import sys
 
     ids = sys.argv[1:] if argv is None else argv
     if not ids:
-        print("usage: python -m llmemb.models MODEL_ID [MODEL_ID ...]", file=sys.stderr)
+        print("usage: python -m llmemb.base_models MODEL_ID [MODEL_ID ...]", file=sys.stderr)
         return 2
     for model_id in ids:
         try:

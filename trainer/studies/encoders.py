@@ -33,12 +33,12 @@ import yaml
 from llmemb.methods import ID_METHOD, METHODS, get_method
 from llmemb.sections import checked
 from trainer.config import Config, load_config
-from trainer.experiments import RunSplit, Tables
-from trainer.llm_stages import base_model_id, export_summary
-from trainer.pipeline import llm_tables, run_pipeline
-from trainer.prepare import prepared_dataset
-from trainer.report import LABELS, aggregate, mean_std, pm, separation
-from trainer.run_pool import MethodTask, prepare_negatives
+from trainer.reports.quality_report import LABELS, aggregate, mean_std, pm, separation
+from trainer.runs.method_run import RunSplit, Tables
+from trainer.runs.pipeline import llm_tables, run_pipeline
+from trainer.runs.pool import MethodTask, prepare_negatives
+from trainer.stages.llm_stages import base_model_id, export_summary
+from trainer.stages.prepare import prepared_dataset
 
 COMPARISON_KEYS = {"encoders", "backbone", "seeds", "methods", "workers"}
 ENCODER_SECTIONS = {"encoder", "scft", "quick"}
@@ -171,7 +171,7 @@ def encoders_markdown(report: dict[str, Any]) -> str:
                                  f"{'yes' if counts else 'no'} |")
     lines += ["", "## SCFT: held-out view retrieval", "",
               "Items held out of SCFT, two attribute-drop views each drawn once from a fixed seed; view 1 must "
-              "find view 2 of the same item among all held-out items (trainer/scft.py).", "",
+              "find view 2 of the same item among all held-out items (trainer/stages/scft.py).", "",
               "| encoder | model | dim | SCFT steps x items | top-1 before → after | MRR before → after | "
               "SCFT steps/s | export items/s |",
               "|---|---|---|---|---|---|---|---|"]

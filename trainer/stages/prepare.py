@@ -10,7 +10,7 @@ from pathlib import Path
 from llmemb.data import load_dataset
 from llmemb.data.dataset import Dataset
 from trainer.config import Config
-from trainer.runs import dataset_dir, is_done, recompute, write_json
+from trainer.runs.store import dataset_dir, is_done, recompute, write_json
 
 STATS_FILE = "stats.json"
 

@@ -1,7 +1,7 @@
 """The quality report: results.json, results.md and two figures (paper Figs. 5 and 6).
 
 Everything here is derived from the runs' metrics.json files gathered by
-trainer.quality; nothing is typed in by hand.
+trainer.studies.quality; nothing is typed in by hand.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from llmemb.base_models import DEFAULT_MODEL_ID  # noqa: E402
 from llmemb.methods import METHODS, get_method  # noqa: E402
 from llmemb.metrics import ITEM_GROUPS  # noqa: E402
-from llmemb.models import DEFAULT_MODEL_ID  # noqa: E402
-from trainer.runs import CHECKPOINT_FILE, load_item_table  # noqa: E402
+from trainer.runs.store import CHECKPOINT_FILE, load_item_table  # noqa: E402
 
 LABELS = {name: m.label for name, m in METHODS.items()}
 COLOURS = {name: m.colour for name, m in METHODS.items() if m.colour is not None}

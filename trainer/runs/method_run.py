@@ -1,9 +1,9 @@
-"""One experiment: train a method's backbone, evaluate it, record it.
+"""One run of a method: train its backbone, evaluate it, record it.
 
 `run_method` is the one way a run is trained: ID-only (`trainer train`, the baselines)
 and every RAT method (rat, quick, quality, tune, encoders). A finished run leaves the
-files of trainer/runs.py under its directory and is reused when the same settings ask
-again: trainer.runs.is_done over those settings (run_settings), the one reuse rule.
+files of trainer/runs/store.py under its directory and is reused when the same settings ask
+again: trainer.runs.store.is_done over those settings (run_settings), the one reuse rule.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from llmemb.methods import ID_METHOD, RATConfig, build_model, get_method
 from llmemb.metrics import Evaluator, group_metrics
 from llmemb.projection import PCA
 from trainer.config import Config
-from trainer.prepare import prepared_dataset
-from trainer.runs import CHECKPOINT_FILE, ITEM_LAYER_FILE, METRICS_FILE, is_done, recompute, write_run
-from trainer.train import fit, seed_everything
+from trainer.stages.prepare import prepared_dataset
+from trainer.runs.store import CHECKPOINT_FILE, ITEM_LAYER_FILE, METRICS_FILE, is_done, recompute, write_run
+from trainer.stages.train import fit, seed_everything
 
 
 @dataclass
@@ -128,7 +128,7 @@ def run_method(
     reuse: bool = True,
 ) -> MethodRun:
     """Train `method` on config.backbone with seed config.train.seed over `split`; write the run's files
-    under `directory` (trainer/runs.py).
+    under `directory` (trainer/runs/store.py).
 
     id_table: the ID model's item table (alignment target) for methods that align.
     split.loss_items: the items the training loss may score (cold start: warm only).

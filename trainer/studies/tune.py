@@ -35,11 +35,11 @@ import yaml
 from llmemb.methods import ID_METHOD
 from llmemb.sections import checked
 from trainer.config import Config, load_config
-from trainer.experiments import RunSplit, Tables
-from trainer.pipeline import llm_tables, run_pipeline
-from trainer.prepare import prepared_dataset
-from trainer.report import mean_std, pm
-from trainer.run_pool import MethodTask, prepare_negatives
+from trainer.reports.quality_report import mean_std, pm
+from trainer.runs.method_run import RunSplit, Tables
+from trainer.runs.pipeline import llm_tables, run_pipeline
+from trainer.runs.pool import MethodTask, prepare_negatives
+from trainer.stages.prepare import prepared_dataset
 
 GRID_KEYS = {"method", "backbone", "seeds", "workers", "overrides", "variants"}
 LLM_SECTIONS = ("encoder", "scft")

@@ -1,6 +1,6 @@
 """A study for the next item layer: how could new items compete with trained ones?
 
-`python -m trainer.new_item_study --hybrid RUN [RUN ...] --llmemb RUN [RUN ...] [--report NAME]` reads
+`python -m trainer.studies.new_item_study --hybrid RUN [RUN ...] --llmemb RUN [RUN ...] [--report NAME]` reads
 Hybrid runs and LLMEmb runs (one pair per training seed) of the same cold-start split (`trainer quality` with quality.cold_fraction > 0: runs under
 <runs>/<dataset>/quality/<report>/cold/) and re-ranks their test users under full ranking, with the
 cold items (no training interaction, so no residual in Hybrid) given a vector or a place by one of
@@ -30,8 +30,8 @@ from safetensors.torch import load_file
 
 from llmemb.data.coldstart import cold_start_split
 from llmemb.metrics import group_metrics
-from trainer.prepare import prepared_dataset
-from trainer.runs import ITEM_LAYER_FILE, load_run
+from trainer.runs.store import ITEM_LAYER_FILE, load_run
+from trainer.stages.prepare import prepared_dataset
 
 
 def full_scores(model, histories: list[np.ndarray], table: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> i
         p.error("give one LLMEmb run per Hybrid run (the same seeds, in the same order)")
     per_seed = [study(h, e, args.cold_fraction, args.cold_seed, args.hybrid_label, not args.no_rules)
                 for h, e in zip(args.hybrid, args.llmemb)]
-    command = (f"python -m trainer.new_item_study --hybrid {' '.join(map(str, args.hybrid))} "
+    command = (f"python -m trainer.studies.new_item_study --hybrid {' '.join(map(str, args.hybrid))} "
                f"--llmemb {' '.join(map(str, args.llmemb))} --report {args.report}"
                + (f" --hybrid-label '{args.hybrid_label}' --no-rules" if args.no_rules else ""))
     out = Path("reports") / "new-item-study"

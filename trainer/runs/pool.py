@@ -2,7 +2,7 @@
 
 A task may wait for another (`after`: the ID run whose item table it aligns to): it starts as
 soon as that one has finished, while every task that waits for nothing (ID runs, LLM2X) starts
-at once; trainer.pipeline works out who waits for whom. On a 2-core
+at once; trainer.runs.pipeline works out who waits for whom. On a 2-core
 machine two workers with one torch thread each finish a grid about twice as fast
 as one process (a single small model does not scale across threads).
 
@@ -21,8 +21,8 @@ from typing import Any
 from llmemb.methods import RATConfig, get_method
 from llmemb.metrics import Evaluator
 from trainer.config import Config
-from trainer.experiments import RunSplit, Tables, run_method
-from trainer.runs import load_item_table
+from trainer.runs.method_run import RunSplit, Tables, run_method
+from trainer.runs.store import load_item_table
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The quick pipeline behind `make run`: short SCFT, export, PCA, ID pretraining,
-RAT on one backbone, evaluation, bundle (trainer.pipeline's sequence, one seed, a time cap
+RAT on one backbone, evaluation, bundle (trainer.runs.pipeline's sequence, one seed, a time cap
 per model). Minutes on a laptop-class CPU.
 
 Config section `quick` (optional): scft_steps (default 60), backbone (sasrec),
@@ -18,10 +18,10 @@ from typing import Any
 from llmemb.methods import served_method
 from llmemb.sections import checked
 from trainer.config import load_config
-from trainer.experiments import RunSplit
-from trainer.make_bundle import bundle_from_run
-from trainer.pipeline import llm_tables, method_tasks, run_pipeline
-from trainer.prepare import prepared_dataset
+from trainer.runs.method_run import RunSplit
+from trainer.runs.pipeline import llm_tables, method_tasks, run_pipeline
+from trainer.stages.make_bundle import bundle_from_run
+from trainer.stages.prepare import prepared_dataset
 
 DEFAULTS: dict[str, Any] = {"scft_steps": 60, "backbone": "sasrec", "seed": 0, "max_seconds": 120,
                             "method": "hybrid"}

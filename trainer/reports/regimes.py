@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmemb.methods import get_method
-from trainer.report import LABELS, pm, verdict
+from trainer.reports.quality_report import LABELS, pm, verdict
 
 DENSE = "Dense: MovieLens-100K, every interaction, full-softmax CE"
 PAPER_HARNESS = "the paper's harness (hidden 128, length 200, dropout 0.5, BCE, selection on sampled N@10)"

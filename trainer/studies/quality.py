@@ -34,11 +34,11 @@ from llmemb.data.dataset import Dataset
 from llmemb.methods import RATConfig, get_method
 from llmemb.sections import checked
 from trainer.config import Config, load_config
-from trainer.experiments import RunSplit, Tables
-from trainer.pipeline import llm_tables, method_tasks, run_pipeline
-from trainer.prepare import prepared_dataset
-from trainer.report import write_report
-from trainer.run_pool import MethodTask, prepare_negatives
+from trainer.reports.quality_report import write_report
+from trainer.runs.method_run import RunSplit, Tables
+from trainer.runs.pipeline import llm_tables, method_tasks, run_pipeline
+from trainer.runs.pool import MethodTask, prepare_negatives
+from trainer.stages.prepare import prepared_dataset
 
 DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],

@@ -4,7 +4,7 @@
 1. `llm_tables`: SCFT and the exported tables the methods read (each reused when unchanged);
 2. `run_pipeline`: every run on run_pool's worker processes, each method that aligns started once
    the ID run named by its task (its item table is the alignment target) has finished;
-3. `trainer.make_bundle.bundle_from_run`: a bundle from a finished LLMEmb or Hybrid run directory.
+3. `trainer.stages.make_bundle.bundle_from_run`: a bundle from a finished LLMEmb or Hybrid run directory.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Any
 from llmemb.data.dataset import Dataset
 from llmemb.methods import ID_METHOD, RATConfig, get_method, tables_read
 from trainer.config import Config
-from trainer.experiments import RunSplit, Tables
-from trainer.llm_stages import ensure_export, ensure_scft
-from trainer.run_pool import MethodTask, reads_id_run, run_tasks
-from trainer.runs import CHECKPOINT_FILE, settings_of
+from trainer.stages.llm_stages import ensure_export, ensure_scft
+from trainer.runs.method_run import RunSplit, Tables
+from trainer.runs.pool import MethodTask, reads_id_run, run_tasks
+from trainer.runs.store import CHECKPOINT_FILE, settings_of
 
 
 def llm_tables(config: Config, dataset: Dataset, methods: Iterable[str], *, scft_tag: str = "scft",
@@ -65,5 +65,5 @@ def run_pipeline(splits: dict[str, RunSplit], tasks: Sequence[MethodTask], worke
                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train and evaluate every task; their metrics, in the tasks' order. Each task starts as soon as
     the run it waits for (`waits_for`) has finished; every run is reused when its settings are
-    unchanged (trainer.runs.is_done)."""
+    unchanged (trainer.runs.store.is_done)."""
     return run_tasks(splits, tasks, workers=workers, log=log, after=waits_for(tasks))

@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Any
 
 from llmemb.metrics import GROUPS, Evaluator
-from trainer.prepare import prepared_dataset
-from trainer.runs import load_run
+from trainer.runs.store import load_run
+from trainer.stages.prepare import prepared_dataset
 
 
 def evaluate_run(directory: Path) -> dict[str, Any]:

@@ -19,13 +19,13 @@ import torch
 
 from llmemb.backbones import build_backbone
 from llmemb.backbones.base import FixedItemEmbedding, left_pad
+from llmemb.base_models import ModelError, resolve_model_path
 from llmemb.bundle import BundleError, LoadedBundle
 from llmemb.devices import resolve_device
 from llmemb.encoder import load_tokenizer, tokenize
-from llmemb.models import ModelError, resolve_model_path
 
 
-class Engine:
+class ScoringModel:
     def __init__(self, bundle: LoadedBundle, base_model_path: str | None = None, device: str = "cpu"):
         self.bundle = bundle
         self.device = resolve_device(device, "LLMEMB_SCORING_DEVICE")

@@ -17,10 +17,10 @@ import torch
 
 from llmemb.metrics import ITEM_GROUPS
 from trainer.config import load_config
-from trainer.experiments import train_id_run
-from trainer.prepare import prepared_dataset
-from trainer.report import mean_std, pm
-from trainer.runs import run_dir
+from trainer.reports.quality_report import mean_std, pm
+from trainer.runs.method_run import train_id_run
+from trainer.runs.store import run_dir
+from trainer.stages.prepare import prepared_dataset
 
 BACKBONES = ("sasrec", "gru4rec", "bert4rec")
 METRICS = ("hr@10", "ndcg@10")

@@ -7,7 +7,7 @@
                                        item_layer.safetensors (methods with a PCA)
 
 Every run has these files, whatever its method (the ID-only `train` runs and the
-RAT runs of rat, quick, quality, tune and encoders alike; trainer/experiments.py
+RAT runs of rat, quick, quality, tune and encoders alike; trainer/runs/method_run.py
 writes them). model.safetensors holds the backbone's parameters and the item table
 as trained (for a RAT method, the adapter's output over the frozen LLM table, plus
 Hybrid's residual), with the backbone config and item count in its metadata, so any

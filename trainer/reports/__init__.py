@@ -1,0 +1,1 @@
+"""Reports written from finished runs: the quality report of a grid and the page across regimes."""
