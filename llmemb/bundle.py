@@ -77,6 +77,89 @@ def _served(name: Any, file: str | None = None) -> Method:
         raise BundleError(str(e), file) from None
 
 
+@dataclass(frozen=True)
+class Dims:
+    """Widths along the item path: the LLM's vectors, PCA's output, the item table's rows."""
+
+    llm: int
+    pca: int
+    item: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"llm": self.llm, "pca": self.pca, "item": self.item}
+
+
+@dataclass(frozen=True)
+class BaseModelRecord:
+    """The base model a bundle was trained with: its id and the hashes that identify it."""
+
+    id: str
+    identity: ModelIdentity
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, **self.identity.to_dict()}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json, parsed once and strictly: every reader gets typed fields, never key strings."""
+
+    format_version: int
+    created_at: str
+    base_model: BaseModelRecord
+    encoder: EncoderSpec
+    lora: bool
+    method: str
+    dims: Dims
+    n_items: int
+    backbone: BackboneConfig
+    dataset: dict[str, Any]
+    metrics: dict[str, Any]
+    files: dict[str, str]
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as written to manifest.json."""
+        return {"format_version": self.format_version, "created_at": self.created_at,
+                "base_model": self.base_model.to_dict(), "encoder": self.encoder.to_dict(), "lora": self.lora,
+                "method": self.method, "dims": self.dims.to_dict(), "n_items": self.n_items,
+                "backbone": self.backbone.to_dict(), "dataset": self.dataset, "metrics": self.metrics,
+                "files": dict(self.files), "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+        """Parse the JSON form; a missing or ill-typed entry is a BundleError naming it."""
+        def entry(key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+            value = raw.get(key, default)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise BundleError(f"{key}: missing or not a {getattr(kind, '__name__', kind)}", MANIFEST)
+            return value
+
+        base = entry("base_model", dict)
+        missing = [k for k in ("id", *IDENTITY_FIELDS) if not isinstance(base.get(k), str)]
+        if missing:
+            raise BundleError(f"base_model.{missing[0]}: missing or not a string", MANIFEST)
+        dims = entry("dims", dict)
+        bad = [k for k in ("llm", "pca", "item") if not isinstance(dims.get(k), int) or isinstance(dims.get(k), bool)]
+        if bad:
+            raise BundleError(f"dims.{bad[0]}: missing or not an integer", MANIFEST)
+        files = entry("files", dict)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise BundleError("files: every entry must map a path to its sha256", MANIFEST)
+        try:
+            spec = EncoderSpec.from_dict(entry("encoder", dict))
+            backbone = BackboneConfig.from_dict(entry("backbone", dict))
+        except ValueError as e:   # written by code that knows other settings: refused, not misread
+            raise BundleError(str(e), MANIFEST) from None
+        return cls(format_version=entry("format_version", int), created_at=entry("created_at", str, ""),
+                   base_model=BaseModelRecord(base["id"], ModelIdentity(**{k: base[k] for k in IDENTITY_FIELDS})),
+                   encoder=spec, lora=entry("lora", bool, False),
+                   method=_served(raw.get("method", DEFAULT_METHOD), MANIFEST).name,
+                   dims=Dims(dims["llm"], dims["pca"], dims["item"]), n_items=entry("n_items", int, 0),
+                   backbone=backbone, dataset=entry("dataset", dict, {}), metrics=entry("metrics", dict, {}),
+                   files=dict(files), fingerprint=entry("fingerprint", str))
+
+
 @dataclass
 class BundleParts:
     """Everything the trainer hands over; tensors on any device, any float dtype."""
@@ -100,31 +183,42 @@ class BundleParts:
 
 @dataclass
 class LoadedBundle:
+    """A verified bundle in memory: its manifest (typed) and its tensors and items."""
+
     path: Path
-    manifest: dict[str, Any]
-    encoder: EncoderSpec
+    manifest: Manifest
     pca_state: dict[str, torch.Tensor]
     adapter_state: dict[str, torch.Tensor]
-    backbone_config: BackboneConfig
     backbone_state: dict[str, torch.Tensor]
     item_table: torch.Tensor
     item_ids: list[str]
     item_attributes: list[dict[str, Any]]
     lora_dir: Path | None
-    method: str = DEFAULT_METHOD
     residual: torch.Tensor | None = None     # methods with a residual (hybrid): r [N+1, d], already in item_table
 
     @property
+    def encoder(self) -> EncoderSpec:
+        return self.manifest.encoder
+
+    @property
+    def backbone_config(self) -> BackboneConfig:
+        return self.manifest.backbone
+
+    @property
+    def method(self) -> str:
+        return self.manifest.method
+
+    @property
     def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
+        return self.manifest.fingerprint
 
     @property
     def base_model_id(self) -> str:
-        return self.manifest["base_model"]["id"]
+        return self.manifest.base_model.id
 
     @property
     def dims(self) -> dict[str, int]:
-        return dict(self.manifest["dims"])
+        return self.manifest.dims.to_dict()
 
     @property
     def n_items(self) -> int:
@@ -214,7 +308,7 @@ def _check_parts(parts: BundleParts) -> dict[str, int]:
     return {"llm": d_llm, "pca": d_pca, "item": d}
 
 
-def write_bundle(out_dir: str | Path, parts: BundleParts) -> dict[str, Any]:
+def write_bundle(out_dir: str | Path, parts: BundleParts) -> Manifest:
     """Write a new bundle and return its manifest. Refuses an existing path (bundles are immutable).
 
     Files go to a temporary sibling directory that is renamed into place at the
@@ -270,7 +364,7 @@ def write_bundle(out_dir: str | Path, parts: BundleParts) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
+    return Manifest.from_dict(manifest)
 
 
 def _make_readable(root: Path) -> None:
@@ -282,35 +376,41 @@ def _make_readable(root: Path) -> None:
 
 
 # ------------------------------------------------------------------------ load
-def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    root = Path(bundle_dir)
+def _manifest_json(root: Path) -> dict[str, Any]:
+    """manifest.json as written (the fingerprint is over this form), of a format this code reads."""
     path = root / MANIFEST
     if not root.is_dir():
         raise BundleError(f"bundle directory {root} does not exist")
     if not path.is_file():
         raise BundleError("missing; not a bundle directory", MANIFEST)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"not valid JSON ({e})", MANIFEST) from None
-    if not isinstance(manifest, dict):
+    if not isinstance(raw, dict):
         raise BundleError("must be a JSON object", MANIFEST)
-    version = manifest.get("format_version")
+    version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"format_version {version!r} is not supported (this code reads {FORMAT_VERSION})", MANIFEST)
     for key in ("fingerprint", "files", "base_model", "encoder", "dims", "backbone"):
-        if key not in manifest:
+        if key not in raw:
             raise BundleError(f"no {key!r} entry", MANIFEST)
-    return manifest
+    return raw
 
 
-def verify_bundle(bundle_dir: str | Path) -> dict[str, Any]:
+def read_manifest(bundle_dir: str | Path) -> Manifest:
+    """The manifest, parsed, without checking any hash (verify_bundle checks them)."""
+    return Manifest.from_dict(_manifest_json(Path(bundle_dir)))
+
+
+def verify_bundle(bundle_dir: str | Path) -> Manifest:
     """Check the fingerprint and every file hash; return the manifest or raise BundleError."""
     root = Path(bundle_dir)
-    manifest = read_manifest(root)
-    if manifest_fingerprint(manifest) != manifest["fingerprint"]:
+    raw = _manifest_json(root)
+    if manifest_fingerprint(raw) != raw["fingerprint"]:
         raise BundleError("fingerprint does not match the manifest content (manifest was edited)", MANIFEST)
-    listed: dict[str, str] = manifest["files"]
+    manifest = Manifest.from_dict(raw)
+    listed = manifest.files
     present = set(_bundle_files(root))
     for rel in sorted(listed):
         if rel not in present:
@@ -349,38 +449,23 @@ def _load_items(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return ids, attrs
 
 
-def _backbone_config(manifest: dict[str, Any]) -> BackboneConfig:
-    try:
-        return BackboneConfig.from_dict(manifest["backbone"])
-    except ValueError as e:  # written by code that knows other backbone settings: refused, not misread
-        raise BundleError(str(e), MANIFEST) from None
-
-
 def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
     """Load a bundle; with verify (the default) every hash is checked first."""
     root = Path(bundle_dir)
     manifest = verify_bundle(root) if verify else read_manifest(root)
-    dims = manifest["dims"]
+    dims = manifest.dims
     pca = _load_tensors(root, PCA_FILE)
-    if set(pca) != {"mean", "components"} or pca["mean"].numel() != dims["llm"]:
-        raise BundleError(f"expected mean [{dims['llm']}] and components, got {sorted(pca)}", PCA_FILE)
+    if set(pca) != {"mean", "components"} or pca["mean"].numel() != dims.llm:
+        raise BundleError(f"expected mean [{dims.llm}] and components, got {sorted(pca)}", PCA_FILE)
     table = _load_tensors(root, ITEMS_FILE).get("items")
     ids, attrs = _load_items(root)
-    if table is None or table.dim() != 2 or tuple(table.shape) != (len(ids) + 1, dims["item"]):
+    if table is None or table.dim() != 2 or tuple(table.shape) != (len(ids) + 1, dims.item):
         shape = None if table is None else tuple(table.shape)
-        raise BundleError(f"item table {shape} does not match {len(ids)} items of width {dims['item']}", ITEMS_FILE)
+        raise BundleError(f"item table {shape} does not match {len(ids)} items of width {dims.item}", ITEMS_FILE)
     lora = root / LORA_DIR
-    if manifest.get("lora") and not lora.is_dir():
+    if manifest.lora and not lora.is_dir():
         raise BundleError("the manifest names a LoRA adapter but the directory is missing", LORA_DIR)
-    base = manifest["base_model"]
-    missing = [k for k in ("id", *IDENTITY_FIELDS) if not isinstance(base, dict) or not isinstance(base.get(k), str)]
-    if missing:
-        raise BundleError(f"base_model.{missing[0]}: missing or not a string", MANIFEST)
-    try:
-        spec = EncoderSpec.from_dict(manifest["encoder"])
-    except ValueError as e:
-        raise BundleError(str(e), MANIFEST) from None
-    method = _served(manifest.get("method", DEFAULT_METHOD), MANIFEST)
+    method = get_method(manifest.method)
     residual = None
     if method.residual:
         if not (root / RESIDUAL_FILE).is_file():
@@ -392,15 +477,12 @@ def load_bundle(bundle_dir: str | Path, verify: bool = True) -> LoadedBundle:
     return LoadedBundle(
         path=root,
         manifest=manifest,
-        encoder=spec,
         pca_state=pca,
         adapter_state=_load_tensors(root, ADAPTER_FILE),
-        backbone_config=_backbone_config(manifest),
         backbone_state=_load_tensors(root, BACKBONE_FILE),
         item_table=table,
         item_ids=ids,
         item_attributes=attrs,
-        lora_dir=lora if manifest.get("lora") else None,
-        method=method.name,
+        lora_dir=lora if manifest.lora else None,
         residual=residual,
     )

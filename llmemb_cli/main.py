@@ -77,7 +77,7 @@ def verify(bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directo
     except BundleError as err:
         typer.echo(f"bundle refused: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"bundle ok: fingerprint {manifest['fingerprint']}, {manifest['n_items']} items")
+    typer.echo(f"bundle ok: fingerprint {manifest.fingerprint}, {manifest.n_items} items")
 
 
 @app.command("export-st")

@@ -81,7 +81,7 @@ def _root(unpacked: Path, is_bundle: bool) -> Path:
 
 def _fingerprint(directory: Path) -> str | None:
     try:
-        return verify_bundle(directory)["fingerprint"]
+        return verify_bundle(directory).fingerprint
     except BundleError:
         return None
 
@@ -126,7 +126,7 @@ def fetch(url: str, dest: Path, sha256: str | None = None, is_bundle: bool = Tru
         fingerprint = None
         if is_bundle:
             try:
-                fingerprint = verify_bundle(root)["fingerprint"]
+                fingerprint = verify_bundle(root).fingerprint
             except BundleError as err:
                 raise FetchError(f"the archive's bundle is refused: {err}") from None
             if current == fingerprint:

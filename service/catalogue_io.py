@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m service.catalogue
     p.add_argument("--replace", action="store_true", help="import: overwrite a catalogue Redis already holds")
     args = p.parse_args(argv)
     manifest = read_manifest(args.bundle)
-    fingerprint, dim = manifest["fingerprint"], int(manifest["dims"]["item"])
+    fingerprint, dim = manifest.fingerprint, manifest.dims.item
     client = redis.Redis.from_url(args.redis_url, password=env_password())
     try:
         if args.command == "export":

@@ -42,7 +42,7 @@ def checked_model_path(bundle: LoadedBundle, base_model_path: str | None = None)
         actual = model_identity(model_path).to_dict()  # the resolved path: no second resolution
     except ModelError as e:
         raise BundleError(f"base_model.id: {e}", "manifest.json") from None
-    recorded = bundle.manifest["base_model"]
+    recorded = bundle.manifest.base_model.identity.to_dict()
     for name, value in actual.items():
         if value != recorded[name]:
             raise BundleError(

@@ -329,7 +329,7 @@ async def embeddings(body: EmbeddingsRequest, rt: ReadyRuntime = Depends(ready_r
 @v1.get("/models", response_model=ModelsResponse, tags=["openai"])
 async def models(rt: ReadyRuntime = Depends(ready_runtime)):
     """OpenAI-compatible: the one model served here (its id is what /v1/embeddings expects)."""
-    created = int(datetime.fromisoformat(rt.bundle.manifest["created_at"].replace("Z", "+00:00")).timestamp())
+    created = int(datetime.fromisoformat(rt.bundle.manifest.created_at.replace("Z", "+00:00")).timestamp())
     return ModelsResponse(data=[ModelCard(id=rt.settings.served_model_name, created=created)])
 
 
@@ -339,16 +339,16 @@ async def info(rt: ReadyRuntime = Depends(ready_runtime)):
     m = rt.bundle.manifest
     snap = rt.catalogue.snapshot
     return InfoResponse(
-        base_model=BaseModelInfo(**m["base_model"]),
-        fingerprint=m["fingerprint"],
+        base_model=BaseModelInfo(**m.base_model.to_dict()),
+        fingerprint=m.fingerprint,
         method=rt.scoring.method,
-        format_version=m["format_version"],
-        created_at=m["created_at"],
-        dims=m["dims"],
-        encoder=m["encoder"],
-        backbone=m["backbone"],
-        dataset=m.get("dataset", {}),
-        metrics=m.get("metrics", {}),
+        format_version=m.format_version,
+        created_at=m.created_at,
+        dims=m.dims.to_dict(),
+        encoder=m.encoder.to_dict(),
+        backbone=m.backbone.to_dict(),
+        dataset=m.dataset,
+        metrics=m.metrics,
         served_model_name=rt.settings.served_model_name,
         catalogue=CatalogueInfo(bundle_items=snap.n_bundle, added=snap.n_added, deleted=snap.n_deleted,
                                 active=snap.n_active, version=snap.version, shared=rt.catalogue.shared),

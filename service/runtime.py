@@ -127,7 +127,7 @@ class Runtime:
             await self._warm_up()
             m = bundle.manifest
             self.metrics.build_info.labels(bundle.fingerprint, bundle.base_model_id, bundle.method,
-                                           str(m["format_version"])).set(1)
+                                           str(m.format_version)).set(1)
             self.status = "ready"
             log.info("ready: bundle %s (%s), %d items, loaded in %.1fs", s.bundle_path,
                      bundle.fingerprint[:12], bundle.n_items, time.perf_counter() - started)

@@ -65,10 +65,11 @@ def bundle(tmp_path: Path) -> tuple[Path, BundleParts, dict]:
 def test_round_trip_is_exact(bundle):
     out, parts, manifest = bundle
     loaded = load_bundle(out)
-    assert loaded.fingerprint == manifest["fingerprint"] == manifest_fingerprint(manifest)
+    assert loaded.fingerprint == manifest.fingerprint == manifest_fingerprint(manifest.to_dict())
+    assert loaded.manifest == manifest   # the typed manifest round-trips through manifest.json
     assert loaded.dims == {"llm": 12, "pca": 5, "item": 8}
     assert loaded.encoder == parts.encoder
-    assert manifest["encoder"]["instruction"] == "The movie has the following attributes: "
+    assert manifest.encoder.instruction == "The movie has the following attributes: "
     assert loaded.backbone_config == parts.backbone_config
     assert torch.equal(loaded.item_table, parts.item_table)
     for k, v in parts.pca_state.items():
@@ -79,27 +80,27 @@ def test_round_trip_is_exact(bundle):
     assert loaded.item_ids == parts.item_ids
     assert loaded.item_attributes == parts.item_attributes
     assert loaded.lora_dir == out / "lora" and (loaded.lora_dir / "adapter_config.json").is_file()
-    assert set(manifest["files"]) == {
+    assert set(manifest.files) == {
         "pca.safetensors", "adapter.safetensors", "backbone.safetensors", "items.safetensors",
         "items.jsonl", "lora/adapter_config.json", "lora/adapter_model.safetensors",
     }
     identity = model_identity(MINILM)
-    assert manifest["base_model"] == {"id": MINILM, "config_sha256": identity.config_sha256,
+    assert manifest.base_model.to_dict() == {"id": MINILM, "config_sha256": identity.config_sha256,
                                       "weights_sha256": identity.weights_sha256,
                                       "tokenizer_sha256": identity.tokenizer_sha256}
     # config_sha256 covers the base model's config.json byte for byte.
     config_file = Path(resolve_model_path(MINILM)) / "config.json"
     assert identity.config_sha256 == hashlib.sha256(f"config.json:{sha256_file(config_file)}\n".encode()).hexdigest()
-    assert manifest["metrics"] == parts.metrics and manifest["dataset"] == parts.dataset
+    assert manifest.metrics == parts.metrics and manifest.dataset == parts.dataset
     # Nothing in the bundle is a pickle.
-    for rel in manifest["files"]:
+    for rel in manifest.files:
         assert not (out / rel).read_bytes().startswith(b"\x80")
 
 
 def test_no_lora_bundle(tmp_path):
     out = tmp_path / "b"
     manifest = write_bundle(out, make_parts(tmp_path, with_lora=False))
-    assert manifest["lora"] is False
+    assert manifest.lora is False
     assert load_bundle(out).lora_dir is None
 
 

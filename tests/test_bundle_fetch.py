@@ -48,7 +48,7 @@ def test_fetches_verifies_and_keeps_an_unchanged_bundle(http_root, tmp_path):
     line = fetch(f"{url}/b.tar.gz?X-Signature=secret", dest, sha256=sha)
     fingerprint = json.loads((bundle / MANIFEST).read_text())["fingerprint"]
     assert line == f"bundle {fingerprint} in {dest}"
-    assert verify_bundle(dest)["fingerprint"] == fingerprint and not (dest / "stale.txt").exists()
+    assert verify_bundle(dest).fingerprint == fingerprint and not (dest / "stale.txt").exists()
     assert fetch(f"{url}/b.tar.gz", dest) == f"bundle {fingerprint} already in {dest}"
 
 
@@ -162,5 +162,5 @@ def test_fetch_into_a_volume_whose_parent_is_read_only(http_root, tmp_path):
     done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr
-    assert "bundle " in done.stdout and verify_bundle(dest)["fingerprint"]
+    assert "bundle " in done.stdout and verify_bundle(dest).fingerprint
     assert sorted(p.name for p in parent.iterdir()) == ["bundle"]

@@ -156,7 +156,7 @@ def test_the_command_line_round_trip(server, tmp_path):
     from llmemb_testing.servers import shared_test_bundle
     bundle = shared_test_bundle()
     manifest = read_manifest(bundle)
-    fp, dim = manifest["fingerprint"], manifest["dims"]["item"]
+    fp, dim = manifest.fingerprint, manifest.dims.item
     direct = redis.Redis(port=server.port)
     keys = catalogue_keys(fp)
     direct.hset(keys[0], "new", np.arange(dim, dtype="<f4").tobytes())
@@ -253,7 +253,7 @@ def test_a_service_with_its_own_catalogue_redis_survives_losing_it(tmp_path):
     from llmemb.bundle import read_manifest
     from llmemb_testing.servers import ServiceProcess, shared_test_bundle
     bundle = shared_test_bundle()
-    fp = read_manifest(bundle)["fingerprint"]
+    fp = read_manifest(bundle).fingerprint
     cache_server = RedisServer(tmp_path / "cache").start()
     cat_server = RedisServer(tmp_path / "catalogue").start()
     service = ServiceProcess(bundle, tmp_path, env={"LLMEMB_REDIS_URL": cache_server.url,

@@ -147,7 +147,7 @@ def test_rat_command_trains_the_id_run_then_the_method_and_bundles_the_run(tmp_p
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.method == "llmemb" and bundle.residual is None
     assert torch.equal(bundle.item_table, load_item_table(root / "llmemb"))
-    assert bundle.manifest["metrics"]["test"] == saved["test"]
+    assert bundle.manifest.metrics["test"] == saved["test"]
     assert f"{saved['test']['full']['overall']['ndcg@10']:.4f}" in out and bundle.fingerprint in out
     # a method a bundle cannot carry: a clear error before any training, not a broken bundle
     result = CliRunner().invoke(app, ["rat", "--config", str(path), "--method", "llm2x", "--bundle",

@@ -54,7 +54,7 @@ def item(service, item_id: str) -> dict:
 
 def test_the_bundle_records_the_method_and_its_residual(hybrid):
     bundle, service = hybrid
-    assert bundle.method == "hybrid" and bundle.manifest["method"] == "hybrid"
+    assert bundle.method == "hybrid" and bundle.manifest.method == "hybrid"
     r = bundle.residual
     assert r.shape == bundle.item_table.shape
     assert torch.equal(r[0], torch.zeros(r.shape[1])) and torch.equal(r[-5:], torch.zeros(5, r.shape[1]))

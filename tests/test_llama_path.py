@@ -187,10 +187,10 @@ def test_bundle_records_the_llama_encoder(case):
     assert bundle.dims == {"llm": 32, "pca": D_PCA, "item": D_ITEM}
     assert bundle.lora_dir is not None and (bundle.lora_dir / "adapter_model.safetensors").is_file()
     identity = model_identity(str(case.model_dir))
-    assert bundle.manifest["base_model"] == {"id": str(case.model_dir), **identity.to_dict()}
-    assert bundle.manifest["base_model"]["config_sha256"] == config_sha256(case.model_dir)
+    assert bundle.manifest.base_model.to_dict() == {"id": str(case.model_dir), **identity.to_dict()}
+    assert bundle.manifest.base_model.identity.config_sha256 == config_sha256(case.model_dir)
     weights_sha = hashlib.sha256(f"model.safetensors:{file_sha256(case.model_dir / 'model.safetensors')}\n".encode())
-    assert bundle.manifest["base_model"]["weights_sha256"] == weights_sha.hexdigest()
+    assert bundle.manifest.base_model.identity.weights_sha256 == weights_sha.hexdigest()
 
 
 # ---------------------------------------------------------------------- engine
@@ -291,7 +291,7 @@ def test_a_base_model_of_another_size_is_refused(tiny_llama_dir, workdir, monkey
     case = build_case("fp32", tiny_llama_dir, workdir)
     other = build_other_llama(workdir / "other-llama", case.model_dir, hidden=48)
     bundle = load_bundle(case.bundle_dir)
-    expected = bundle.manifest["base_model"]["config_sha256"][:12]
+    expected = bundle.manifest.base_model.identity.config_sha256[:12]
     with pytest.raises(BundleError, match="refusing to serve it with a different model") as info:
         ItemEmbedder(bundle, device="cpu", base_model_path=str(other))
     message = str(info.value)

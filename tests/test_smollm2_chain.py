@@ -46,7 +46,7 @@ def test_the_bundle_records_the_decoder_contract_and_its_lora(chain):
     bundle = load_bundle(chain["out"])
     assert bundle.base_model_id == SMOLLM2
     identity = model_identity(SMOLLM2).to_dict()
-    assert {k: bundle.manifest["base_model"][k] for k in identity} == identity
+    assert {k: bundle.manifest.base_model.to_dict()[k] for k in identity} == identity
     spec = bundle.encoder
     assert (spec.pooling, spec.append_eos, spec.max_tokens, spec.dtype) == ("last", True, 48, "fp32")
     assert spec.instruction == "The movie has the following attributes: "

@@ -145,7 +145,7 @@ def rat(config: ConfigPath,
     typer.echo(metrics_table(metrics))
     if bundle is not None:
         manifest = bundle_from_run(tasks[-1].directory, dataset, lora, bundle)
-        typer.echo(f"bundle {bundle} fingerprint {manifest['fingerprint']}")
+        typer.echo(f"bundle {bundle} fingerprint {manifest.fingerprint}")
 
 
 @app.command()

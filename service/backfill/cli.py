@@ -14,7 +14,6 @@ import redis
 
 import service.backfill
 from llmemb.bundle import BundleError, load_bundle, verify_bundle
-from llmemb.spec import EncoderSpec
 from service.backfill.chunks import run_local
 from service.backfill.config import (
     ENGINES,
@@ -54,15 +53,12 @@ def backfill(bundle_path: str | Path, input_path: str | Path, redis_url: str, co
             counts = run_local(bundle, input_path, client, config, catalogue_client=catalogue_client)
         else:
             manifest = verify_bundle(bundle_path)
-            try:
-                spec = EncoderSpec.from_dict(manifest["encoder"])
-            except ValueError as e:
-                raise BundleError(str(e), "manifest.json") from None
+            spec = manifest.encoder
             counts = run_ray(bundle_path, manifest, input_path, redis_url, config, ray_address, actors,
                              gpus_per_actor, cpus_per_actor, catalogue_redis_url)
         summary = Summary(**asdict(counts), engine=engine)
         if out is not None:
-            target = RedisVectors(client, manifest["fingerprint"], manifest["dims"])
+            target = RedisVectors(client, manifest.fingerprint, manifest.dims.to_dict())
             export_vectors(out, input_path, target, spec.prompt, config.stages, counts.read,
                            config.on_error, metadata={"stages": ",".join(config.stages)})
             summary.out = str(out)

@@ -1,14 +1,12 @@
 """The Ray engine: line ranges of the file over a pool of actors, one ItemEmbedder each."""
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from llmemb.bundle import BundleError, load_bundle
+from llmemb.bundle import BundleError, Manifest, load_bundle
 from service.backfill.chunks import LazyEmbedder, check_stages, process_chunk
 from service.backfill.config import (
     BackfillConfig,
@@ -64,11 +62,11 @@ class RangeWorker:
         return row
 
 
-def run_ray(bundle_path: str | Path, manifest: Mapping[str, Any], input_path: str | Path, redis_url: str,
+def run_ray(bundle_path: str | Path, manifest: Manifest, input_path: str | Path, redis_url: str,
             config: BackfillConfig, address: str | None = None, actors: int = 1, gpus_per_actor: float = 0.0,
             cpus_per_actor: float = 1.0, catalogue_redis_url: str | None = None) -> Counts:
     """Ray Data over line ranges of the file; an already initialised Ray (e.g. in tests) is used as it is."""
-    check_stages(manifest["dims"], config.stages)
+    check_stages(manifest.dims.to_dict(), config.stages)
     if actors < 1:
         raise BackfillError(f"actors must be at least 1, got {actors}")
     ray = _import_ray()
@@ -87,7 +85,7 @@ def run_ray(bundle_path: str | Path, manifest: Mapping[str, Any], input_path: st
         num_gpus=gpus_per_actor or None,
         fn_constructor_kwargs={
             "bundle_path": str(Path(bundle_path).resolve()),
-            "fingerprint": manifest["fingerprint"],
+            "fingerprint": manifest.fingerprint,
             "input_path": str(Path(input_path).resolve()),
             "redis_url": redis_url,
             "config": config,

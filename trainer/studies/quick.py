@@ -56,8 +56,8 @@ def run_quick(config_path: Path, out_dir: Path, overrides: Sequence[str] = (),
     t = time.perf_counter()
     manifest = bundle_from_run(tasks[-1].directory, dataset, lora, out_dir)
     seconds["bundle"] = time.perf_counter() - t
-    summary = {"bundle": str(out_dir), "fingerprint": manifest["fingerprint"], "seconds": seconds,
+    summary = {"bundle": str(out_dir), "fingerprint": manifest.fingerprint, "seconds": seconds,
                "wall_seconds": time.perf_counter() - started, "test": metrics["test"]}
     (root / "quick.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    log(f"bundle {out_dir} ({manifest['fingerprint'][:12]}) in {summary['wall_seconds']:.0f} s")
+    log(f"bundle {out_dir} ({manifest.fingerprint[:12]}) in {summary['wall_seconds']:.0f} s")
     return summary
