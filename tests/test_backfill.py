@@ -28,6 +28,7 @@ from service.backfill.config import (
     BackfillError,
     CatalogueError,
     Counts,
+    RayPlacement,
 )
 from service.backfill.export import ids_path
 from service.backfill.items import CatalogueItem, line_ranges, read_items
@@ -346,17 +347,22 @@ def test_ray_engine_actors_write_to_redis(bundle, engine, client, redis_server, 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         n = len(rows)
-        counts = run_ray(bundle.path, bundle.manifest, path, redis_server.url, config, actors=1)
+        counts = run_ray(bundle.path, bundle.manifest, path, redis_server.url, config, RayPlacement(actors=1))
         assert counts == Counts(read=n, computed=n - 1, duplicates=1, keys_written=2 * (n - 1), errors=1)
         prompts = [bundle.encoder.prompt(r["attributes"]) for r in rows]
         for p, e in zip(prompts, engine.embed_batch(prompts)):
             np.testing.assert_allclose(stored(client, bundle, "item", p), e.item, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(stored(client, bundle, "pca", p), e.pca, rtol=1e-5, atol=1e-6)
 
-        again = run_ray(bundle.path, bundle.manifest, path, redis_server.url, config, actors=1)
+        again = run_ray(bundle.path, bundle.manifest, path, redis_server.url, config, RayPlacement(actors=1))
         assert again == Counts(read=n, skipped_existing=n, errors=1)
         with pytest.raises(CatalogueError, match=rf"^{re.escape(str(path.resolve()))}:11: not JSON"):
             run_ray(bundle.path, bundle.manifest, path, redis_server.url, BackfillConfig(batch_size=9))
     finally:
         ray.shutdown()
 
+
+
+def test_a_ray_placement_without_actors_is_refused():
+    with pytest.raises(BackfillError, match="actors must be at least 1, got 0"):
+        RayPlacement(actors=0)

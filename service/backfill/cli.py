@@ -21,6 +21,7 @@ from service.backfill.config import (
     STAGES,
     BackfillConfig,
     BackfillError,
+    RayPlacement,
     Summary,
 )
 from service.backfill.export import check_out, export_vectors
@@ -31,8 +32,7 @@ log = logging.getLogger("llmemb.backfill")
 
 
 def backfill(bundle_path: str | Path, input_path: str | Path, redis_url: str, config: BackfillConfig,
-             engine: str = "local", out: str | Path | None = None, ray_address: str | None = None,
-             actors: int = 1, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0,
+             engine: str = "local", out: str | Path | None = None, placement: RayPlacement = RayPlacement(),
              catalogue_redis_url: str | None = None) -> Summary:
     """The job the CLI runs: backfill with one engine, then optionally export; returns the summary."""
     if engine not in ENGINES:
@@ -54,8 +54,7 @@ def backfill(bundle_path: str | Path, input_path: str | Path, redis_url: str, co
         else:
             manifest = verify_bundle(bundle_path)
             spec = manifest.encoder
-            counts = run_ray(bundle_path, manifest, input_path, redis_url, config, ray_address, actors,
-                             gpus_per_actor, cpus_per_actor, catalogue_redis_url)
+            counts = run_ray(bundle_path, manifest, input_path, redis_url, config, placement, catalogue_redis_url)
         summary = Summary(**asdict(counts), engine=engine)
         if out is not None:
             target = RedisVectors(client, manifest.fingerprint, manifest.dims.to_dict())
@@ -121,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                                 token_budget=args.token_budget, ttl_s=args.ttl, on_error=args.on_error,
                                 catalogue=args.catalogue,
                                 device=device, dtype=args.dtype, base_model_path=args.base_model_path)
-        summary = backfill(args.bundle, args.input, args.redis_url, config, args.engine, args.out,
-                           args.ray_address, args.actors, args.gpus_per_actor, args.cpus_per_actor,
+        placement = RayPlacement(args.ray_address, args.actors, args.gpus_per_actor, args.cpus_per_actor)
+        summary = backfill(args.bundle, args.input, args.redis_url, config, args.engine, args.out, placement,
                            args.catalogue_redis_url or args.redis_url)
     except (BackfillError, BundleError, redis.RedisError, OSError) as e:
         sys.exit(f"backfill: {e}")

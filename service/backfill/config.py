@@ -42,6 +42,20 @@ class BackfillConfig:
             raise BackfillError(f"ttl must be at least 1 second, got {self.ttl_s}")
 
 
+@dataclass(frozen=True)
+class RayPlacement:
+    """Where the Ray engine runs: the cluster (None: start or join a local one) and each actor's share."""
+
+    address: str | None = None
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise BackfillError(f"actors must be at least 1, got {self.actors}")
+
+
 @dataclass
 class Counts:
     """read = skipped_existing + computed + duplicates."""

@@ -13,6 +13,7 @@ from service.backfill.config import (
     BackfillError,
     CatalogueError,
     Counts,
+    RayPlacement,
 )
 from service.backfill.items import chunked, line_ranges, read_items
 from service.backfill.store import CatalogueTarget, RedisVectors, connect
@@ -63,15 +64,13 @@ class RangeWorker:
 
 
 def run_ray(bundle_path: str | Path, manifest: Manifest, input_path: str | Path, redis_url: str,
-            config: BackfillConfig, address: str | None = None, actors: int = 1, gpus_per_actor: float = 0.0,
-            cpus_per_actor: float = 1.0, catalogue_redis_url: str | None = None) -> Counts:
+            config: BackfillConfig, placement: RayPlacement = RayPlacement(),
+            catalogue_redis_url: str | None = None) -> Counts:
     """Ray Data over line ranges of the file; an already initialised Ray (e.g. in tests) is used as it is."""
     check_stages(manifest.dims.to_dict(), config.stages)
-    if actors < 1:
-        raise BackfillError(f"actors must be at least 1, got {actors}")
     ray = _import_ray()
     if not ray.is_initialized():
-        ray.init(address=address)
+        ray.init(address=placement.address)
     ranges = line_ranges(input_path, config.batch_size)
     if not ranges:
         return Counts()
@@ -80,9 +79,9 @@ def run_ray(bundle_path: str | Path, manifest: Manifest, input_path: str | Path,
         RangeWorker,
         batch_size=1,
         # One call at a time per actor (Ray Data's default, kept): the ItemEmbedder is not thread-safe.
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor or None,
+        compute=ray.data.ActorPoolStrategy(size=placement.actors),
+        num_cpus=placement.cpus_per_actor,
+        num_gpus=placement.gpus_per_actor or None,
         fn_constructor_kwargs={
             "bundle_path": str(Path(bundle_path).resolve()),
             "fingerprint": manifest.fingerprint,
