@@ -218,28 +218,14 @@ def export_phase(spec, model_path: str, budget: int, prompts: list[str], repeats
 # ----------------------------------------------------------- child: service
 def throwaway_bundle(out: Path, model_id: str, spec, ids: list[str], attrs: list[dict],
                      vectors: torch.Tensor) -> Path:
-    """A servable bundle of these items (as llmemb_testing/servers.py build_test_bundle, without LoRA):
-    PCA of the fp32 export, a random adapter and a small random SASRec."""
-    from llmemb.backbones import BackboneConfig, build_backbone
-    from llmemb.bundle import BundleParts, write_bundle
-    from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
-    from llmemb.projection import PCA, Adapter
+    """A servable bundle of these items (llmemb_testing's one builder, without LoRA): PCA of the fp32
+    export, a random adapter and a small random SASRec."""
+    from llmemb_testing.servers import bundle_from_vectors
 
     torch.manual_seed(0)
-    d_pca, d = min(64, vectors.shape[0], vectors.shape[1]), 64
-    pca = PCA.fit(vectors, d_pca)
-    adapter = Adapter(d_pca, d)
-    layer = AdaptedItemEmbedding(with_padding_row(pca.transform(vectors)), adapter)
-    backbone_config = BackboneConfig(name="sasrec", hidden=d, max_len=20, n_layers=1, n_heads=1, dropout=0.0)
-    backbone = build_backbone(backbone_config, layer).eval()
-    with torch.no_grad():
-        table = layer.table().detach().clone()
-    write_bundle(out, BundleParts(
-        base_model_id=model_id, encoder=spec, pca_state=pca.state_dict(), adapter_state=adapter.state_dict(),
-        backbone_config=backbone_config, backbone_state=backbone.backbone_state_dict(), item_table=table,
-        item_ids=ids, item_attributes=attrs, lora_dir=None,
-        dataset={"name": "ml100k-bench-slice", "items": len(ids)}, metrics={"note": "throwaway benchmark bundle"}))
-    return out
+    return bundle_from_vectors(out, model_id, spec, ids, attrs, vectors, d_pca=64, d=64,
+                               dataset={"name": "ml100k-bench-slice", "items": len(ids)},
+                               note="throwaway benchmark bundle")
 
 
 def service_phase(bundle: Path, encoder, prompts: list[str], attrs: list[dict], budget: int,

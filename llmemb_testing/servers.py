@@ -257,7 +257,23 @@ def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int 
     else:
         encoder = ItemEncoder(EncoderConfig.from_spec(spec, model_path))
     e_llm = encoder.embed([spec.prompt(a) for a in attrs])
-    pca = PCA.fit(e_llm, min(d_pca, n_items - 1))
+    bundle_from_vectors(out_dir, base_model_id, spec, ids, attrs, e_llm, d_pca=d_pca, d=d, max_len=max_len,
+                        n_layers=n_layers, lora_dir=lora_dir, hybrid=hybrid,
+                        dataset={"name": "ml-100k-slice", "items": n_items}, note="untrained test bundle")
+    shutil.rmtree(work)
+    return out_dir
+
+
+def bundle_from_vectors(out_dir: Path, base_model_id: str, spec: EncoderSpec, ids: list[str], attrs: list[dict],
+                        e_llm: torch.Tensor, d_pca: int = 24, d: int = 32, max_len: int = 20, n_layers: int = 1,
+                        lora_dir: Path | None = None, hybrid: bool = False, dataset: dict | None = None,
+                        note: str = "untrained test bundle") -> Path:
+    """The one way tests and benchmarks make a servable bundle from items' LLM vectors [N, D]:
+    PCA, a random adapter and a small random SASRec (seed torch first). hybrid: a Hybrid bundle,
+    with a random residual on every item but the last five (as if those had no training
+    interactions)."""
+    n_items = len(ids)
+    pca = PCA.fit(e_llm, min(d_pca, n_items - 1, e_llm.shape[1]))
     adapter = Adapter(pca.n_components, d)
     source = with_padding_row(pca.transform(e_llm))
     if hybrid:
@@ -284,12 +300,11 @@ def build_test_bundle(out_dir: Path, n_items: int = 60, d_pca: int = 24, d: int 
         item_ids=ids,
         item_attributes=attrs,
         lora_dir=lora_dir,
-        dataset={"name": "ml-100k-slice", "items": n_items},
-        metrics={"note": "untrained test bundle"},
+        dataset=dataset or {"name": "test-items", "items": n_items},
+        metrics={"note": note},
         method="hybrid" if hybrid else "llmemb",
         residual=layer.residual_rows().detach().clone() if hybrid else None,
     ))
-    shutil.rmtree(work)
     return out_dir
 
 
