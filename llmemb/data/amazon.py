@@ -224,16 +224,16 @@ def _load(
     )
     log.update(meta_log)
     return dataset_from_rows(
-        name,
-        domain,
-        interactions,
-        attributes,
-        user_core,
-        item_core,
-        require_attributes,
-        policy,
-        [reviews_path, meta_path],
-        log,
+        name=name,
+        domain=domain,
+        interactions=interactions,
+        attributes=attributes,
+        user_core=user_core,
+        item_core=item_core,
+        require_attributes=require_attributes,
+        policy=policy,
+        files=[reviews_path, meta_path],
+        extra_log=log,
     )
 
 

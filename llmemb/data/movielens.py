@@ -82,14 +82,14 @@ def load(
             attributes[item] = cleaned
     log["duplicate_item_rows"] = duplicates
     return dataset_from_rows(
-        name,
-        domain,
-        interactions,
-        attributes,
-        user_core,
-        item_core,
-        require_attributes,
-        policy,
-        [inter_path, item_path],
-        log,
+        name=name,
+        domain=domain,
+        interactions=interactions,
+        attributes=attributes,
+        user_core=user_core,
+        item_core=item_core,
+        require_attributes=require_attributes,
+        policy=policy,
+        files=[inter_path, item_path],
+        extra_log=log,
     )

@@ -218,6 +218,7 @@ def optional_float(row: dict[str, Any], key: str) -> float | None:
 
 # ------------------------------------------------------------------ result
 def dataset_from_rows(
+    *,
     name: str,
     domain: str,
     interactions: list[Interaction],

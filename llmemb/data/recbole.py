@@ -300,5 +300,6 @@ def load(
         log["duplicate_item_rows"] = duplicates
         files.append(item_path)
     return dataset_from_rows(
-        name, domain, interactions, attributes, user_core, item_core, require_attributes, policy, files, log
+        name=name, domain=domain, interactions=interactions, attributes=attributes, user_core=user_core,
+        item_core=item_core, require_attributes=require_attributes, policy=policy, files=files, extra_log=log,
     )

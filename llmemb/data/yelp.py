@@ -178,14 +178,14 @@ def load(
     attributes, business_log = read_businesses(business_path, policy, {b for _, b, _ in interactions})
     log.update(business_log)
     return dataset_from_rows(
-        name,
-        domain,
-        interactions,
-        attributes,
-        user_core,
-        item_core,
-        require_attributes,
-        policy,
-        [review_path, business_path],
-        log,
+        name=name,
+        domain=domain,
+        interactions=interactions,
+        attributes=attributes,
+        user_core=user_core,
+        item_core=item_core,
+        require_attributes=require_attributes,
+        policy=policy,
+        files=[review_path, business_path],
+        extra_log=log,
     )
