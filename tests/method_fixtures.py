@@ -5,7 +5,7 @@ import torch
 
 from llmemb.backbones import BackboneConfig
 from llmemb.methods import RATConfig, build_model, extra_loss
-from trainer.train import seed_everything
+from trainer.stages.train import seed_everything
 
 N, D, HIDDEN = 20, 32, 8
 

