@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -86,7 +86,7 @@ class Dims:
     item: int
 
     def to_dict(self) -> dict[str, int]:
-        return {"llm": self.llm, "pca": self.pca, "item": self.item}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
